@@ -1,0 +1,291 @@
+//! `strongroom`: the operator's command.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use strongroom_core::catalogue::default_catalogue;
+use strongroom_core::clock::{Clock, SystemClock};
+use strongroom_core::{ident, password};
+use strongroom_crypto::password::{HashParams, PasswordHasher};
+use strongroom_server::config::{process_env, Config, Resolved};
+use strongroom_store::NewUser;
+use zeroize::Zeroizing;
+
+#[derive(Parser)]
+#[command(
+    name = "strongroom",
+    version,
+    about = "Strongroom: a self-hosted secure records server for business applications",
+    long_about = "Strongroom: a self-hosted secure records server for business applications.\n\n\
+        Configuration comes from built-in defaults, then the TOML file given with --config, then \
+        STRONGROOM_* environment variables (e.g. STRONGROOM_LISTEN=0.0.0.0:8443, \
+        STRONGROOM_DATABASE_URL=postgres://..., or STRONGROOM_DATABASE_URL_FILE=/run/secrets/db)."
+)]
+struct Cli {
+    /// Configuration file (TOML). See the README for every key.
+    #[arg(long, global = true, env = "STRONGROOM_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (HTTPS). Creates the data and key directories, the
+    /// master key and a self-signed certificate on first start.
+    ///
+    /// Example: strongroom serve --config /etc/strongroom/strongroom.toml
+    Serve,
+
+    /// Create a company (tenant) with its master account.
+    ///
+    /// Example: strongroom init --company ACME --company-name "Acme Ltd" --admin master
+    /// --admin-password-file ./master.pw
+    Init {
+        /// Company code used to sign in (letters, digits, '_' and '-'; stored upper-case).
+        #[arg(long)]
+        company: String,
+        /// The company's full name.
+        #[arg(long)]
+        company_name: String,
+        /// User ID of the master account.
+        #[arg(long, default_value = "master")]
+        admin: String,
+        /// Display name of the master account.
+        #[arg(long, default_value = "Master administrator")]
+        admin_name: String,
+        /// File holding the master account's password (first line). Without
+        /// it, the password is asked for on the terminal.
+        #[arg(long, value_name = "FILE")]
+        admin_password_file: Option<PathBuf>,
+    },
+
+    /// Ask a running server whether it is healthy.
+    ///
+    /// Example: strongroom health --url https://127.0.0.1:8443 --ca-cert ./strongroom-data/tls/cert.pem
+    Health {
+        /// The server's base URL.
+        #[arg(long, default_value = "https://127.0.0.1:8443")]
+        url: String,
+        /// PEM certificate to trust (the server's self-signed certificate).
+        /// Defaults to <data_dir>/tls/cert.pem.
+        #[arg(long, value_name = "FILE")]
+        ca_cert: Option<PathBuf>,
+    },
+
+    /// Print the OpenAPI document of this version's API.
+    ///
+    /// Example: strongroom openapi > openapi.json
+    Openapi,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, Resolved)> {
+    Ok(Config::load(path, &process_env())?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve => serve(cli.config.as_deref()).await,
+        Command::Init {
+            company,
+            company_name,
+            admin,
+            admin_name,
+            admin_password_file,
+        } => {
+            let (config, _) = load_config(cli.config.as_deref())?;
+            init(
+                &config,
+                &company,
+                &company_name,
+                &admin,
+                &admin_name,
+                admin_password_file.as_deref(),
+            )
+            .await
+        }
+        Command::Health { url, ca_cert } => {
+            let (config, _) = load_config(cli.config.as_deref())?;
+            let ca = ca_cert.unwrap_or_else(|| config.data_dir.join("tls").join("cert.pem"));
+            let pem = std::fs::read(&ca)
+                .with_context(|| format!("cannot read the CA certificate {}", ca.display()))?;
+            let client = strongroom_client::Client::new(&url, Some(&pem))?;
+            let h = client.health().await?;
+            println!("{} (version {})", h.status, h.version);
+            Ok(())
+        }
+        Command::Openapi => {
+            println!("{}", strongroom_server::app::openapi_json());
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRONGROOM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
+    let (config, resolved) = load_config(config_path)?;
+    init_logging(&config.log_format);
+    let started = std::time::Instant::now();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let prepared = strongroom_server::prepare(&config, &resolved, clock).await?;
+    let listener = strongroom_server::bind(resolved.listen).await?;
+    let addr = listener.local_addr()?;
+    let info = &prepared.info;
+    if info.master_key_created {
+        println!(
+            "Created the master key in {}. Back it up apart from the data: without it nothing encrypted can be read.",
+            config.key_dir.display()
+        );
+    }
+    if info.tls_generated {
+        println!(
+            "Generated a self-signed TLS certificate: {} (give clients this file to trust).",
+            info.tls_cert.display()
+        );
+    }
+    println!(
+        "Strongroom {} listening on https://{addr} ({} store, schema version {}), ready in {} ms",
+        env!("CARGO_PKG_VERSION"),
+        info.database,
+        info.schema.to,
+        started.elapsed().as_millis()
+    );
+    if info.store_empty {
+        println!(
+            "The store is empty. Create the first company with:\n  strongroom init --company ACME --company-name \"Acme Ltd\" --admin master --admin-password-file FILE"
+        );
+    }
+    strongroom_server::serve(prepared, listener, shutdown_signal()).await?;
+    println!("Strongroom stopped.");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+}
+
+fn read_password(file: Option<&Path>) -> anyhow::Result<Zeroizing<String>> {
+    match file {
+        Some(p) => {
+            let meta = std::fs::metadata(p)
+                .with_context(|| format!("cannot read the password file {}", p.display()))?;
+            if meta.len() > 4096 {
+                bail!(
+                    "the password file {} is larger than 4 KiB; is it the right file?",
+                    p.display()
+                );
+            }
+            let text = Zeroizing::new(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read the password file {}", p.display()))?,
+            );
+            let line = text.lines().next().unwrap_or("");
+            Ok(Zeroizing::new(line.to_owned()))
+        }
+        None => {
+            if !std::io::stdin().is_terminal() {
+                bail!("no --admin-password-file given and no terminal to ask on; write the password to a file and pass --admin-password-file FILE");
+            }
+            let a = Zeroizing::new(rpassword::prompt_password("Master account password: ")?);
+            let b = Zeroizing::new(rpassword::prompt_password("Repeat the password: ")?);
+            if a != b {
+                bail!("the two passwords differ; run the command again");
+            }
+            Ok(a)
+        }
+    }
+}
+
+async fn init(
+    config: &Config,
+    company: &str,
+    company_name: &str,
+    admin: &str,
+    admin_name: &str,
+    password_file: Option<&Path>,
+) -> anyhow::Result<()> {
+    let code = ident::company_code(company).context("--company")?;
+    let name = ident::display_text("--company-name", company_name, 200)?;
+    let admin_id = ident::user_id(admin).context("--admin")?;
+    let admin_name = ident::display_text("--admin-name", admin_name, 200)?;
+    let password = read_password(password_file)?;
+    password::check_baseline(&password).context("master account password")?;
+
+    let clock = SystemClock;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    // The key store is checked here too, so `init` fails early on a bad setup.
+    strongroom_crypto::keyfile::open_or_create(&config.key_dir, &config.data_dir)?;
+    let store = strongroom_server::open_store(config).await?;
+    store.migrate(clock.now()).await?;
+    let hasher = PasswordHasher::new(HashParams::default())?;
+    let password_hash = tokio::task::spawn_blocking(move || hasher.hash(&password)).await??;
+    let master = NewUser {
+        user_id: admin_id.clone(),
+        display_name: admin_name,
+        email: None,
+        department: None,
+        password_hash,
+        is_admin: true,
+        is_master: true,
+    };
+    store
+        .create_company(&code, &name, master, &default_catalogue(), clock.now())
+        .await?;
+    store.close().await;
+    println!(
+        "Created company {code} ({name}) with master account '{admin_id}'.\n\
+         Sign in: POST /api/v1/auth/login {{\"company\":\"{code}\",\"user\":\"{admin_id}\",\"password\":\"...\"}}"
+    );
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! Key providers and the primitives built on them. Only well-kept crates do
+//! the cryptography (argon2, ring); this crate decides how they are used.
+
+pub mod keyfile;
+pub mod password;
+pub mod token;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    /// A key file or directory is unsafe or unusable; the message says the fix.
+    #[error("{0}")]
+    KeyStore(String),
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+    #[error("no secure random numbers available")]
+    Random,
+}

@@ -1,0 +1,218 @@
+//! Sign-in, sign-out and the session check every authenticated request
+//! goes through.
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use strongroom_core::access::Principal;
+use strongroom_core::ident;
+use strongroom_core::session::SessionState;
+use strongroom_crypto::token;
+use strongroom_proto::{ErrorCode, LoginRequest, LoginResponse, SessionView, UserStatus};
+use zeroize::Zeroizing;
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ClientInfo};
+use crate::state::AppState;
+
+pub const SESSION_COOKIE: &str = "__Host-strongroom_session";
+
+/// An authenticated caller: a live session of an active user.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    pub token_hash: [u8; 32],
+    pub session: strongroom_store::SessionRecord,
+}
+
+fn token_from(headers: &HeaderMap) -> Option<String> {
+    if let Some(v) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let (scheme, rest) = v.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| rest.trim().to_owned());
+    }
+    for v in headers.get_all(COOKIE) {
+        let Ok(s) = v.to_str() else { continue };
+        for pair in s.split(';') {
+            if let Some((name, value)) = pair.trim().split_once('=') {
+                if name == SESSION_COOKIE {
+                    return Some(value.to_owned());
+                }
+            }
+        }
+    }
+    None
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = token_from(&parts.headers).ok_or_else(|| {
+            ApiError::unauthenticated(
+                "sign in first: POST /api/v1/auth/login, then send the token as 'Authorization: Bearer <token>'",
+            )
+        })?;
+        let expired = || ApiError::unauthenticated("the session has ended; sign in again");
+        if !token::looks_like_token(&token) {
+            return Err(expired());
+        }
+        let hash = token::hash_token(&token);
+        let session = state.store.session(&hash).await?.ok_or_else(expired)?;
+        let now = state.clock.now();
+        let live = session.user_status == UserStatus::Active
+            && state.sessions.state(&session.times, now) == SessionState::Live;
+        if !live {
+            state.store.end_session(&hash).await?;
+            return Err(expired());
+        }
+        let mut session = session;
+        if state.sessions.should_touch(&session.times, now) {
+            state.store.touch_session(&hash, now).await?;
+            session.times.last_seen_at = now;
+        }
+        Ok(Caller {
+            principal: Principal {
+                company: session.company,
+                company_code: session.company_code.clone(),
+                user: session.user,
+                user_id: session.user_id.clone(),
+                department: session.department_id,
+                is_admin: session.is_admin,
+                is_master: session.is_master,
+            },
+            token_hash: hash,
+            session,
+        })
+    }
+}
+
+fn sign_in_failed() -> ApiError {
+    // One message for unknown company, unknown user, wrong password and a
+    // disabled account, so none of them can be told apart.
+    ApiError::new(
+        ErrorCode::SignInFailed,
+        "sign-in failed: check the company code, user ID and password",
+    )
+}
+
+/// Sign in with company code, user ID and password.
+#[utoipa::path(
+    post, path = "/api/v1/auth/login", tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Signed in; the token is also set as a cookie", body = LoginResponse),
+        (status = 401, description = "Wrong company, user or password, or account disabled", body = strongroom_proto::ErrorBody),
+        (status = 503, description = "Too many sign-ins at once", body = strongroom_proto::ErrorBody),
+    )
+)]
+pub async fn login(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> ApiResult<Response> {
+    let password = Zeroizing::new(req.password);
+    let company = ident::company_code(&req.company).ok();
+    let user = ident::user_id(&req.user).ok();
+    let account = match (company, user) {
+        (Some(c), Some(u)) => state.store.login_account(&c, &u).await?,
+        _ => None,
+    };
+    // The hash is checked even when the account is unknown or disabled, so
+    // all failures take the same time.
+    let stored = account.as_ref().map(|a| a.password_hash.clone());
+    let password_ok = state.hashing.verify(password, stored).await?;
+    let account = match account {
+        Some(a) if password_ok && a.status == UserStatus::Active => a,
+        _ => return Err(sign_in_failed()),
+    };
+    let now = state.clock.now();
+    let new = token::new_token()?;
+    let times = state.sessions.start(now);
+    let ip = client.ip.to_string();
+    state
+        .store
+        .create_session(
+            account.company,
+            account.key,
+            &new.hash,
+            times,
+            Some(&ip),
+            client.user_agent.as_deref(),
+        )
+        .await?;
+    let user = state
+        .store
+        .user_by_key(account.company, account.key)
+        .await?
+        .ok_or_else(|| ApiError::internal("user vanished during sign-in"))?;
+    let lifetime = (times.expires_at - now).num_seconds();
+    let cookie = format!(
+        "{SESSION_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={lifetime}",
+        new.token.as_str()
+    );
+    let body = LoginResponse {
+        token: new.token.to_string(),
+        expires_at: times.expires_at,
+        idle_expires_at: state.sessions.idle_expires_at(&times),
+        user: user.view,
+    };
+    let mut resp = Json(body).into_response();
+    let cookie = HeaderValue::from_str(&cookie).map_err(ApiError::internal)?;
+    resp.headers_mut().insert(SET_COOKIE, cookie);
+    Ok(resp)
+}
+
+/// End the current session on the server.
+#[utoipa::path(
+    post, path = "/api/v1/auth/logout", tag = "auth",
+    responses(
+        (status = 204, description = "Signed out; the token no longer works"),
+        (status = 401, description = "No valid session", body = strongroom_proto::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn logout(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+    state.store.end_session(&caller.token_hash).await?;
+    let mut resp = axum::http::StatusCode::NO_CONTENT.into_response();
+    resp.headers_mut().insert(
+        SET_COOKIE,
+        HeaderValue::from_static(
+            "__Host-strongroom_session=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0",
+        ),
+    );
+    Ok(resp)
+}
+
+/// Who am I: the current session and its user.
+#[utoipa::path(
+    get, path = "/api/v1/auth/session", tag = "auth",
+    responses(
+        (status = 200, body = SessionView),
+        (status = 401, description = "No valid session", body = strongroom_proto::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn current_session(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<SessionView>> {
+    let p = &caller.principal;
+    let user = state
+        .store
+        .user_by_key(p.company, p.user)
+        .await?
+        .ok_or_else(|| ApiError::unauthenticated("the session has ended; sign in again"))?;
+    let times = caller.session.times;
+    Ok(Json(SessionView {
+        company: p.company_code.clone(),
+        user: user.view,
+        created_at: times.created_at,
+        expires_at: times.expires_at,
+        idle_expires_at: state.sessions.idle_expires_at(&times),
+    }))
+}

@@ -1,0 +1,495 @@
+//! Configuration: built-in defaults, then a TOML file, then `STRONGROOM_*`
+//! environment variables. Secrets may come from a file instead
+//! (`database_url_file` / `STRONGROOM_DATABASE_URL_FILE`); giving a secret
+//! both ways is refused. Every error names the key and the fix.
+
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub const ENV_PREFIX: &str = "STRONGROOM_";
+
+/// Keys whose values are secrets: they may be given as `KEY_FILE`, and are
+/// never printed.
+const SECRET_KEYS: &[&str] = &["database_url"];
+
+/// Largest configuration file read.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address and port to listen on (HTTPS).
+    #[serde(default = "d_listen")]
+    pub listen: String,
+    /// Directory for the SQLite database and the generated TLS certificate.
+    #[serde(default = "d_data_dir")]
+    pub data_dir: PathBuf,
+    /// Directory for the master key file; must not be inside `data_dir`.
+    #[serde(default = "d_key_dir")]
+    pub key_dir: PathBuf,
+    /// SQLite file path or `postgres://...`; empty means `<data_dir>/strongroom.db`.
+    #[serde(default)]
+    database_url: Option<SecretString>,
+    #[serde(default)]
+    database_url_file: Option<PathBuf>,
+    /// Connections in the database pool.
+    #[serde(default = "d_db_connections")]
+    pub db_max_connections: u32,
+    /// PEM certificate chain; empty means a self-signed one generated in `<data_dir>/tls`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Proxies whose `X-Forwarded-For` is believed (addresses or CIDR ranges).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Client addresses allowed to read `/metrics`.
+    #[serde(default = "d_metrics_allow")]
+    pub metrics_allow: Vec<String>,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "d_max_body")]
+    pub max_body_bytes: usize,
+    /// Most simultaneous client connections.
+    #[serde(default = "d_max_conns")]
+    pub max_connections: usize,
+    /// Minutes of inactivity after which a session ends (10 to 1440).
+    #[serde(default = "d_idle")]
+    pub session_idle_minutes: i64,
+    /// Hours after sign-in at which a session ends regardless (1 to 168).
+    #[serde(default = "d_lifetime")]
+    pub session_lifetime_hours: i64,
+    /// Password hashes computed at once; 0 means one per CPU core.
+    #[serde(default)]
+    pub login_concurrency: usize,
+    /// `text` or `json`.
+    #[serde(default = "d_log_format")]
+    pub log_format: String,
+}
+
+fn d_listen() -> String {
+    "127.0.0.1:8443".into()
+}
+fn d_data_dir() -> PathBuf {
+    "./strongroom-data".into()
+}
+fn d_key_dir() -> PathBuf {
+    "./strongroom-keys".into()
+}
+fn d_db_connections() -> u32 {
+    16
+}
+fn d_metrics_allow() -> Vec<String> {
+    vec!["127.0.0.1/32".into(), "::1/128".into()]
+}
+fn d_max_body() -> usize {
+    1 << 20
+}
+fn d_max_conns() -> usize {
+    1024
+}
+fn d_idle() -> i64 {
+    30
+}
+fn d_lifetime() -> i64 {
+    12
+}
+fn d_log_format() -> String {
+    "text".into()
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("key_dir", &self.key_dir)
+            .field("database", &self.database_kind())
+            .field("trusted_proxies", &self.trusted_proxies)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(pub String);
+
+fn cerr(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// Checked values derived from the configuration.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub listen: SocketAddr,
+    pub trusted_proxies: Vec<IpNet>,
+    pub metrics_allow: Vec<IpNet>,
+}
+
+impl Config {
+    /// Defaults only (no file, no environment).
+    pub fn defaults() -> Config {
+        Config {
+            listen: d_listen(),
+            data_dir: d_data_dir(),
+            key_dir: d_key_dir(),
+            database_url: None,
+            database_url_file: None,
+            db_max_connections: d_db_connections(),
+            tls_cert: None,
+            tls_key: None,
+            trusted_proxies: Vec::new(),
+            metrics_allow: d_metrics_allow(),
+            max_body_bytes: d_max_body(),
+            max_connections: d_max_conns(),
+            session_idle_minutes: d_idle(),
+            session_lifetime_hours: d_lifetime(),
+            login_concurrency: 0,
+            log_format: d_log_format(),
+        }
+    }
+
+    /// Reads the file (if any), then the environment, then checks the result.
+    pub fn load(
+        file: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<(Config, Resolved), ConfigError> {
+        let mut table = match file {
+            Some(p) => read_table(p)?,
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let mut cfg: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| cerr(describe_toml_error(&e, file)))?;
+        cfg.resolve_secret_files()?;
+        let resolved = cfg.check()?;
+        Ok((cfg, resolved))
+    }
+
+    /// The database URL to use (a secret: never log it).
+    pub fn database_url(&self) -> SecretString {
+        match &self.database_url {
+            Some(u) if !u.expose_secret().trim().is_empty() => u.clone(),
+            _ => SecretString::from(
+                self.data_dir
+                    .join("strongroom.db")
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+        }
+    }
+
+    pub fn set_database_url(&mut self, url: &str) {
+        self.database_url = Some(SecretString::from(url.to_owned()));
+    }
+
+    /// `sqlite` or `postgres`, for messages.
+    pub fn database_kind(&self) -> &'static str {
+        let url = self.database_url();
+        let u = url.expose_secret();
+        if u.starts_with("postgres://") || u.starts_with("postgresql://") {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    }
+
+    fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = self.database_url_file.take() {
+            if self.database_url.is_some() {
+                return Err(cerr(
+                    "database_url is given both directly and as database_url_file; keep one",
+                ));
+            }
+            self.database_url = Some(read_secret_file("database_url_file", &path)?);
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<Resolved, ConfigError> {
+        let listen: SocketAddr = self.listen.parse().map_err(|_| {
+            cerr(format!(
+                "listen: '{}' is not an address and port such as 127.0.0.1:8443",
+                self.listen
+            ))
+        })?;
+        let nets = |key: &str, list: &[String]| -> Result<Vec<IpNet>, ConfigError> {
+            list.iter()
+                .map(|s| parse_net(s).ok_or_else(|| cerr(format!(
+                    "{key}: '{s}' is not an IP address or CIDR range such as 10.0.0.0/8 or 2001:db8::/32"
+                ))))
+                .collect()
+        };
+        let trusted_proxies = nets("trusted_proxies", &self.trusted_proxies)?;
+        let metrics_allow = nets("metrics_allow", &self.metrics_allow)?;
+        range("session_idle_minutes", self.session_idle_minutes, 10, 1440)?;
+        range(
+            "session_lifetime_hours",
+            self.session_lifetime_hours,
+            1,
+            168,
+        )?;
+        range("max_body_bytes", self.max_body_bytes as i64, 1024, 64 << 20)?;
+        range("max_connections", self.max_connections as i64, 1, 100_000)?;
+        range(
+            "db_max_connections",
+            i64::from(self.db_max_connections),
+            1,
+            1000,
+        )?;
+        range("login_concurrency", self.login_concurrency as i64, 0, 256)?;
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(cerr("log_format must be \"text\" or \"json\""));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(cerr(
+                "tls_cert and tls_key go together: give both, or neither for a generated self-signed certificate",
+            ));
+        }
+        strongroom_store::normalise_url(self.database_url().expose_secret())
+            .map_err(|e| cerr(format!("database_url: {e}")))?;
+        Ok(Resolved {
+            listen,
+            trusted_proxies,
+            metrics_allow,
+        })
+    }
+}
+
+fn range(key: &str, v: i64, min: i64, max: i64) -> Result<(), ConfigError> {
+    if v < min || v > max {
+        Err(cerr(format!(
+            "{key} must be between {min} and {max}, not {v}"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// An address (`10.0.0.1`) or a network (`10.0.0.0/8`), parsed as a network,
+/// never compared as a string prefix.
+pub fn parse_net(s: &str) -> Option<IpNet> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| cerr(format!("cannot read config file {}: {e}", path.display())))?;
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(cerr(format!(
+            "config file {} is larger than 1 MiB; is it the right file?",
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| cerr(format!("cannot read config file {}: {e}", path.display())))?;
+    text.parse::<toml::Table>()
+        .map_err(|e| cerr(describe_toml_error(&e, Some(path))))
+}
+
+fn describe_toml_error(e: &toml::de::Error, file: Option<&Path>) -> String {
+    let place = file
+        .map(|p| format!("in {}: ", p.display()))
+        .unwrap_or_default();
+    // toml's message names the key (e.g. "unknown field `lisen`, expected one of ...").
+    let msg = e.message().replace('\n', " ");
+    format!("{place}{msg}")
+}
+
+fn read_secret_file(key: &str, path: &Path) -> Result<SecretString, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| cerr(format!("{key}: cannot read {}: {e}", path.display())))?;
+    let v = text.trim_end_matches(['\n', '\r']).to_owned();
+    if v.is_empty() {
+        return Err(cerr(format!("{key}: {} is empty", path.display())));
+    }
+    Ok(SecretString::from(v))
+}
+
+/// Overlays `STRONGROOM_<KEY>` variables. Each value is read with the type of
+/// the key's default: numbers as numbers, lists comma-separated.
+fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
+    let defaults = defaults_table();
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let key = rest.to_ascii_lowercase();
+        if let Some(secret) = key.strip_suffix("_file") {
+            if SECRET_KEYS.contains(&secret) {
+                if env
+                    .iter()
+                    .any(|(n, _)| n == &format!("{ENV_PREFIX}{}", secret.to_ascii_uppercase()))
+                {
+                    return Err(cerr(format!(
+                        "{name} and {ENV_PREFIX}{} are both set; keep one",
+                        secret.to_ascii_uppercase()
+                    )));
+                }
+                table.remove(secret);
+                table.insert(key.clone(), toml::Value::String(value.clone()));
+                continue;
+            }
+        }
+        let Some(default) = defaults.get(&key) else {
+            // Other STRONGROOM_* variables (e.g. STRONGROOM_CONFIG) are not keys.
+            continue;
+        };
+        if SECRET_KEYS.contains(&key.as_str()) {
+            table.remove(&format!("{key}_file"));
+        }
+        let v = match default {
+            toml::Value::Integer(_) => value
+                .trim()
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .map_err(|_| cerr(format!("{name}: '{value}' is not a whole number")))?,
+            toml::Value::Array(_) => toml::Value::Array(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.to_owned()))
+                    .collect(),
+            ),
+            _ => toml::Value::String(value.clone()),
+        };
+        table.insert(key, v);
+    }
+    Ok(())
+}
+
+/// The keys and the types of their values, for reading the environment.
+fn defaults_table() -> toml::Table {
+    let c = Config::defaults();
+    let mut t = toml::Table::new();
+    let s = |v: &str| toml::Value::String(v.to_owned());
+    let i = |v: i64| toml::Value::Integer(v);
+    let a = || toml::Value::Array(Vec::new());
+    t.insert("listen".into(), s(&c.listen));
+    t.insert("data_dir".into(), s(""));
+    t.insert("key_dir".into(), s(""));
+    t.insert("database_url".into(), s(""));
+    t.insert("db_max_connections".into(), i(0));
+    t.insert("tls_cert".into(), s(""));
+    t.insert("tls_key".into(), s(""));
+    t.insert("trusted_proxies".into(), a());
+    t.insert("metrics_allow".into(), a());
+    t.insert("max_body_bytes".into(), i(0));
+    t.insert("max_connections".into(), i(0));
+    t.insert("session_idle_minutes".into(), i(0));
+    t.insert("session_lifetime_hours".into(), i(0));
+    t.insert("login_concurrency".into(), i(0));
+    t.insert("log_format".into(), s(""));
+    t
+}
+
+/// The environment as (name, value) pairs, for [`Config::load`].
+pub fn process_env() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        use std::io::Write;
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let (c, r) = Config::load(None, &[]).unwrap();
+        assert_eq!(r.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(c.database_kind(), "sqlite");
+        assert!(c
+            .database_url()
+            .expose_secret()
+            .ends_with("strongroom-data/strongroom.db"));
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let f = write("listen = \"127.0.0.1:9000\"\nsession_idle_minutes = 20\n");
+        let (c, r) = Config::load(
+            Some(f.path()),
+            &env(&[
+                ("STRONGROOM_SESSION_IDLE_MINUTES", "45"),
+                ("STRONGROOM_TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(r.listen.port(), 9000);
+        assert_eq!(c.session_idle_minutes, 45);
+        assert_eq!(r.trusted_proxies.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let f = write("lisen = \"x\"\n");
+        let e = Config::load(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+        let e = Config::load(None, &env(&[("STRONGROOM_LISTEN", "nope")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen"), "{e}");
+        let e = Config::load(None, &env(&[("STRONGROOM_SESSION_IDLE_MINUTES", "5")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("session_idle_minutes"), "{e}");
+        let e = Config::load(None, &env(&[("STRONGROOM_TRUSTED_PROXIES", "10.0.0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trusted_proxies"), "{e}");
+        let e = Config::load(None, &env(&[("STRONGROOM_DATABASE_URL", "mysql://x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("database_url"), "{e}");
+    }
+
+    #[test]
+    fn secret_from_file_and_refused_both_ways() {
+        let secret = write("postgres://u:pw@localhost/db\n");
+        let p = secret.path().to_string_lossy().to_string();
+        let (c, _) = Config::load(None, &env(&[("STRONGROOM_DATABASE_URL_FILE", &p)])).unwrap();
+        assert_eq!(
+            c.database_url().expose_secret(),
+            "postgres://u:pw@localhost/db"
+        );
+        assert!(!format!("{c:?}").contains("pw"));
+        let e = Config::load(
+            None,
+            &env(&[
+                ("STRONGROOM_DATABASE_URL_FILE", &p),
+                ("STRONGROOM_DATABASE_URL", "postgres://x"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("both"), "{e}");
+        let f = write(&format!(
+            "database_url = \"x.db\"\ndatabase_url_file = \"{p}\"\n"
+        ));
+        assert!(Config::load(Some(f.path()), &[]).is_err());
+    }
+}

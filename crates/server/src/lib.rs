@@ -1,0 +1,237 @@
+//! The Strongroom server: configuration, start-up checks, the HTTPS
+//! listener and the HTTP API.
+
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod records;
+pub mod state;
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use secrecy::ExposeSecret;
+use strongroom_core::clock::SharedClock;
+use strongroom_core::session::SessionPolicy;
+use strongroom_crypto::password::{HashParams, PasswordHasher};
+use strongroom_store::{MigrationReport, Store, StoreOptions};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+pub use config::{Config, Resolved};
+
+use crate::extract::{PeerAddr, TrustedProxies};
+use crate::state::{AppState, HashPool};
+
+/// What start-up found and did, for the operator.
+#[derive(Debug, Clone)]
+pub struct StartInfo {
+    pub master_key_created: bool,
+    pub tls_cert: PathBuf,
+    pub tls_generated: bool,
+    pub database: &'static str,
+    pub schema: MigrationReport,
+    pub store_empty: bool,
+}
+
+/// A server ready to accept connections.
+pub struct Prepared {
+    pub state: AppState,
+    pub info: StartInfo,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    max_connections: usize,
+}
+
+/// Opens the key store, the TLS certificate and the database (migrating
+/// it), and builds the router. Refuses unsafe key files, a key directory
+/// inside the data directory and a database newer than this binary.
+pub async fn prepare(
+    config: &Config,
+    resolved: &Resolved,
+    clock: SharedClock,
+) -> anyhow::Result<Prepared> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let (_master_key, master_key_created) =
+        strongroom_crypto::keyfile::open_or_create(&config.key_dir, &config.data_dir)?;
+    let tls_files = tls::ensure_files(
+        config.tls_cert.as_deref(),
+        config.tls_key.as_deref(),
+        &config.data_dir,
+    )?;
+    let tls = tls::server_config(&tls_files)?;
+    let store = open_store(config).await?;
+    let schema = store.migrate(clock.now()).await?;
+    let store_empty = store.is_empty().await?;
+    let hasher = PasswordHasher::new(HashParams::default())?;
+    let concurrency = match config.login_concurrency {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
+        n => n,
+    };
+    let state = AppState {
+        store,
+        clock,
+        sessions: SessionPolicy {
+            idle_timeout: chrono::Duration::minutes(config.session_idle_minutes),
+            absolute_lifetime: chrono::Duration::hours(config.session_lifetime_hours),
+        },
+        hashing: HashPool::new(hasher, concurrency),
+        metrics: Arc::new(metrics::Metrics::new()),
+        metrics_allow: Arc::new(resolved.metrics_allow.clone()),
+    };
+    let router = app::router(
+        state.clone(),
+        TrustedProxies(resolved.trusted_proxies.clone()),
+        config.max_body_bytes,
+    );
+    Ok(Prepared {
+        info: StartInfo {
+            master_key_created,
+            tls_cert: tls_files.cert,
+            tls_generated: tls_files.generated,
+            database: config.database_kind(),
+            schema,
+            store_empty,
+        },
+        state,
+        tls,
+        router,
+        max_connections: config.max_connections,
+    })
+}
+
+/// Opens the configured store (without migrating it).
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let store = Store::connect(
+        config.database_url().expose_secret(),
+        StoreOptions {
+            max_connections: config.db_max_connections,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(store)
+}
+
+/// Serves HTTPS on `listener` until `shutdown` completes, then lets open
+/// requests finish (up to 10 s).
+pub async fn serve(
+    prepared: Prepared,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let Prepared {
+        state,
+        tls,
+        router,
+        max_connections,
+        ..
+    } = prepared;
+    let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    let housekeeping = tokio::spawn(housekeeping(state.clone()));
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Typically out of file descriptors: back off briefly.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; closing new connection");
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer));
+                router.clone().oneshot(req)
+            });
+            let conn = builder.serve_connection(TokioIo::new(tls), svc);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    housekeeping.abort();
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(10)) => {
+            tracing::warn!("some connections were still open after 10 s; closing them");
+        }
+    }
+    state.store.close().await;
+    Ok(())
+}
+
+/// Periodic clean-up: sessions past their lifetime.
+async fn housekeeping(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tick.tick().await;
+        match state.store.purge_expired_sessions(state.clock.now()).await {
+            Ok(n) if n > 0 => tracing::info!(sessions = n, "purged expired sessions"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "session purge failed"),
+        }
+    }
+}
+
+/// Binds the configured address.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr}; is another server using the port? (config key: listen)")
+    })
+}

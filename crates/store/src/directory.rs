@@ -1,0 +1,508 @@
+//! Companies, departments and users.
+
+use crate::{flag, from_ts, get, ts, Store, StoreError, StoreResult};
+use chrono::{DateTime, Utc};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use strongroom_core::catalogue::RecordTypeDef;
+use strongroom_core::{CompanyId, UserKey};
+use strongroom_proto::{CompanyView, DepartmentView, UserStatus, UserView};
+
+/// A user to be created. The password is already hashed.
+#[derive(Clone)]
+pub struct NewUser {
+    pub user_id: String,
+    pub display_name: String,
+    pub email: Option<String>,
+    pub department: Option<String>,
+    pub password_hash: String,
+    pub is_admin: bool,
+    pub is_master: bool,
+}
+
+impl std::fmt::Debug for NewUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewUser")
+            .field("user_id", &self.user_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What sign-in needs to know about an account.
+#[derive(Clone)]
+pub struct LoginAccount {
+    pub company: CompanyId,
+    pub company_code: String,
+    pub key: UserKey,
+    pub user_id: String,
+    pub status: UserStatus,
+    pub password_hash: String,
+}
+
+impl std::fmt::Debug for LoginAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginAccount")
+            .field("company", &self.company_code)
+            .field("user_id", &self.user_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A user as stored, with the internal key.
+#[derive(Debug, Clone)]
+pub struct StoredUser {
+    pub key: UserKey,
+    pub department_id: Option<i64>,
+    pub view: UserView,
+}
+
+/// A resolved change to a user (department already looked up).
+#[derive(Debug, Clone, Default)]
+pub struct UserChange {
+    pub display_name: Option<String>,
+    pub email: Option<Option<String>>,
+    pub department_id: Option<Option<i64>>,
+    pub status: Option<UserStatus>,
+    pub is_admin: Option<bool>,
+}
+
+const USER_COLUMNS: &str = "u.id, u.user_id, u.display_name, u.email, u.department_id, \
+    d.code AS department_code, u.status, u.is_master, u.is_admin, u.created_at";
+
+fn try_user_from_row(row: &AnyRow) -> StoreResult<StoredUser> {
+    let status: String = get(row, "status")?;
+    Ok(StoredUser {
+        key: UserKey(get(row, "id")?),
+        department_id: get(row, "department_id")?,
+        view: UserView {
+            user_id: get(row, "user_id")?,
+            display_name: get(row, "display_name")?,
+            email: get(row, "email")?,
+            department: get(row, "department_code")?,
+            status: UserStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("user status '{status}'")))?,
+            is_master: flag(row, "is_master")?,
+            is_admin: flag(row, "is_admin")?,
+            created_at: from_ts(get(row, "created_at")?)?,
+        },
+    })
+}
+
+fn department_from_row(row: &AnyRow) -> StoreResult<(i64, DepartmentView)> {
+    Ok((
+        get(row, "id")?,
+        DepartmentView {
+            code: get(row, "code")?,
+            name: get(row, "name")?,
+            created_at: from_ts(get(row, "created_at")?)?,
+        },
+    ))
+}
+
+impl Store {
+    /// Creates a company, its master account and its default record types in
+    /// one transaction.
+    pub async fn create_company(
+        &self,
+        code: &str,
+        name: &str,
+        master: NewUser,
+        catalogue: &[RecordTypeDef],
+        now: DateTime<Utc>,
+    ) -> StoreResult<CompanyId> {
+        let mut w = self.write_tx().await?;
+        let row = sqlx::query(
+            "INSERT INTO companies (code, name, created_at) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(code)
+        .bind(name)
+        .bind(ts(now))
+        .fetch_one(&mut *w.tx)
+        .await
+        .map_err(|e| {
+            StoreError::map_conflict(
+                e,
+                &format!("a company with code {code} already exists"),
+                "company conflict",
+            )
+        })?;
+        let company = CompanyId(get(&row, "id")?);
+        insert_user(&mut w.tx, company, &master, None, now).await?;
+        for def in catalogue {
+            crate::records::insert_record_type(&mut w.tx, company, def, true, now).await?;
+        }
+        w.commit().await?;
+        Ok(company)
+    }
+
+    pub async fn company_by_code(
+        &self,
+        code: &str,
+    ) -> StoreResult<Option<(CompanyId, CompanyView)>> {
+        let row = sqlx::query("SELECT id, code, name, created_at FROM companies WHERE code = $1")
+            .bind(code)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok((
+                CompanyId(get(&r, "id")?),
+                CompanyView {
+                    code: get(&r, "code")?,
+                    name: get(&r, "name")?,
+                    created_at: from_ts(get(&r, "created_at")?)?,
+                },
+            ))
+        })
+        .transpose()
+    }
+
+    pub async fn list_companies(&self) -> StoreResult<Vec<CompanyView>> {
+        let rows = sqlx::query("SELECT code, name, created_at FROM companies ORDER BY code")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CompanyView {
+                    code: get(r, "code")?,
+                    name: get(r, "name")?,
+                    created_at: from_ts(get(r, "created_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The account behind a sign-in attempt, if the company and user exist.
+    pub async fn login_account(
+        &self,
+        company_code: &str,
+        user_id: &str,
+    ) -> StoreResult<Option<LoginAccount>> {
+        let row = sqlx::query(
+            "SELECT c.id AS company_id, c.code, u.id AS user_key, u.user_id, u.status, u.password_hash \
+             FROM companies c JOIN users u ON u.company_id = c.id \
+             WHERE c.code = $1 AND u.user_id = $2",
+        )
+        .bind(company_code)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            let status: String = get(&r, "status")?;
+            Ok(LoginAccount {
+                company: CompanyId(get(&r, "company_id")?),
+                company_code: get(&r, "code")?,
+                key: UserKey(get(&r, "user_key")?),
+                user_id: get(&r, "user_id")?,
+                status: UserStatus::parse(&status)
+                    .ok_or_else(|| StoreError::Corrupt(format!("user status '{status}'")))?,
+                password_hash: get(&r, "password_hash")?,
+            })
+        })
+        .transpose()
+    }
+
+    // ----- departments -------------------------------------------------
+
+    pub async fn create_department(
+        &self,
+        company: CompanyId,
+        code: &str,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<DepartmentView> {
+        let mut w = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO departments (company_id, code, name, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(company.0)
+        .bind(code)
+        .bind(name)
+        .bind(ts(now))
+        .execute(&mut *w.tx)
+        .await
+        .map_err(|e| {
+            StoreError::map_conflict(
+                e,
+                &format!("department {code} already exists"),
+                "department conflict",
+            )
+        })?;
+        w.commit().await?;
+        Ok(DepartmentView {
+            code: code.into(),
+            name: name.into(),
+            created_at: now,
+        })
+    }
+
+    pub async fn list_departments(&self, company: CompanyId) -> StoreResult<Vec<DepartmentView>> {
+        let rows = sqlx::query(
+            "SELECT id, code, name, created_at FROM departments WHERE company_id = $1 ORDER BY code",
+        )
+        .bind(company.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| department_from_row(r).map(|(_, d)| d))
+            .collect()
+    }
+
+    pub async fn department(
+        &self,
+        company: CompanyId,
+        code: &str,
+    ) -> StoreResult<Option<(i64, DepartmentView)>> {
+        let row = sqlx::query(
+            "SELECT id, code, name, created_at FROM departments WHERE company_id = $1 AND code = $2",
+        )
+        .bind(company.0)
+        .bind(code)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(department_from_row).transpose()
+    }
+
+    pub async fn rename_department(
+        &self,
+        company: CompanyId,
+        code: &str,
+        name: &str,
+    ) -> StoreResult<bool> {
+        let mut w = self.write_tx().await?;
+        let n = sqlx::query("UPDATE departments SET name = $3 WHERE company_id = $1 AND code = $2")
+            .bind(company.0)
+            .bind(code)
+            .bind(name)
+            .execute(&mut *w.tx)
+            .await?
+            .rows_affected();
+        w.commit().await?;
+        Ok(n == 1)
+    }
+
+    /// Deletes a department that nothing refers to any more.
+    pub async fn delete_department(&self, company: CompanyId, code: &str) -> StoreResult<bool> {
+        let mut w = self.write_tx().await?;
+        let n = sqlx::query("DELETE FROM departments WHERE company_id = $1 AND code = $2")
+            .bind(company.0)
+            .bind(code)
+            .execute(&mut *w.tx)
+            .await
+            .map_err(|e| {
+                StoreError::map_conflict(
+                    e,
+                    "department conflict",
+                    &format!(
+                        "department {code} still has users or records; move them to another department first"
+                    ),
+                )
+            })?
+            .rows_affected();
+        w.commit().await?;
+        Ok(n == 1)
+    }
+
+    // ----- users -------------------------------------------------------
+
+    pub async fn create_user(
+        &self,
+        company: CompanyId,
+        user: &NewUser,
+        department_id: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<UserKey> {
+        let mut w = self.write_tx().await?;
+        let key = insert_user(&mut w.tx, company, user, department_id, now).await?;
+        w.commit().await?;
+        Ok(key)
+    }
+
+    pub async fn list_users(&self, company: CompanyId) -> StoreResult<Vec<UserView>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users u LEFT JOIN departments d ON d.id = u.department_id \
+             WHERE u.company_id = $1 ORDER BY u.user_id"
+        ))
+        .bind(company.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| try_user_from_row(r).map(|u| u.view))
+            .collect()
+    }
+
+    pub async fn user(&self, company: CompanyId, user_id: &str) -> StoreResult<Option<StoredUser>> {
+        let row = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users u LEFT JOIN departments d ON d.id = u.department_id \
+             WHERE u.company_id = $1 AND u.user_id = $2"
+        ))
+        .bind(company.0)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(try_user_from_row).transpose()
+    }
+
+    pub async fn user_by_key(
+        &self,
+        company: CompanyId,
+        key: UserKey,
+    ) -> StoreResult<Option<StoredUser>> {
+        let row = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users u LEFT JOIN departments d ON d.id = u.department_id \
+             WHERE u.company_id = $1 AND u.id = $2"
+        ))
+        .bind(company.0)
+        .bind(key.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(try_user_from_row).transpose()
+    }
+
+    /// Applies a change to a user. Disabling a user ends their sessions in
+    /// the same transaction.
+    pub async fn update_user(
+        &self,
+        company: CompanyId,
+        key: UserKey,
+        change: &UserChange,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        let mut sets = vec!["updated_at = $3".to_owned()];
+        let mut args = vec![crate::Arg::Int(ts(now))];
+        let mut push = |col: &str, a: crate::Arg| {
+            args.push(a);
+            let n = args.len() + 2;
+            sets.push(format!("{col} = ${n}"));
+        };
+        if let Some(v) = &change.display_name {
+            push("display_name", crate::Arg::Text(v.clone()));
+        }
+        if let Some(v) = &change.status {
+            push("status", crate::Arg::Text(v.as_str().into()));
+        }
+        if let Some(v) = change.is_admin {
+            push("is_admin", crate::Arg::Int(v as i64));
+        }
+        // Clearing a nullable column is written as NULL in the SQL rather than
+        // bound, so no untyped NULL parameter reaches PostgreSQL.
+        let mut null_sets = Vec::new();
+        if let Some(v) = &change.email {
+            null_sets.push(("email", v.clone().map(crate::Arg::Text)));
+        }
+        if let Some(v) = change.department_id {
+            null_sets.push(("department_id", v.map(crate::Arg::Int)));
+        }
+        let mut sql_nulls = String::new();
+        for (col, v) in null_sets {
+            match v {
+                Some(a) => push(col, a),
+                None => sql_nulls.push_str(&format!(", {col} = NULL")),
+            }
+        }
+        let sql = format!(
+            "UPDATE users SET {}{sql_nulls} WHERE company_id = $1 AND id = $2",
+            sets.join(", ")
+        );
+        let q = sqlx::query(&sql).bind(company.0).bind(key.0);
+        let n = crate::bind_all(q, &args)
+            .execute(&mut *w.tx)
+            .await
+            .map_err(|e| StoreError::map_conflict(e, "user conflict", "no such department"))?
+            .rows_affected();
+        if n != 1 {
+            return Err(StoreError::NotFound("no such user".into()));
+        }
+        if change.status == Some(UserStatus::Disabled) || change.department_id.is_some() {
+            crate::sessions::end_user_sessions(&mut w.tx, company, key).await?;
+        }
+        w.commit().await?;
+        Ok(())
+    }
+
+    /// Sets a new password hash and ends the user's other sessions.
+    pub async fn set_password(
+        &self,
+        company: CompanyId,
+        key: UserKey,
+        password_hash: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        let n = sqlx::query(
+            "UPDATE users SET password_hash = $3, password_changed_at = $4, updated_at = $4 \
+             WHERE company_id = $1 AND id = $2",
+        )
+        .bind(company.0)
+        .bind(key.0)
+        .bind(password_hash)
+        .bind(ts(now))
+        .execute(&mut *w.tx)
+        .await?
+        .rows_affected();
+        if n != 1 {
+            return Err(StoreError::NotFound("no such user".into()));
+        }
+        crate::sessions::end_user_sessions(&mut w.tx, company, key).await?;
+        w.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes a user who has never written a record; others must be
+    /// disabled instead, so that history keeps naming its authors.
+    pub async fn delete_user(&self, company: CompanyId, key: UserKey) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        crate::sessions::end_user_sessions(&mut w.tx, company, key).await?;
+        let n = sqlx::query("DELETE FROM users WHERE company_id = $1 AND id = $2")
+            .bind(company.0)
+            .bind(key.0)
+            .execute(&mut *w.tx)
+            .await
+            .map_err(|e| {
+                StoreError::map_conflict(
+                    e,
+                    "user conflict",
+                    "this user appears in record history and cannot be deleted; disable the account instead",
+                )
+            })?
+            .rows_affected();
+        if n != 1 {
+            return Err(StoreError::NotFound("no such user".into()));
+        }
+        w.commit().await?;
+        Ok(())
+    }
+}
+
+async fn insert_user(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    company: CompanyId,
+    user: &NewUser,
+    department_id: Option<i64>,
+    now: DateTime<Utc>,
+) -> StoreResult<UserKey> {
+    let row = sqlx::query(
+        "INSERT INTO users (company_id, user_id, display_name, email, department_id, status, \
+           is_master, is_admin, password_hash, password_changed_at, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $9, $9) RETURNING id",
+    )
+    .bind(company.0)
+    .bind(&user.user_id)
+    .bind(&user.display_name)
+    .bind(user.email.as_deref())
+    .bind(department_id)
+    .bind(user.is_master as i64)
+    .bind((user.is_admin || user.is_master) as i64)
+    .bind(&user.password_hash)
+    .bind(ts(now))
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(|e| {
+        StoreError::map_conflict(
+            e,
+            &format!("user ID {} is already taken in this company", user.user_id),
+            "no such department",
+        )
+    })?;
+    Ok(UserKey(row.try_get("id")?))
+}

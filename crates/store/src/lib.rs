@@ -1,0 +1,300 @@
+//! Storage: one query layer over SQLite and PostgreSQL.
+//!
+//! Both backends go through `sqlx`'s `Any` driver with the same SQL (`$n`
+//! placeholders, `BIGINT` times in microseconds, `TEXT` JSON), so the two
+//! cannot drift apart except in the DDL, which is written once with a few
+//! dialect words substituted (see [`migrate`]). The whole integration suite
+//! runs on both in CI.
+//!
+//! Every method that reads or writes company data takes a [`CompanyId`] and
+//! puts it in its `WHERE` clause; the only lookup without one is a session by
+//! its token hash, which is how a request finds its company.
+
+mod directory;
+mod migrate;
+mod records;
+mod sessions;
+
+pub use directory::*;
+pub use migrate::{MigrationReport, SCHEMA_VERSION};
+pub use records::*;
+pub use sessions::*;
+
+use chrono::{DateTime, Utc};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use std::sync::Arc;
+use std::time::Duration;
+use strongroom_core::CompanyId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique key is taken; the message says which.
+    #[error("{0}")]
+    Conflict(String),
+    /// Optimistic concurrency: the row changed since it was read.
+    #[error("the record changed since it was read (now at version {current}); read it again")]
+    VersionConflict { current: i64 },
+    /// A row that must exist does not.
+    #[error("{0}")]
+    NotFound(String),
+    /// The database was written by a newer Strongroom.
+    #[error("the database schema is at version {found}, newer than this binary's {supported}; run the newer Strongroom, or restore a backup made by this version")]
+    SchemaTooNew { found: i64, supported: i64 },
+    /// The database URL or file cannot be used.
+    #[error("{0}")]
+    Config(String),
+    /// A stored value does not decode (corruption or a bug).
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// True when the error is a uniqueness or foreign-key conflict.
+    fn constraint_kind(e: &sqlx::Error) -> Option<sqlx::error::ErrorKind> {
+        match e {
+            sqlx::Error::Database(d) => Some(d.kind()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn map_conflict(e: sqlx::Error, unique: &str, fk: &str) -> StoreError {
+        match Self::constraint_kind(&e) {
+            Some(sqlx::error::ErrorKind::UniqueViolation) => StoreError::Conflict(unique.into()),
+            Some(sqlx::error::ErrorKind::ForeignKeyViolation) => StoreError::Conflict(fk.into()),
+            _ => StoreError::Db(e),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// The store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+    /// SQLite allows one writer at a time; taking this before a write
+    /// transaction turns "database is locked" errors into a short wait.
+    write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dialect", &self.dialect)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Turns a configured `database_url` into what sqlx understands: a bare path
+/// means an SQLite file (created when missing).
+pub fn normalise_url(url: &str) -> StoreResult<(String, Dialect)> {
+    let url = url.trim();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok((url.to_owned(), Dialect::Postgres))
+    } else if let Some(rest) = url.strip_prefix("sqlite://") {
+        Ok((sqlite_url(rest), Dialect::Sqlite))
+    } else if url.starts_with("sqlite:") {
+        Ok((sqlite_url(&url["sqlite:".len()..]), Dialect::Sqlite))
+    } else if url.contains("://") {
+        Err(StoreError::Config(format!(
+            "database_url must be a file path, sqlite://PATH or postgres://..., not a {} URL",
+            url.split("://").next().unwrap_or("")
+        )))
+    } else if url.is_empty() {
+        Err(StoreError::Config(
+            "database_url is empty; give a file path or postgres://...".into(),
+        ))
+    } else {
+        Ok((sqlite_url(url), Dialect::Sqlite))
+    }
+}
+
+fn sqlite_url(path: &str) -> String {
+    if path.contains('?') {
+        format!("sqlite://{path}")
+    } else {
+        format!("sqlite://{path}?mode=rwc")
+    }
+}
+
+impl Store {
+    pub async fn connect(database_url: &str, opts: StoreOptions) -> StoreResult<Store> {
+        sqlx::any::install_default_drivers();
+        let (url, dialect) = normalise_url(database_url)?;
+        let mut pool_opts = AnyPoolOptions::new()
+            .max_connections(opts.max_connections)
+            .acquire_timeout(opts.acquire_timeout);
+        if dialect == Dialect::Sqlite {
+            pool_opts = pool_opts.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // FULL: a write that was acknowledged survives a power cut.
+                    for pragma in [
+                        "PRAGMA foreign_keys = ON",
+                        "PRAGMA busy_timeout = 10000",
+                        "PRAGMA synchronous = FULL",
+                    ] {
+                        sqlx::query(pragma).execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool_opts
+            .connect(&url)
+            .await
+            .map_err(|e| StoreError::Config(describe_connect_error(&e, dialect)))?;
+        if dialect == Dialect::Sqlite {
+            sqlx::raw_sql("PRAGMA journal_mode = WAL;")
+                .execute(&pool)
+                .await?;
+        }
+        Ok(Store {
+            pool,
+            dialect,
+            write_lock: (dialect == Dialect::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(()))),
+        })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Starts a write transaction (serialised on SQLite).
+    pub(crate) async fn write_tx(&self) -> StoreResult<WriteTx<'_>> {
+        let guard = match &self.write_lock {
+            Some(l) => Some(l.lock().await),
+            None => None,
+        };
+        let tx = self.pool.begin().await?;
+        Ok(WriteTx { tx, _guard: guard })
+    }
+
+    /// True when no company exists yet (a fresh store).
+    pub async fn is_empty(&self) -> StoreResult<bool> {
+        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM companies")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
+        Ok(n == 0)
+    }
+}
+
+pub(crate) struct WriteTx<'a> {
+    pub tx: sqlx::Transaction<'static, sqlx::Any>,
+    _guard: Option<tokio::sync::MutexGuard<'a, ()>>,
+}
+
+impl WriteTx<'_> {
+    pub async fn commit(self) -> StoreResult<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn describe_connect_error(e: &sqlx::Error, dialect: Dialect) -> String {
+    // The URL is never repeated here: it may carry a password.
+    match dialect {
+        Dialect::Sqlite => format!(
+            "cannot open the SQLite database ({e}); check that data_dir exists and is writable"
+        ),
+        Dialect::Postgres => format!(
+            "cannot connect to PostgreSQL ({}); check database_url, that the server runs and accepts this user",
+            redact_pg_error(e)
+        ),
+    }
+}
+
+fn redact_pg_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(d) => d.message().to_owned(),
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Tls(t) => format!("TLS: {t}"),
+        sqlx::Error::PoolTimedOut => "timed out".into(),
+        sqlx::Error::Configuration(_) => "the URL is not valid".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Times are stored as microseconds since the Unix epoch (UTC).
+pub(crate) fn ts(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+pub(crate) fn from_ts(us: i64) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(us)
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {us} out of range")))
+}
+
+pub(crate) fn opt_ts(us: Option<i64>) -> StoreResult<Option<DateTime<Utc>>> {
+    us.map(from_ts).transpose()
+}
+
+pub(crate) fn get<T>(row: &AnyRow, col: &str) -> StoreResult<T>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    row.try_get(col).map_err(StoreError::Db)
+}
+
+pub(crate) fn flag(row: &AnyRow, col: &str) -> StoreResult<bool> {
+    Ok(get::<i64>(row, col)? != 0)
+}
+
+pub(crate) fn company(row: &AnyRow) -> StoreResult<CompanyId> {
+    Ok(CompanyId(get(row, "company_id")?))
+}
+
+/// A bound argument for dynamically built statements.
+#[derive(Debug, Clone)]
+pub(crate) enum Arg {
+    Int(i64),
+    Text(String),
+}
+
+pub(crate) fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    args: &'q [Arg],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for a in args {
+        q = match a {
+            Arg::Int(i) => q.bind(*i),
+            Arg::Text(s) => q.bind(s.as_str()),
+        };
+    }
+    q
+}

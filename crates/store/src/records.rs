@@ -1,0 +1,527 @@
+//! Record types, records, their versions and the exact-match index.
+
+use crate::{flag, from_ts, get, opt_ts, ts, Arg, Store, StoreError, StoreResult};
+use chrono::{DateTime, Utc};
+use sqlx::any::AnyRow;
+use strongroom_core::catalogue::RecordTypeDef;
+use strongroom_core::record::index_text;
+use strongroom_core::{CompanyId, UserKey};
+use strongroom_proto::{
+    ChangeKind, Classification, DeletedFilter, FieldDef, FieldType, PiiKind, RecordData,
+    RecordTypeView, RecordVersionView, RecordView,
+};
+
+/// A record type with its internal id.
+#[derive(Debug, Clone)]
+pub struct StoredRecordType {
+    pub id: i64,
+    pub view: RecordTypeView,
+}
+
+/// A record with its internal id.
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    pub id: i64,
+    pub department_id: Option<i64>,
+    pub owner: UserKey,
+    pub view: RecordView,
+}
+
+/// A new version of a record's state.
+#[derive(Debug, Clone)]
+pub struct RecordWrite<'a> {
+    pub data: &'a RecordData,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub kind: ChangeKind,
+    pub actor: UserKey,
+    pub now: DateTime<Utc>,
+}
+
+/// What a list asks for.
+#[derive(Debug, Clone, Default)]
+pub struct RecordQuery {
+    /// Only records with an internal id above this (keyset pagination).
+    pub after: Option<i64>,
+    pub limit: u32,
+    pub deleted: DeletedFilter,
+    /// Exact-match filters: field key and value in index form.
+    pub equals: Vec<(String, String)>,
+}
+
+fn enum_col<T>(row: &AnyRow, col: &str, parse: fn(&str) -> Option<T>) -> StoreResult<T> {
+    let s: String = get(row, col)?;
+    parse(&s).ok_or_else(|| StoreError::Corrupt(format!("{col} '{s}'")))
+}
+
+pub(crate) async fn insert_record_type(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    company: CompanyId,
+    def: &RecordTypeDef,
+    built_in: bool,
+    now: DateTime<Utc>,
+) -> StoreResult<i64> {
+    let row = sqlx::query(
+        "INSERT INTO record_types (company_id, type_key, name, classification, built_in, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+    )
+    .bind(company.0)
+    .bind(&def.key)
+    .bind(&def.name)
+    .bind(def.classification.as_str())
+    .bind(built_in as i64)
+    .bind(ts(now))
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(|e| {
+        StoreError::map_conflict(
+            e,
+            &format!("record type '{}' already exists", def.key),
+            "record type conflict",
+        )
+    })?;
+    let id: i64 = get(&row, "id")?;
+    insert_fields(tx, company, id, 0, &def.fields).await?;
+    Ok(id)
+}
+
+async fn insert_fields(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    company: CompanyId,
+    type_id: i64,
+    first_position: i64,
+    fields: &[FieldDef],
+) -> StoreResult<()> {
+    for (i, f) in fields.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO record_fields (company_id, record_type_id, field_key, label, field_type, \
+               classification, pii_kind, required, position) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(company.0)
+        .bind(type_id)
+        .bind(&f.key)
+        .bind(&f.label)
+        .bind(f.field_type.as_str())
+        .bind(f.classification.as_str())
+        .bind(f.pii_kind.as_str())
+        .bind(f.required as i64)
+        .bind(first_position + i as i64)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| {
+            StoreError::map_conflict(
+                e,
+                &format!("field '{}' already exists", f.key),
+                "field conflict",
+            )
+        })?;
+    }
+    Ok(())
+}
+
+const RECORD_COLUMNS: &str = "r.id, r.public_id, t.type_key, r.version, r.data, r.department_id, \
+    d.code AS department_code, r.owner_key, o.user_id AS owner_id, r.created_at, r.updated_at, r.deleted_at";
+
+const RECORD_FROM: &str = "FROM records r \
+    JOIN record_types t ON t.id = r.record_type_id AND t.company_id = r.company_id \
+    JOIN users o ON o.id = r.owner_key \
+    LEFT JOIN departments d ON d.id = r.department_id";
+
+fn parse_data(text: &str) -> StoreResult<RecordData> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("record data: {e}")))
+}
+
+fn record_from_row(row: &AnyRow) -> StoreResult<StoredRecord> {
+    let data: String = get(row, "data")?;
+    Ok(StoredRecord {
+        id: get(row, "id")?,
+        department_id: get(row, "department_id")?,
+        owner: UserKey(get(row, "owner_key")?),
+        view: RecordView {
+            id: get(row, "public_id")?,
+            record_type: get(row, "type_key")?,
+            version: get(row, "version")?,
+            data: parse_data(&data)?,
+            department: get(row, "department_code")?,
+            owner: get(row, "owner_id")?,
+            created_at: from_ts(get(row, "created_at")?)?,
+            updated_at: from_ts(get(row, "updated_at")?)?,
+            deleted_at: opt_ts(get(row, "deleted_at")?)?,
+        },
+    })
+}
+
+impl Store {
+    pub async fn list_record_types(&self, company: CompanyId) -> StoreResult<Vec<RecordTypeView>> {
+        let types = sqlx::query(
+            "SELECT id, type_key, name, classification, built_in FROM record_types \
+             WHERE company_id = $1 ORDER BY type_key",
+        )
+        .bind(company.0)
+        .fetch_all(&self.pool)
+        .await?;
+        let fields = sqlx::query(
+            "SELECT record_type_id, field_key, label, field_type, classification, pii_kind, required \
+             FROM record_fields WHERE company_id = $1 ORDER BY record_type_id, position",
+        )
+        .bind(company.0)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(types.len());
+        for t in &types {
+            let id: i64 = get(t, "id")?;
+            let mut fs = Vec::new();
+            for f in &fields {
+                if get::<i64>(f, "record_type_id")? == id {
+                    fs.push(field_from_row(f)?);
+                }
+            }
+            out.push(type_view(t, fs)?);
+        }
+        Ok(out)
+    }
+
+    pub async fn record_type(
+        &self,
+        company: CompanyId,
+        key: &str,
+    ) -> StoreResult<Option<StoredRecordType>> {
+        let Some(t) = sqlx::query(
+            "SELECT id, type_key, name, classification, built_in FROM record_types \
+             WHERE company_id = $1 AND type_key = $2",
+        )
+        .bind(company.0)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let id: i64 = get(&t, "id")?;
+        let fields = sqlx::query(
+            "SELECT field_key, label, field_type, classification, pii_kind, required \
+             FROM record_fields WHERE company_id = $1 AND record_type_id = $2 ORDER BY position",
+        )
+        .bind(company.0)
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let fs = fields
+            .iter()
+            .map(field_from_row)
+            .collect::<StoreResult<_>>()?;
+        Ok(Some(StoredRecordType {
+            id,
+            view: type_view(&t, fs)?,
+        }))
+    }
+
+    pub async fn create_record_type(
+        &self,
+        company: CompanyId,
+        def: &RecordTypeDef,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        insert_record_type(&mut w.tx, company, def, false, now).await?;
+        w.commit().await
+    }
+
+    pub async fn add_fields(
+        &self,
+        company: CompanyId,
+        record_type: &StoredRecordType,
+        fields: &[FieldDef],
+    ) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        let first = record_type.view.fields.len() as i64;
+        insert_fields(&mut w.tx, company, record_type.id, first, fields).await?;
+        w.commit().await
+    }
+
+    /// Stores a new record and its first version.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn insert_record(
+        &self,
+        company: CompanyId,
+        record_type: &StoredRecordType,
+        public_id: &str,
+        department_id: Option<i64>,
+        data: &RecordData,
+        actor: UserKey,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let text = serde_json::to_string(data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut w = self.write_tx().await?;
+        let row = sqlx::query(
+            "INSERT INTO records (public_id, company_id, record_type_id, version, data, department_id, \
+               owner_key, created_at, updated_at) VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $7) RETURNING id",
+        )
+        .bind(public_id)
+        .bind(company.0)
+        .bind(record_type.id)
+        .bind(&text)
+        .bind(department_id)
+        .bind(actor.0)
+        .bind(ts(now))
+        .fetch_one(&mut *w.tx)
+        .await
+        .map_err(|e| StoreError::map_conflict(e, "record id collision; retry", "no such department"))?;
+        let id: i64 = get(&row, "id")?;
+        insert_version(
+            &mut w.tx,
+            company,
+            id,
+            1,
+            ChangeKind::Create,
+            &text,
+            false,
+            actor,
+            now,
+        )
+        .await?;
+        write_index(&mut w.tx, company, record_type.id, id, data).await?;
+        w.commit().await
+    }
+
+    pub async fn record(
+        &self,
+        company: CompanyId,
+        record_type: &StoredRecordType,
+        public_id: &str,
+    ) -> StoreResult<Option<StoredRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {RECORD_COLUMNS} {RECORD_FROM} \
+             WHERE r.company_id = $1 AND r.record_type_id = $2 AND r.public_id = $3"
+        ))
+        .bind(company.0)
+        .bind(record_type.id)
+        .bind(public_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(record_from_row).transpose()
+    }
+
+    /// One page of records in creation order. Returns the records and, when
+    /// more may follow, the internal id to continue after.
+    pub async fn list_records(
+        &self,
+        company: CompanyId,
+        record_type: &StoredRecordType,
+        q: &RecordQuery,
+    ) -> StoreResult<(Vec<RecordView>, Option<i64>)> {
+        let mut args = vec![
+            Arg::Int(company.0),
+            Arg::Int(record_type.id),
+            Arg::Int(q.after.unwrap_or(0)),
+        ];
+        let mut sql = format!(
+            "SELECT {RECORD_COLUMNS} {RECORD_FROM} \
+             WHERE r.company_id = $1 AND r.record_type_id = $2 AND r.id > $3"
+        );
+        match q.deleted {
+            DeletedFilter::Exclude => sql.push_str(" AND r.deleted_at IS NULL"),
+            DeletedFilter::Only => sql.push_str(" AND r.deleted_at IS NOT NULL"),
+            DeletedFilter::Include => {}
+        }
+        for (field, value) in &q.equals {
+            args.push(Arg::Text(field.clone()));
+            args.push(Arg::Text(value.clone()));
+            let (f, v) = (args.len() - 1, args.len());
+            sql.push_str(&format!(
+                " AND r.id IN (SELECT i.record_id FROM record_index i WHERE i.company_id = $1 \
+                   AND i.record_type_id = $2 AND i.field_key = ${f} AND i.value = ${v})"
+            ));
+        }
+        // One extra row tells whether another page follows.
+        let limit = q.limit.max(1);
+        args.push(Arg::Int(i64::from(limit) + 1));
+        sql.push_str(&format!(" ORDER BY r.id LIMIT ${}", args.len()));
+        let rows = crate::bind_all(sqlx::query(&sql), &args)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut last = None;
+        for r in rows.iter().take(limit as usize) {
+            let rec = record_from_row(r)?;
+            last = Some(rec.id);
+            out.push(rec.view);
+        }
+        let next = if rows.len() > limit as usize {
+            last
+        } else {
+            None
+        };
+        Ok((out, next))
+    }
+
+    /// Writes a new version of a record if it is still at `expected_version`.
+    pub async fn write_record(
+        &self,
+        company: CompanyId,
+        record_type: &StoredRecordType,
+        record: &StoredRecord,
+        expected_version: i64,
+        change: RecordWrite<'_>,
+    ) -> StoreResult<()> {
+        let text =
+            serde_json::to_string(change.data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut w = self.write_tx().await?;
+        let deleted_at = change.deleted_at.map(ts);
+        let q = if deleted_at.is_some() {
+            "UPDATE records SET version = version + 1, data = $4, updated_at = $5, deleted_at = $6 \
+             WHERE company_id = $1 AND id = $2 AND version = $3"
+        } else {
+            "UPDATE records SET version = version + 1, data = $4, updated_at = $5, deleted_at = NULL \
+             WHERE company_id = $1 AND id = $2 AND version = $3"
+        };
+        let mut query = sqlx::query(q)
+            .bind(company.0)
+            .bind(record.id)
+            .bind(expected_version)
+            .bind(&text)
+            .bind(ts(change.now));
+        if let Some(d) = deleted_at {
+            query = query.bind(d);
+        }
+        let n = query.execute(&mut *w.tx).await?.rows_affected();
+        if n != 1 {
+            let row = sqlx::query("SELECT version FROM records WHERE company_id = $1 AND id = $2")
+                .bind(company.0)
+                .bind(record.id)
+                .fetch_optional(&mut *w.tx)
+                .await?;
+            return match row {
+                Some(r) => Err(StoreError::VersionConflict {
+                    current: get(&r, "version")?,
+                }),
+                None => Err(StoreError::NotFound("no such record".into())),
+            };
+        }
+        insert_version(
+            &mut w.tx,
+            company,
+            record.id,
+            expected_version + 1,
+            change.kind,
+            &text,
+            deleted_at.is_some(),
+            change.actor,
+            change.now,
+        )
+        .await?;
+        sqlx::query("DELETE FROM record_index WHERE company_id = $1 AND record_id = $2")
+            .bind(company.0)
+            .bind(record.id)
+            .execute(&mut *w.tx)
+            .await?;
+        write_index(&mut w.tx, company, record_type.id, record.id, change.data).await?;
+        w.commit().await
+    }
+
+    /// Every version of a record, oldest first.
+    pub async fn record_history(
+        &self,
+        company: CompanyId,
+        record: &StoredRecord,
+    ) -> StoreResult<Vec<RecordVersionView>> {
+        let rows = sqlx::query(
+            "SELECT v.version, v.change_kind, v.data, v.deleted, v.changed_at, u.user_id \
+             FROM record_versions v JOIN users u ON u.id = v.changed_by \
+             WHERE v.company_id = $1 AND v.record_id = $2 ORDER BY v.version",
+        )
+        .bind(company.0)
+        .bind(record.id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let data: String = get(r, "data")?;
+                Ok(RecordVersionView {
+                    version: get(r, "version")?,
+                    change: enum_col(r, "change_kind", ChangeKind::parse)?,
+                    data: parse_data(&data)?,
+                    deleted: flag(r, "deleted")?,
+                    changed_at: from_ts(get(r, "changed_at")?)?,
+                    changed_by: get(r, "user_id")?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn insert_version(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    company: CompanyId,
+    record_id: i64,
+    version: i64,
+    kind: ChangeKind,
+    data: &str,
+    deleted: bool,
+    actor: UserKey,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO record_versions (record_id, company_id, version, change_kind, data, deleted, \
+           changed_at, changed_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(record_id)
+    .bind(company.0)
+    .bind(version)
+    .bind(kind.as_str())
+    .bind(data)
+    .bind(deleted as i64)
+    .bind(ts(now))
+    .bind(actor.0)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_index(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    company: CompanyId,
+    type_id: i64,
+    record_id: i64,
+    data: &RecordData,
+) -> StoreResult<()> {
+    for (key, value) in data {
+        let Some(text) = index_text(value) else {
+            continue;
+        };
+        sqlx::query(
+            "INSERT INTO record_index (record_id, field_key, company_id, record_type_id, value) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(record_id)
+        .bind(key)
+        .bind(company.0)
+        .bind(type_id)
+        .bind(text)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+fn field_from_row(r: &AnyRow) -> StoreResult<FieldDef> {
+    Ok(FieldDef {
+        key: get(r, "field_key")?,
+        label: get(r, "label")?,
+        field_type: enum_col(r, "field_type", FieldType::parse)?,
+        classification: enum_col(r, "classification", Classification::parse)?,
+        pii_kind: enum_col(r, "pii_kind", PiiKind::parse)?,
+        required: flag(r, "required")?,
+    })
+}
+
+fn type_view(t: &AnyRow, fields: Vec<FieldDef>) -> StoreResult<RecordTypeView> {
+    Ok(RecordTypeView {
+        key: get(t, "type_key")?,
+        name: get(t, "name")?,
+        classification: enum_col(t, "classification", Classification::parse)?,
+        fields,
+        built_in: flag(t, "built_in")?,
+    })
+}

@@ -1,0 +1,154 @@
+//! Sessions, stored by the hash of their token.
+
+use crate::{flag, from_ts, get, ts, Store, StoreError, StoreResult};
+use chrono::{DateTime, Utc};
+use strongroom_core::session::SessionTimes;
+use strongroom_core::{CompanyId, UserKey};
+use strongroom_proto::UserStatus;
+
+/// A session with the facts about its user that every request needs.
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    pub company: CompanyId,
+    pub company_code: String,
+    pub user: UserKey,
+    pub user_id: String,
+    pub user_status: UserStatus,
+    pub is_admin: bool,
+    pub is_master: bool,
+    pub department_id: Option<i64>,
+    pub times: SessionTimes,
+}
+
+impl Store {
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_session(
+        &self,
+        company: CompanyId,
+        user: UserKey,
+        token_hash: &[u8; 32],
+        times: SessionTimes,
+        client_ip: Option<&str>,
+        user_agent: Option<&str>,
+    ) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, company_id, user_key, created_at, last_seen_at, \
+               expires_at, client_ip, user_agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(token_hash.to_vec())
+        .bind(company.0)
+        .bind(user.0)
+        .bind(ts(times.created_at))
+        .bind(ts(times.last_seen_at))
+        .bind(ts(times.expires_at))
+        .bind(client_ip)
+        .bind(user_agent)
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await?;
+        Ok(())
+    }
+
+    /// The session behind a token hash, with its user. This is the one
+    /// lookup that is not scoped by company: it is how a request finds it.
+    pub async fn session(&self, token_hash: &[u8; 32]) -> StoreResult<Option<SessionRecord>> {
+        let row = sqlx::query(
+            "SELECT s.company_id, c.code, s.user_key, u.user_id, u.status, u.is_admin, u.is_master, \
+               u.department_id, s.created_at, s.last_seen_at, s.expires_at \
+             FROM sessions s \
+             JOIN users u ON u.id = s.user_key AND u.company_id = s.company_id \
+             JOIN companies c ON c.id = s.company_id \
+             WHERE s.token_hash = $1",
+        )
+        .bind(token_hash.to_vec())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let status: String = get(&r, "status")?;
+        Ok(Some(SessionRecord {
+            company: crate::company(&r)?,
+            company_code: get(&r, "code")?,
+            user: UserKey(get(&r, "user_key")?),
+            user_id: get(&r, "user_id")?,
+            user_status: UserStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("user status '{status}'")))?,
+            is_admin: flag(&r, "is_admin")?,
+            is_master: flag(&r, "is_master")?,
+            department_id: get(&r, "department_id")?,
+            times: SessionTimes {
+                created_at: from_ts(get(&r, "created_at")?)?,
+                last_seen_at: from_ts(get(&r, "last_seen_at")?)?,
+                expires_at: from_ts(get(&r, "expires_at")?)?,
+            },
+        }))
+    }
+
+    pub async fn touch_session(
+        &self,
+        token_hash: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        sqlx::query(
+            "UPDATE sessions SET last_seen_at = $2 WHERE token_hash = $1 AND last_seen_at < $2",
+        )
+        .bind(token_hash.to_vec())
+        .bind(ts(now))
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await?;
+        Ok(())
+    }
+
+    /// Ends one session. Returns whether it existed.
+    pub async fn end_session(&self, token_hash: &[u8; 32]) -> StoreResult<bool> {
+        let mut w = self.write_tx().await?;
+        let n = sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
+            .bind(token_hash.to_vec())
+            .execute(&mut *w.tx)
+            .await?
+            .rows_affected();
+        w.commit().await?;
+        Ok(n > 0)
+    }
+
+    /// Removes sessions past their absolute lifetime. Idle ones are removed
+    /// when next presented.
+    pub async fn purge_expired_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        let mut w = self.write_tx().await?;
+        let n = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
+            .bind(ts(now))
+            .execute(&mut *w.tx)
+            .await?
+            .rows_affected();
+        w.commit().await?;
+        Ok(n)
+    }
+
+    pub async fn count_user_sessions(&self, company: CompanyId, user: UserKey) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM sessions WHERE company_id = $1 AND user_key = $2",
+        )
+        .bind(company.0)
+        .bind(user.0)
+        .fetch_one(&self.pool)
+        .await?;
+        get(&row, "n")
+    }
+}
+
+pub(crate) async fn end_user_sessions(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    company: CompanyId,
+    user: UserKey,
+) -> StoreResult<u64> {
+    Ok(
+        sqlx::query("DELETE FROM sessions WHERE company_id = $1 AND user_key = $2")
+            .bind(company.0)
+            .bind(user.0)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected(),
+    )
+}
