@@ -7,12 +7,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use strongroom_core::catalogue::default_catalogue;
 use strongroom_core::clock::{Clock, SystemClock};
 use strongroom_core::{ident, password};
-use strongroom_crypto::password::{HashParams, PasswordHasher};
 use strongroom_server::config::{process_env, Config, Resolved};
-use strongroom_store::NewUser;
 use zeroize::Zeroizing;
 
 #[derive(Parser)]
@@ -254,10 +251,9 @@ async fn init(
     admin_name: &str,
     password_file: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let code = ident::company_code(company).context("--company")?;
-    let name = ident::display_text("--company-name", company_name, 200)?;
-    let admin_id = ident::user_id(admin).context("--admin")?;
-    let admin_name = ident::display_text("--admin-name", admin_name, 200)?;
+    // Check what can be checked before asking for a password.
+    ident::company_code(company).context("--company")?;
+    ident::user_id(admin).context("--admin")?;
     let password = read_password(password_file)?;
     password::check_baseline(&password).context("master account password")?;
 
@@ -268,23 +264,21 @@ async fn init(
     strongroom_crypto::keyfile::open_or_create(&config.key_dir, &config.data_dir)?;
     let store = strongroom_server::open_store(config).await?;
     store.migrate(clock.now()).await?;
-    let hasher = PasswordHasher::new(HashParams::default())?;
-    let password_hash = tokio::task::spawn_blocking(move || hasher.hash(&password)).await??;
-    let master = NewUser {
-        user_id: admin_id.clone(),
-        display_name: admin_name,
-        email: None,
-        department: None,
-        password_hash,
-        is_admin: true,
-        is_master: true,
-    };
-    store
-        .create_company(&code, &name, master, &default_catalogue(), clock.now())
-        .await?;
+    let (code, admin_id) = strongroom_server::init_company(
+        &store,
+        clock.now(),
+        strongroom_server::NewCompany {
+            code: company,
+            name: company_name,
+            admin,
+            admin_name,
+            password: &password,
+        },
+    )
+    .await?;
     store.close().await;
     println!(
-        "Created company {code} ({name}) with master account '{admin_id}'.\n\
+        "Created company {code} ({company_name}) with master account '{admin_id}'.\n\
          Sign in: POST /api/v1/auth/login {{\"company\":\"{code}\",\"user\":\"{admin_id}\",\"password\":\"...\"}}"
     );
     Ok(())

@@ -208,6 +208,7 @@ mod tests {
         OpenOptions::new()
             .write(true)
             .create(true)
+            .truncate(true)
             .mode(0o600)
             .open(keys.join(MASTER_KEY_FILE))
             .unwrap()

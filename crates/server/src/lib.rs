@@ -229,6 +229,46 @@ async fn housekeeping(state: AppState) {
     }
 }
 
+/// A company to create, with its master account.
+pub struct NewCompany<'a> {
+    pub code: &'a str,
+    pub name: &'a str,
+    pub admin: &'a str,
+    pub admin_name: &'a str,
+    pub password: &'a str,
+}
+
+/// Creates a company with its master account and default record types.
+/// Returns the normalised company code and master user ID.
+pub async fn init_company(
+    store: &Store,
+    now: chrono::DateTime<chrono::Utc>,
+    req: NewCompany<'_>,
+) -> anyhow::Result<(String, String)> {
+    use strongroom_core::{catalogue, ident, password};
+    let code = ident::company_code(req.code).context("company code")?;
+    let name = ident::display_text("company name", req.name, 200)?;
+    let admin = ident::user_id(req.admin).context("master user ID")?;
+    let admin_name = ident::display_text("master display name", req.admin_name, 200)?;
+    password::check_baseline(req.password).context("master account password")?;
+    let hasher = PasswordHasher::new(HashParams::default())?;
+    let password = zeroize::Zeroizing::new(req.password.to_owned());
+    let password_hash = tokio::task::spawn_blocking(move || hasher.hash(&password)).await??;
+    let master = strongroom_store::NewUser {
+        user_id: admin.clone(),
+        display_name: admin_name,
+        email: None,
+        department: None,
+        password_hash,
+        is_admin: true,
+        is_master: true,
+    };
+    store
+        .create_company(&code, &name, master, &catalogue::default_catalogue(), now)
+        .await?;
+    Ok((code, admin))
+}
+
 /// Binds the configured address.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| {

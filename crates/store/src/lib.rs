@@ -119,8 +119,8 @@ pub fn normalise_url(url: &str) -> StoreResult<(String, Dialect)> {
         Ok((url.to_owned(), Dialect::Postgres))
     } else if let Some(rest) = url.strip_prefix("sqlite://") {
         Ok((sqlite_url(rest), Dialect::Sqlite))
-    } else if url.starts_with("sqlite:") {
-        Ok((sqlite_url(&url["sqlite:".len()..]), Dialect::Sqlite))
+    } else if let Some(rest) = url.strip_prefix("sqlite:") {
+        Ok((sqlite_url(rest), Dialect::Sqlite))
     } else if url.contains("://") {
         Err(StoreError::Config(format!(
             "database_url must be a file path, sqlite://PATH or postgres://..., not a {} URL",

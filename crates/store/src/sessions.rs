@@ -126,6 +126,16 @@ impl Store {
         Ok(n)
     }
 
+    /// The stored token hashes of a company's sessions (for checks that no
+    /// token is kept in the clear).
+    pub async fn session_token_hashes(&self, company: CompanyId) -> StoreResult<Vec<Vec<u8>>> {
+        let rows = sqlx::query("SELECT token_hash FROM sessions WHERE company_id = $1")
+            .bind(company.0)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| get(r, "token_hash")).collect()
+    }
+
     pub async fn count_user_sessions(&self, company: CompanyId, user: UserKey) -> StoreResult<i64> {
         let row = sqlx::query(
             "SELECT COUNT(*) AS n FROM sessions WHERE company_id = $1 AND user_key = $2",

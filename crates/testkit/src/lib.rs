@@ -1,1 +1,268 @@
+//! Starts the real server on port 0 over a fresh database, for tests.
+//!
+//! The backend is chosen by `STRONGROOM_TEST_DATABASE`: `sqlite` (default)
+//! or `postgres`. For PostgreSQL, `STRONGROOM_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`) names a server where each test
+//! server gets a database of its own, dropped afterwards. A PostgreSQL run
+//! that cannot reach its server fails; it never falls back to SQLite.
 
+#![allow(clippy::expect_used, clippy::panic)] // a test harness fails by panicking
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sqlx::Connection;
+use strongroom_client::Client;
+use strongroom_core::clock::{Clock, ManualClock};
+use strongroom_server::config::Config;
+use strongroom_server::state::AppState;
+use strongroom_store::Store;
+use tokio::sync::oneshot;
+
+pub use strongroom_client as client;
+
+pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// The password every helper-made account gets.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub fn backend() -> Backend {
+    match std::env::var("STRONGROOM_TEST_DATABASE").as_deref() {
+        Ok("postgres") => Backend::Postgres,
+        Ok("sqlite") | Err(_) => Backend::Sqlite,
+        Ok(other) => panic!("STRONGROOM_TEST_DATABASE must be sqlite or postgres, not {other}"),
+    }
+}
+
+/// Extra settings for one test server, as `STRONGROOM_*` variables would
+/// give them (e.g. `("TRUSTED_PROXIES", "127.0.0.1")`).
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    pub env: Vec<(String, String)>,
+}
+
+pub struct TestServer {
+    pub base_url: String,
+    pub clock: ManualClock,
+    pub cert_pem: Vec<u8>,
+    pub state: AppState,
+    pub backend: Backend,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    pg: Option<PgDatabase>,
+}
+
+struct PgDatabase {
+    admin_url: String,
+    name: String,
+}
+
+/// A fixed, known start time, so tests can reason about hours and days.
+pub fn start_time() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_767_261_600, 0).expect("valid time") // 2026-01-01 10:00 UTC
+}
+
+fn unique_suffix() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}_{}_{:08x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        rand::random::<u32>()
+    )
+}
+
+/// Replaces the database name in a PostgreSQL URL.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let after_scheme = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let root = match base[after_scheme..].find('/') {
+        Some(i) => &base[..after_scheme + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{root}/{db}?{q}"),
+        None => format!("{root}/{db}"),
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(opts: Options) -> TestServer {
+        let backend = backend();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = dir.path().join("data");
+        let key_dir = dir.path().join("keys");
+        let mut pg = None;
+        let database_url = match backend {
+            Backend::Sqlite => data_dir
+                .join("strongroom.db")
+                .to_string_lossy()
+                .into_owned(),
+            Backend::Postgres => {
+                let admin_url = std::env::var("STRONGROOM_TEST_POSTGRES_URL")
+                    .unwrap_or_else(|_| DEFAULT_PG_URL.to_owned());
+                let name = format!("sr_t_{}", unique_suffix());
+                let mut conn = sqlx::PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+                    panic!("PostgreSQL test run, but cannot connect to STRONGROOM_TEST_POSTGRES_URL: {e}")
+                });
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
+                let _ = conn.close().await;
+                let url = with_database(&admin_url, &name);
+                pg = Some(PgDatabase { admin_url, name });
+                url
+            }
+        };
+        let mut env: Vec<(String, String)> = vec![
+            ("STRONGROOM_LISTEN".into(), "127.0.0.1:0".into()),
+            (
+                "STRONGROOM_DATA_DIR".into(),
+                data_dir.to_string_lossy().into(),
+            ),
+            (
+                "STRONGROOM_KEY_DIR".into(),
+                key_dir.to_string_lossy().into(),
+            ),
+            ("STRONGROOM_DATABASE_URL".into(), database_url),
+            ("STRONGROOM_DB_MAX_CONNECTIONS".into(), "4".into()),
+        ];
+        for (k, v) in opts.env {
+            env.push((format!("STRONGROOM_{k}"), v));
+        }
+        let (config, resolved) = Config::load(None, &env).expect("test configuration");
+        let clock = ManualClock::new(start_time());
+        let prepared = strongroom_server::prepare(&config, &resolved, Arc::new(clock.clone()))
+            .await
+            .expect("server prepares");
+        let state = prepared.state.clone();
+        let cert_pem = std::fs::read(&prepared.info.tls_cert).expect("generated certificate");
+        let listener = strongroom_server::bind(resolved.listen)
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = strongroom_server::serve(prepared, listener, async {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        TestServer {
+            base_url: format!("https://127.0.0.1:{}", addr.port()),
+            clock,
+            cert_pem,
+            state,
+            backend,
+            dir,
+            shutdown: Some(tx),
+            pg,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.state.store
+    }
+
+    /// A client with no session, trusting this server's certificate.
+    pub fn client(&self) -> Client {
+        Client::new(&self.base_url, Some(&self.cert_pem)).expect("client")
+    }
+
+    /// Creates a company with master account `master` (password [`PASSWORD`]).
+    pub async fn company(&self, code: &str) {
+        strongroom_server::init_company(
+            self.store(),
+            self.clock.now(),
+            strongroom_server::NewCompany {
+                code,
+                name: &format!("{code} Ltd"),
+                admin: "master",
+                admin_name: "Master",
+                password: PASSWORD,
+            },
+        )
+        .await
+        .expect("create company");
+    }
+
+    /// Signs in and returns a client carrying the session.
+    pub async fn sign_in(&self, company: &str, user: &str) -> Client {
+        self.client()
+            .login(company, user, PASSWORD)
+            .await
+            .unwrap_or_else(|e| panic!("sign-in of {company}/{user} failed: {e}"))
+            .0
+    }
+
+    /// Creates a company and returns its master's signed-in client.
+    pub async fn company_master(&self, code: &str) -> Client {
+        self.company(code).await;
+        self.sign_in(code, "master").await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(pg) = self.pg.take() {
+            // Runs on its own thread and runtime: Drop cannot await, and the
+            // test's runtime may already be shutting down.
+            let handle = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async {
+                    if let Ok(mut conn) = sqlx::PgConnection::connect(&pg.admin_url).await {
+                        let _ = sqlx::query(&format!(
+                            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                            pg.name
+                        ))
+                        .execute(&mut conn)
+                        .await;
+                        let _ = conn.close().await;
+                    }
+                });
+            });
+            let _ = handle.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn database_name_is_replaced() {
+        assert_eq!(
+            with_database("postgres://u@h:5432/test", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u@h/test?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
+    }
+}

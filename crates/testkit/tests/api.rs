@@ -1,0 +1,1076 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The integration suite: the real server over HTTPS on a fresh database,
+//! driven through the typed client. Runs over SQLite and PostgreSQL
+//! (STRONGROOM_TEST_DATABASE=postgres).
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use strongroom_proto::*;
+use strongroom_testkit::client::{Client, ClientError};
+use strongroom_testkit::{Options, TestServer, PASSWORD};
+
+fn data(v: Value) -> RecordData {
+    v.as_object().expect("object").clone()
+}
+
+fn code(e: &ClientError) -> ErrorCode {
+    e.code().unwrap_or_else(|| panic!("no error code in {e:?}"))
+}
+
+async fn new_record(c: &Client, t: &str, v: Value) -> RecordView {
+    c.create_record(
+        t,
+        &CreateRecord {
+            data: data(v),
+            department: None,
+        },
+    )
+    .await
+    .expect("create record")
+}
+
+fn user(id: &str) -> CreateUser {
+    CreateUser {
+        user_id: id.into(),
+        display_name: format!("User {id}"),
+        email: Some(format!("{id}@example.com")),
+        department: None,
+        password: PASSWORD.into(),
+        is_admin: false,
+    }
+}
+
+// ----- operations ----------------------------------------------------------
+
+#[tokio::test]
+async fn health_metrics_and_openapi_need_no_session() {
+    let srv = TestServer::start().await;
+    let c = srv.client();
+    assert_eq!(c.health().await.unwrap().status, "ok");
+
+    let doc = c.openapi().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/api/v1/auth/login",
+        "/api/v1/records/{type}",
+        "/api/v1/records/{type}/{id}",
+        "/api/v1/records/{type}/{id}/history",
+        "/api/v1/records/{type}/{id}/restore",
+        "/api/v1/users",
+        "/api/v1/departments",
+        "/healthz",
+    ] {
+        assert!(doc["paths"][path].is_object(), "OpenAPI lacks {path}");
+    }
+
+    // Metrics count requests by route template, never by raw path.
+    let m = c.raw(Method::GET, "/metrics", None, vec![]).await.unwrap();
+    assert_eq!(m.status, 200);
+    let text = String::from_utf8(m.body).unwrap();
+    assert!(text.contains(r#"route="/healthz",status="200""#), "{text}");
+    assert!(text.contains("strongroom_http_request_duration_seconds_bucket"));
+}
+
+#[tokio::test]
+async fn metrics_are_refused_to_addresses_outside_metrics_allow() {
+    let srv = TestServer::start_with(Options {
+        env: vec![("METRICS_ALLOW".into(), "10.0.0.0/8".into())],
+    })
+    .await;
+    let m = srv
+        .client()
+        .raw(Method::GET, "/metrics", None, vec![])
+        .await
+        .unwrap();
+    assert_eq!(m.status, 403);
+    assert_eq!(m.json()["code"], "forbidden");
+}
+
+// ----- sign-in -------------------------------------------------------------
+
+#[tokio::test]
+async fn sign_in_session_and_sign_out() {
+    let srv = TestServer::start().await;
+    srv.company("ACME").await;
+    let anon = srv.client();
+
+    // Company codes and user IDs are case-insensitive.
+    let resp = anon
+        .raw(
+            Method::POST,
+            "/api/v1/auth/login",
+            Some("application/json"),
+            serde_json::to_vec(&json!({"company": "acme", "user": "MASTER", "password": PASSWORD}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200);
+    let cookie = resp.headers["set-cookie"].to_str().unwrap().to_owned();
+    for attr in [
+        "__Host-strongroom_session=",
+        "Secure",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/",
+    ] {
+        assert!(cookie.contains(attr), "cookie lacks {attr}: {cookie}");
+    }
+    let token = resp.json()["token"].as_str().unwrap().to_owned();
+    assert!(cookie.contains(&token));
+    let c = anon.with_token(&token);
+    let s = c.session().await.unwrap();
+    assert_eq!(s.company, "ACME");
+    assert_eq!(s.user.user_id, "master");
+    assert!(s.user.is_master);
+
+    // The cookie alone also authenticates.
+    let by_cookie = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&srv.cert_pem).unwrap())
+        .build()
+        .unwrap()
+        .get(format!("{}/api/v1/auth/session", srv.base_url))
+        .header("cookie", format!("__Host-strongroom_session={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_cookie.status(), 200);
+
+    // The token is stored only as a hash: no row holds the token itself.
+    let hashes = stored_hashes(&srv).await;
+    assert!(hashes.contains(&strongroom_crypto::token::hash_token(&token).to_vec()));
+    assert!(
+        !hashes.iter().any(|h| h.as_slice() == token.as_bytes()),
+        "the session token is stored in the clear"
+    );
+
+    c.logout().await.unwrap();
+    let e = c.session().await.unwrap_err();
+    assert_eq!(e.status(), Some(401));
+    assert_eq!(code(&e), ErrorCode::Unauthenticated);
+}
+
+async fn stored_hashes(srv: &TestServer) -> Vec<Vec<u8>> {
+    let (company, _) = srv.store().company_by_code("ACME").await.unwrap().unwrap();
+    srv.store().session_token_hashes(company).await.unwrap()
+}
+
+#[tokio::test]
+async fn failed_sign_ins_cannot_be_told_apart() {
+    let srv = TestServer::start().await;
+    srv.company("ACME").await;
+    let admin = srv.sign_in("ACME", "master").await;
+    admin.create_user(&user("gone")).await.unwrap();
+    admin
+        .update_user(
+            "gone",
+            &UpdateUser {
+                status: Some(UserStatus::Disabled),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    let anon = srv.client();
+    let hashing = &srv.state.hashing;
+    let mut messages = Vec::new();
+    for (company, user, password) in [
+        ("ACME", "master", "wrong password here"),
+        ("ACME", "nobody", PASSWORD),
+        ("NOPE", "master", PASSWORD),
+        ("ACME", "gone", PASSWORD),
+        ("A", "bad id with spaces", PASSWORD),
+    ] {
+        let before = hashing.verifications();
+        let e = anon.login(company, user, password).await.unwrap_err();
+        // Every attempt costs exactly one password verification, so the
+        // time taken does not reveal which part was wrong.
+        assert_eq!(hashing.verifications(), before + 1, "{company}/{user}");
+        assert_eq!(e.status(), Some(401));
+        assert_eq!(code(&e), ErrorCode::SignInFailed);
+        if let ClientError::Api { body, .. } = e {
+            messages.push(body.message);
+        }
+    }
+    messages.dedup();
+    assert_eq!(messages.len(), 1, "failure messages differ: {messages:?}");
+}
+
+#[tokio::test]
+async fn disabling_a_user_ends_their_sessions() {
+    let srv = TestServer::start().await;
+    let admin = srv.company_master("ACME").await;
+    admin.create_user(&user("alice")).await.unwrap();
+    let alice = srv.sign_in("ACME", "alice").await;
+    alice.session().await.unwrap();
+    admin
+        .update_user(
+            "alice",
+            &UpdateUser {
+                status: Some(UserStatus::Disabled),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(alice.session().await.unwrap_err().status(), Some(401));
+    let e = srv
+        .client()
+        .login("ACME", "alice", PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), ErrorCode::SignInFailed);
+}
+
+#[tokio::test]
+async fn sessions_end_after_idle_time_and_lifetime() {
+    let srv = TestServer::start().await;
+    let c = srv.company_master("ACME").await;
+    srv.clock.advance(chrono::Duration::minutes(29));
+    c.session().await.expect("still live after 29 idle minutes");
+    srv.clock.advance(chrono::Duration::minutes(29));
+    c.session().await.expect("activity renewed the idle timer");
+    srv.clock.advance(chrono::Duration::minutes(31));
+    let e = c.session().await.unwrap_err();
+    assert_eq!(code(&e), ErrorCode::Unauthenticated);
+
+    // Absolute lifetime (12 h), however active.
+    let c = srv.sign_in("ACME", "master").await;
+    for _ in 0..24 {
+        srv.clock.advance(chrono::Duration::minutes(29));
+        c.session().await.unwrap();
+    }
+    srv.clock.advance(chrono::Duration::minutes(29));
+    assert_eq!(
+        code(&c.session().await.unwrap_err()),
+        ErrorCode::Unauthenticated
+    );
+}
+
+#[tokio::test]
+async fn garbage_tokens_are_refused() {
+    let srv = TestServer::start().await;
+    srv.company("ACME").await;
+    for t in ["", "x", &"A".repeat(43), &"é".repeat(20)] {
+        let e = srv.client().with_token(t).session().await.unwrap_err();
+        assert_eq!(e.status(), Some(401), "token {t:?}");
+    }
+}
+
+// ----- administration ------------------------------------------------------
+
+#[tokio::test]
+async fn master_account_is_protected_and_admin_rights_are_checked() {
+    let srv = TestServer::start().await;
+    let master = srv.company_master("ACME").await;
+    let mut admin_user = user("ops");
+    admin_user.is_admin = true;
+    master.create_user(&admin_user).await.unwrap();
+    master.create_user(&user("clerk")).await.unwrap();
+    let ops = srv.sign_in("ACME", "ops").await;
+    let clerk = srv.sign_in("ACME", "clerk").await;
+
+    // Nobody can delete, disable or demote the master account.
+    for who in [&master, &ops] {
+        let e = who.delete_user("master").await.unwrap_err();
+        assert_eq!(code(&e), ErrorCode::Forbidden);
+        for change in [
+            UpdateUser {
+                is_admin: Some(false),
+                ..Default::default()
+            },
+            UpdateUser {
+                status: Some(UserStatus::Disabled),
+                ..Default::default()
+            },
+        ] {
+            let e = who.update_user("master", &change).await.unwrap_err();
+            assert_eq!(code(&e), ErrorCode::Forbidden);
+        }
+    }
+    let e = ops
+        .set_password("master", "another long password")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), ErrorCode::Forbidden);
+    assert!(master.user("master").await.unwrap().is_admin);
+
+    // Nobody raises their own rights.
+    let e = ops
+        .update_user(
+            "ops",
+            &UpdateUser {
+                is_admin: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), ErrorCode::Forbidden);
+
+    // A clerk may not administer.
+    assert_eq!(
+        code(&clerk.users().await.unwrap_err()),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        code(&clerk.create_user(&user("x")).await.unwrap_err()),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        code(&clerk.create_department("HR", "People").await.unwrap_err()),
+        ErrorCode::Forbidden
+    );
+    let e = clerk
+        .update_user(
+            "clerk",
+            &UpdateUser {
+                is_admin: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), ErrorCode::Forbidden);
+
+    // A user without history can be deleted; the list shows who is left.
+    ops.delete_user("clerk").await.unwrap();
+    let ids: Vec<String> = master
+        .users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.user_id)
+        .collect();
+    assert_eq!(ids, vec!["master", "ops"]);
+}
+
+#[tokio::test]
+async fn departments_and_users() {
+    let srv = TestServer::start().await;
+    let admin = srv.company_master("ACME").await;
+    let d = admin.create_department("sales", "Sales").await.unwrap();
+    assert_eq!(d.code, "SALES");
+    assert_eq!(
+        code(&admin.create_department("SALES", "Again").await.unwrap_err()),
+        ErrorCode::Conflict
+    );
+    admin.create_department("HR", "People").await.unwrap();
+    admin
+        .rename_department("HR", "Human resources")
+        .await
+        .unwrap();
+
+    let mut u = user("bob");
+    u.department = Some("SALES".into());
+    let bob = admin.create_user(&u).await.unwrap();
+    assert_eq!(bob.department.as_deref(), Some("SALES"));
+    assert_eq!(bob.email.as_deref(), Some("bob@example.com"));
+    assert_eq!(
+        code(&admin.create_user(&user("BOB")).await.unwrap_err()),
+        ErrorCode::Conflict,
+        "user IDs are unique regardless of case"
+    );
+    let mut bad = user("eve");
+    bad.department = Some("NOPE".into());
+    assert_eq!(
+        code(&admin.create_user(&bad).await.unwrap_err()),
+        ErrorCode::ValidationFailed
+    );
+    let mut weak = user("weak");
+    weak.password = "short".into();
+    assert_eq!(
+        code(&admin.create_user(&weak).await.unwrap_err()),
+        ErrorCode::ValidationFailed
+    );
+
+    // A department with members cannot be deleted.
+    assert_eq!(
+        code(&admin.delete_department("SALES").await.unwrap_err()),
+        ErrorCode::Conflict
+    );
+
+    // Moving a user to another department ends their sessions.
+    let bob_session = srv.sign_in("ACME", "bob").await;
+    let moved = admin
+        .update_user(
+            "bob",
+            &UpdateUser {
+                department: Some(Some("HR".into())),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(moved.department.as_deref(), Some("HR"));
+    assert_eq!(bob_session.session().await.unwrap_err().status(), Some(401));
+
+    admin.delete_department("SALES").await.unwrap();
+    let codes: Vec<String> = admin
+        .departments()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.code)
+        .collect();
+    assert_eq!(codes, vec!["HR"]);
+
+    // An admin-set password works, and ends the old sessions.
+    let bob_session = srv.sign_in("ACME", "bob").await;
+    admin
+        .set_password("bob", "a brand new passphrase")
+        .await
+        .unwrap();
+    assert_eq!(bob_session.session().await.unwrap_err().status(), Some(401));
+    srv.client()
+        .login("ACME", "bob", "a brand new passphrase")
+        .await
+        .unwrap();
+}
+
+// ----- records -------------------------------------------------------------
+
+#[tokio::test]
+async fn default_catalogue_is_created_with_the_company() {
+    let srv = TestServer::start().await;
+    let c = srv.company_master("ACME").await;
+    let types = c.record_types().await.unwrap();
+    let keys: Vec<&str> = types.iter().map(|t| t.key.as_str()).collect();
+    assert_eq!(keys, vec!["customer", "employee", "vendor"]);
+    let employee = c.record_type("employee").await.unwrap();
+    let field = |k: &str| employee.fields.iter().find(|f| f.key == k).unwrap().clone();
+    for k in [
+        "name",
+        "email",
+        "phone",
+        "address",
+        "national_id",
+        "bank_account",
+        "card_number",
+        "department",
+        "hired_on",
+        "salary",
+    ] {
+        field(k);
+    }
+    assert_eq!(field("national_id").pii_kind, PiiKind::NationalId);
+    assert_eq!(
+        field("national_id").classification,
+        Classification::Restricted
+    );
+    assert_eq!(field("card_number").pii_kind, PiiKind::CardNumber);
+    assert_eq!(field("bank_account").pii_kind, PiiKind::BankAccount);
+    assert_eq!(field("name").classification, Classification::Internal);
+    assert_eq!(field("hired_on").field_type, FieldType::Date);
+}
+
+#[tokio::test]
+async fn record_create_read_update_delete_restore_and_history() {
+    let srv = TestServer::start().await;
+    let c = srv.company_master("ACME").await;
+    let r = new_record(
+        &c,
+        "customer",
+        json!({"name": "  Hanoi Trading  ", "email": "buy@hanoi.vn"}),
+    )
+    .await;
+    assert_eq!(r.version, 1);
+    assert_eq!(r.data["name"], "Hanoi Trading", "values are normalised");
+    assert_eq!(r.owner, "master");
+    assert_eq!(c.record("customer", &r.id).await.unwrap(), r);
+
+    srv.clock.advance(chrono::Duration::minutes(1));
+    let u = c
+        .update_record(
+            "customer",
+            &r.id,
+            &UpdateRecord {
+                data: data(json!({"phone": "+84 24 1234 5678", "email": null})),
+                expected_version: Some(1),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(u.version, 2);
+    assert_eq!(u.data["phone"], "+84 24 1234 5678");
+    assert!(!u.data.contains_key("email"));
+    assert!(u.updated_at > r.updated_at);
+
+    // A stale version is refused and changes nothing.
+    let e = c
+        .update_record(
+            "customer",
+            &r.id,
+            &UpdateRecord {
+                data: data(json!({"name": "Lost update"})),
+                expected_version: Some(1),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), ErrorCode::VersionConflict);
+    assert_eq!(
+        c.record("customer", &r.id).await.unwrap().data["name"],
+        "Hanoi Trading"
+    );
+
+    // Soft delete: gone from reads and lists, still in history.
+    let d = c.delete_record("customer", &r.id).await.unwrap();
+    assert!(d.deleted_at.is_some());
+    assert_eq!(
+        code(&c.record("customer", &r.id).await.unwrap_err()),
+        ErrorCode::NotFound
+    );
+    assert!(c
+        .list_records("customer", &[])
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    let only = c
+        .list_records("customer", &[("deleted", "only")])
+        .await
+        .unwrap();
+    assert_eq!(only.items.len(), 1);
+    assert_eq!(
+        code(
+            &c.update_record(
+                "customer",
+                &r.id,
+                &UpdateRecord {
+                    data: data(json!({"name": "x"})),
+                    expected_version: None
+                }
+            )
+            .await
+            .unwrap_err()
+        ),
+        ErrorCode::Conflict
+    );
+
+    // Restore brings it back as it was.
+    let back = c.restore_record("customer", &r.id, None).await.unwrap();
+    assert!(back.deleted_at.is_none());
+    assert_eq!(back.data, u.data);
+    assert_eq!(back.version, 4);
+
+    // Undo a user error: go back to version 1.
+    let reverted = c.restore_record("customer", &r.id, Some(1)).await.unwrap();
+    assert_eq!(reverted.data, r.data);
+    assert_eq!(reverted.version, 5);
+
+    let h = c.record_history("customer", &r.id).await.unwrap();
+    let kinds: Vec<ChangeKind> = h.iter().map(|v| v.change).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ChangeKind::Create,
+            ChangeKind::Update,
+            ChangeKind::Delete,
+            ChangeKind::Restore,
+            ChangeKind::Revert
+        ]
+    );
+    assert_eq!(h[0].data, r.data);
+    assert_eq!(h[1].data, u.data);
+    assert!(h[2].deleted);
+    assert!(h.iter().all(|v| v.changed_by == "master"));
+
+    assert_eq!(
+        code(
+            &c.restore_record("customer", &r.id, Some(99))
+                .await
+                .unwrap_err()
+        ),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        code(&c.restore_record("customer", &r.id, None).await.unwrap_err()),
+        ErrorCode::Conflict,
+        "restoring a record that is not deleted"
+    );
+}
+
+#[tokio::test]
+async fn record_values_are_validated() {
+    let srv = TestServer::start().await;
+    let c = srv.company_master("ACME").await;
+    for (bad, want) in [
+        (json!({"email": "a@b.co"}), ErrorCode::ValidationFailed), // name is required
+        (
+            json!({"name": "x", "email": "not an email"}),
+            ErrorCode::ValidationFailed,
+        ),
+        (
+            json!({"name": "x", "shoe_size": 42}),
+            ErrorCode::UnknownField,
+        ),
+        (json!({"name": 7}), ErrorCode::ValidationFailed),
+        (
+            json!({"name": "x", "phone": "call me"}),
+            ErrorCode::ValidationFailed,
+        ),
+        (
+            json!({"name": "x".repeat(5000)}),
+            ErrorCode::ValidationFailed,
+        ),
+    ] {
+        let e = c
+            .create_record(
+                "customer",
+                &CreateRecord {
+                    data: data(bad.clone()),
+                    department: None,
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(code(&e), want, "{bad}");
+        assert_eq!(e.status(), Some(400));
+    }
+    let e = c
+        .create_record(
+            "employee",
+            &CreateRecord {
+                data: data(json!({"name": "x", "hired_on": "2025-02-30"})),
+                department: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), ErrorCode::ValidationFailed);
+    assert!(c
+        .list_records("customer", &[])
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    assert_eq!(
+        code(&c.list_records("nope", &[]).await.unwrap_err()),
+        ErrorCode::NotFound
+    );
+}
+
+#[tokio::test]
+async fn lists_page_through_everything_once_and_filter_exactly() {
+    let srv = TestServer::start().await;
+    let c = srv.company_master("ACME").await;
+    let mut made = Vec::new();
+    for i in 0..7 {
+        let email = if i % 2 == 0 {
+            "even@example.com"
+        } else {
+            "odd@example.com"
+        };
+        made.push(
+            new_record(
+                &c,
+                "vendor",
+                json!({"name": format!("V{i}"), "email": email}),
+            )
+            .await
+            .id,
+        );
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut q = vec![("limit", "3")];
+        if let Some(cur) = &cursor {
+            q.push(("cursor", cur.as_str()));
+        }
+        let page = c.list_records("vendor", &q).await.unwrap();
+        assert!(page.items.len() <= 3);
+        seen.extend(page.items.into_iter().map(|r| r.id));
+        pages += 1;
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, made, "every record once, in creation order");
+
+    let even = c
+        .list_records("vendor", &[("f.email", "even@example.com")])
+        .await
+        .unwrap();
+    assert_eq!(even.items.len(), 4);
+    assert!(even
+        .items
+        .iter()
+        .all(|r| r.data["email"] == "even@example.com"));
+    let both = c
+        .list_records(
+            "vendor",
+            &[("f.email", "odd@example.com"), ("f.name", "V3")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(both.items.len(), 1);
+    assert_eq!(both.items[0].data["name"], "V3");
+
+    // An update moves the record between filter results.
+    c.update_record(
+        "vendor",
+        &both.items[0].id,
+        &UpdateRecord {
+            data: data(json!({"email": "even@example.com"})),
+            expected_version: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        c.list_records("vendor", &[("f.email", "even@example.com")])
+            .await
+            .unwrap()
+            .items
+            .len(),
+        5
+    );
+
+    for (q, want) in [
+        (vec![("limit", "0")], ErrorCode::BadRequest),
+        (vec![("limit", "501")], ErrorCode::BadRequest),
+        (vec![("cursor", "garbage!")], ErrorCode::BadRequest),
+        (vec![("f.shoe", "x")], ErrorCode::UnknownField),
+        (vec![("sort", "name")], ErrorCode::BadRequest),
+        (vec![("deleted", "maybe")], ErrorCode::BadRequest),
+    ] {
+        let e = c.list_records("vendor", &q).await.unwrap_err();
+        assert_eq!(code(&e), want, "{q:?}");
+    }
+}
+
+#[tokio::test]
+async fn companies_never_see_each_others_records() {
+    let srv = TestServer::start().await;
+    let a = srv.company_master("ALPHA").await;
+    let b = srv.company_master("BETA").await;
+    let secret = new_record(
+        &a,
+        "customer",
+        json!({"name": "Alpha's client", "email": "vip@alpha.com"}),
+    )
+    .await;
+    new_record(&b, "customer", json!({"name": "Beta's client"})).await;
+
+    // Every path with A's id answers 404 to B, exactly as for an id that
+    // does not exist.
+    let missing = uuid::Uuid::new_v4().to_string();
+    for id in [&secret.id, &missing] {
+        assert_eq!(
+            code(&b.record("customer", id).await.unwrap_err()),
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            code(&b.record_history("customer", id).await.unwrap_err()),
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            code(&b.delete_record("customer", id).await.unwrap_err()),
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            code(&b.restore_record("customer", id, Some(1)).await.unwrap_err()),
+            ErrorCode::NotFound
+        );
+        let e = b
+            .update_record(
+                "customer",
+                id,
+                &UpdateRecord {
+                    data: data(json!({"name": "hijacked"})),
+                    expected_version: None,
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(code(&e), ErrorCode::NotFound);
+    }
+    // Lists and filters show only B's own.
+    let listed = b
+        .list_records("customer", &[("deleted", "include")])
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].data["name"], "Beta's client");
+    assert!(b
+        .list_records("customer", &[("f.email", "vip@alpha.com")])
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    // A's record is untouched.
+    let still = a.record("customer", &secret.id).await.unwrap();
+    assert_eq!(still, secret);
+    // B's users and departments are B's.
+    assert_eq!(b.users().await.unwrap().len(), 1);
+    a.create_department("SECRET", "Secret unit").await.unwrap();
+    assert!(b.departments().await.unwrap().is_empty());
+    let mut u = user("spy");
+    u.department = Some("SECRET".into());
+    assert_eq!(
+        code(&b.create_user(&u).await.unwrap_err()),
+        ErrorCode::ValidationFailed
+    );
+}
+
+#[tokio::test]
+async fn companies_define_their_own_record_types() {
+    let srv = TestServer::start().await;
+    let c = srv.company_master("ACME").await;
+    let contract = c
+        .create_record_type(&CreateRecordType {
+            key: "contract".into(),
+            name: "Contract".into(),
+            classification: Classification::Confidential,
+            fields: vec![
+                FieldDef {
+                    key: "title".into(),
+                    label: "Title".into(),
+                    field_type: FieldType::Text,
+                    classification: Classification::Internal,
+                    pii_kind: PiiKind::None,
+                    required: true,
+                },
+                FieldDef {
+                    key: "value".into(),
+                    label: "Value".into(),
+                    field_type: FieldType::Decimal,
+                    classification: Classification::Confidential,
+                    pii_kind: PiiKind::None,
+                    required: false,
+                },
+            ],
+        })
+        .await
+        .unwrap();
+    assert!(!contract.built_in);
+    let r = new_record(
+        &c,
+        "contract",
+        json!({"title": "Supply 2026", "value": "125000.50"}),
+    )
+    .await;
+    assert_eq!(r.data["value"], "125000.50");
+
+    let added = c
+        .add_fields(
+            "contract",
+            &AddFields {
+                fields: vec![FieldDef {
+                    key: "signed".into(),
+                    label: "Signed".into(),
+                    field_type: FieldType::Boolean,
+                    classification: Classification::Internal,
+                    pii_kind: PiiKind::None,
+                    required: false,
+                }],
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(added.fields.len(), 3);
+    c.update_record(
+        "contract",
+        &r.id,
+        &UpdateRecord {
+            data: data(json!({"signed": true})),
+            expected_version: None,
+        },
+    )
+    .await
+    .unwrap();
+    let signed = c
+        .list_records("contract", &[("f.signed", "true")])
+        .await
+        .unwrap();
+    assert_eq!(signed.items.len(), 1);
+
+    // Bad definitions are refused with clear codes.
+    let dup = CreateRecordType {
+        key: "contract".into(),
+        name: "Again".into(),
+        classification: Classification::Internal,
+        fields: vec![],
+    };
+    assert_eq!(
+        code(&c.create_record_type(&dup).await.unwrap_err()),
+        ErrorCode::Conflict
+    );
+    let bad_key = CreateRecordType {
+        key: "Bad Key".into(),
+        ..dup.clone()
+    };
+    assert_eq!(
+        code(&c.create_record_type(&bad_key).await.unwrap_err()),
+        ErrorCode::ValidationFailed
+    );
+    let required_later = AddFields {
+        fields: vec![FieldDef {
+            key: "owner_name".into(),
+            label: "Owner".into(),
+            field_type: FieldType::Text,
+            classification: Classification::Internal,
+            pii_kind: PiiKind::Name,
+            required: true,
+        }],
+    };
+    assert_eq!(
+        code(&c.add_fields("contract", &required_later).await.unwrap_err()),
+        ErrorCode::ValidationFailed
+    );
+}
+
+// ----- hostile input -------------------------------------------------------
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx_never_a_5xx() {
+    let srv = TestServer::start_with(Options {
+        env: vec![("MAX_BODY_BYTES".into(), "4096".into())],
+    })
+    .await;
+    let c = srv.company_master("ACME").await;
+    let json_ct = Some("application/json");
+    type Case<'a> = (Method, &'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            Method::POST,
+            "/api/v1/records/customer",
+            json_ct,
+            b"{not json".to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            Method::POST,
+            "/api/v1/records/customer",
+            json_ct,
+            b"[1,2]".to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            Method::POST,
+            "/api/v1/records/customer",
+            Some("text/plain"),
+            br#"{"data":{}}"#.to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            Method::POST,
+            "/api/v1/records/customer",
+            None,
+            br#"{"data":{}}"#.to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            Method::POST,
+            "/api/v1/records/customer",
+            json_ct,
+            br#"{"data":{"name":"x"},"extra":1}"#.to_vec(),
+            400,
+            "unknown_field",
+        ),
+        (
+            Method::POST,
+            "/api/v1/records/customer",
+            json_ct,
+            format!(r#"{{"data":{{"name":"{}"}}}}"#, "x".repeat(5000)).into_bytes(),
+            413,
+            "payload_too_large",
+        ),
+        (
+            Method::POST,
+            "/api/v1/auth/login",
+            json_ct,
+            br#"{"company":"ACME"}"#.to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            Method::GET,
+            "/api/v1/no-such-thing",
+            None,
+            vec![],
+            404,
+            "not_found",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/records/customer",
+            json_ct,
+            b"{}".to_vec(),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            Method::GET,
+            "/api/v1/records/customer/not-a-uuid",
+            None,
+            vec![],
+            404,
+            "not_found",
+        ),
+        (
+            Method::GET,
+            "/api/v1/records/..%2F..%2Fetc/x",
+            None,
+            vec![],
+            404,
+            "not_found",
+        ),
+        (
+            Method::GET,
+            "/api/v1/records/customer?limit=abc",
+            None,
+            vec![],
+            400,
+            "bad_request",
+        ),
+        (
+            Method::PATCH,
+            "/api/v1/users/master",
+            json_ct,
+            br#"{"status":"sleeping"}"#.to_vec(),
+            400,
+            "invalid_json",
+        ),
+    ];
+    for (method, path, ct, body, status, want) in cases {
+        let r = c.raw(method.clone(), path, ct, body).await.unwrap();
+        let j = r.json();
+        assert_eq!(r.status, status, "{method} {path}: {j}");
+        assert_eq!(j["code"], want, "{method} {path}: {j}");
+        assert!(!j["message"].as_str().unwrap_or("").is_empty());
+        // The request id in the body is the one in the header.
+        assert_eq!(
+            j["request_id"].as_str().unwrap(),
+            r.headers["x-request-id"].to_str().unwrap(),
+            "{method} {path}"
+        );
+    }
+    // Without a session, the same paths answer 401, not 404 or 500.
+    let r = srv
+        .client()
+        .raw(Method::GET, "/api/v1/records/customer", None, vec![])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["code"], "unauthenticated");
+}
+
+#[tokio::test]
+async fn a_database_newer_than_the_binary_is_refused() {
+    let srv = TestServer::start().await;
+    let now = strongroom_testkit::start_time();
+    srv.store().force_schema_version(9999, now).await.unwrap();
+    let e = srv.store().migrate(now).await.unwrap_err().to_string();
+    assert!(e.contains("9999") && e.contains("newer"), "{e}");
+}
