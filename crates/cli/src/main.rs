@@ -12,6 +12,15 @@ use strongroom_core::{ident, password};
 use strongroom_server::config::{process_env, Config, Resolved};
 use zeroize::Zeroizing;
 
+/// Prints a line for the operator. A closed stdout (a supervisor that went
+/// away) must not bring the server down, so write errors are ignored.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "strongroom",
@@ -134,11 +143,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot read the CA certificate {}", ca.display()))?;
             let client = strongroom_client::Client::new(&url, Some(&pem))?;
             let h = client.health().await?;
-            println!("{} (version {})", h.status, h.version);
+            say!("{} (version {})", h.status, h.version);
             Ok(())
         }
         Command::Openapi => {
-            println!("{}", strongroom_server::app::openapi_json());
+            say!("{}", strongroom_server::app::openapi_json());
             Ok(())
         }
     }
@@ -165,31 +174,32 @@ async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let info = &prepared.info;
     if info.master_key_created {
-        println!(
+        say!(
             "Created the master key in {}. Back it up apart from the data: without it nothing encrypted can be read.",
             config.key_dir.display()
         );
     }
     if info.tls_generated {
-        println!(
+        say!(
             "Generated a self-signed TLS certificate: {} (give clients this file to trust).",
             info.tls_cert.display()
         );
     }
-    println!(
+    if info.store_empty {
+        say!(
+            "The store is empty. Create the first company with:\n  strongroom init --company ACME --company-name \"Acme Ltd\" --admin master --admin-password-file FILE"
+        );
+    }
+    // The listening line comes last: scripts and tests wait for it.
+    say!(
         "Strongroom {} listening on https://{addr} ({} store, schema version {}), ready in {} ms",
         env!("CARGO_PKG_VERSION"),
         info.database,
         info.schema.to,
         started.elapsed().as_millis()
     );
-    if info.store_empty {
-        println!(
-            "The store is empty. Create the first company with:\n  strongroom init --company ACME --company-name \"Acme Ltd\" --admin master --admin-password-file FILE"
-        );
-    }
     strongroom_server::serve(prepared, listener, shutdown_signal()).await?;
-    println!("Strongroom stopped.");
+    say!("Strongroom stopped.");
     Ok(())
 }
 
@@ -277,7 +287,7 @@ async fn init(
     )
     .await?;
     store.close().await;
-    println!(
+    say!(
         "Created company {code} ({company_name}) with master account '{admin_id}'.\n\
          Sign in: POST /api/v1/auth/login {{\"company\":\"{code}\",\"user\":\"{admin_id}\",\"password\":\"...\"}}"
     );

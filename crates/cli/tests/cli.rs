@@ -1,0 +1,252 @@
+//! The `strongroom` binary as an operator uses it: first start, `init`,
+//! `health`, and refusals of bad set-ups with messages that say what to do.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_strongroom");
+
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        Setup {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("STRONGROOM_LISTEN", "127.0.0.1:0")
+            .env("STRONGROOM_LOG", "warn")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    fn password_file(&self, pw: &str) -> String {
+        let p = self.path("master.pw");
+        std::fs::write(&p, format!("{pw}\n")).unwrap();
+        p.to_string_lossy().into_owned()
+    }
+
+    /// Starts `serve` and returns once it says where it listens.
+    fn serve(&self, extra_env: &[(&str, &str)]) -> (Child, String, Vec<String>) {
+        let mut cmd = self.cmd();
+        cmd.arg("serve")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let mut lines = Vec::new();
+        let mut url = None;
+        // Start-up messages end with the "listening on" line.
+        for line in out.lines() {
+            let line = line.unwrap();
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                url = Some(rest.split_whitespace().next().unwrap().to_owned());
+            }
+            lines.push(line);
+            if url.is_some() {
+                break;
+            }
+        }
+        (child, url.expect("server printed its address"), lines)
+    }
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "serve exited with {status:?} on SIGTERM");
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn first_start_then_init_then_health() {
+    let s = Setup::new();
+    let (child, url, lines) = s.serve(&[]);
+    let all = lines.join("\n");
+    assert!(all.contains("Created the master key"), "{all}");
+    assert!(all.contains("self-signed TLS certificate"), "{all}");
+    assert!(all.contains("The store is empty"), "{all}");
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    assert_eq!(mode(&s.path("strongroom-keys")), 0o700);
+    assert_eq!(mode(&s.path("strongroom-keys/master.key")), 0o600);
+    assert_eq!(mode(&s.path("strongroom-data")), 0o700);
+    assert!(s.path("strongroom-data/strongroom.db").exists());
+    assert!(s.path("strongroom-data/tls/cert.pem").exists());
+
+    let h = s.run(&["health", "--url", &url]);
+    assert!(h.status.success(), "{}", text(&h));
+    assert!(text(&h).starts_with("ok"), "{}", text(&h));
+
+    // init works while the server runs (SQLite WAL allows it).
+    let pw = s.password_file("correct horse battery staple");
+    let o = s.run(&[
+        "init",
+        "--company",
+        "acme",
+        "--company-name",
+        "Acme Ltd",
+        "--admin",
+        "master",
+        "--admin-password-file",
+        &pw,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("Created company ACME"), "{}", text(&o));
+
+    // The same code again is refused, clearly.
+    let o = s.run(&[
+        "init",
+        "--company",
+        "ACME",
+        "--company-name",
+        "Again",
+        "--admin-password-file",
+        &pw,
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("already exists"), "{}", text(&o));
+    stop(child);
+
+    // A second start finds the key and certificate and does not say the store is empty.
+    let (child, _, lines) = s.serve(&[]);
+    let all = lines.join("\n");
+    assert!(!all.contains("Created the master key"), "{all}");
+    assert!(!all.contains("The store is empty"), "{all}");
+    stop(child);
+}
+
+#[test]
+fn init_refuses_weak_or_missing_passwords() {
+    let s = Setup::new();
+    let pw = s.password_file("short");
+    let o = s.run(&[
+        "init",
+        "--company",
+        "ACME",
+        "--company-name",
+        "Acme",
+        "--admin-password-file",
+        &pw,
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("at least 12 characters"), "{}", text(&o));
+
+    // No file and no terminal: say how to give the password.
+    let o = s.run(&["init", "--company", "ACME", "--company-name", "Acme"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--admin-password-file"), "{}", text(&o));
+
+    let o = s.run(&[
+        "init",
+        "--company",
+        "A C",
+        "--company-name",
+        "Acme",
+        "--admin-password-file",
+        &pw,
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("company code"), "{}", text(&o));
+}
+
+#[test]
+fn bad_setups_stop_start_up_with_a_fix() {
+    let s = Setup::new();
+    // Unknown key in the config file.
+    std::fs::write(s.path("bad.toml"), "lisen = \"0.0.0.0:1\"\n").unwrap();
+    let o = s.run(&["--config", "bad.toml", "serve"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("lisen"), "{}", text(&o));
+
+    // A bad value from the environment names its key.
+    let o = s
+        .cmd()
+        .arg("serve")
+        .env("STRONGROOM_MAX_BODY_BYTES", "lots")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("STRONGROOM_MAX_BODY_BYTES"),
+        "{}",
+        text(&o)
+    );
+
+    // The key directory inside the data directory.
+    let o = s
+        .cmd()
+        .arg("serve")
+        .env("STRONGROOM_KEY_DIR", "strongroom-data/keys")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("must be apart"), "{}", text(&o));
+
+    // A master key file others can read.
+    let (child, _, _) = s.serve(&[]);
+    stop(child);
+    std::fs::set_permissions(
+        s.path("strongroom-keys/master.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let o = s.run(&["serve"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("chmod 600"), "{}", text(&o));
+
+    // A secret given two ways.
+    let o = s
+        .cmd()
+        .arg("serve")
+        .env("STRONGROOM_DATABASE_URL", "x.db")
+        .env("STRONGROOM_DATABASE_URL_FILE", "y")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("both"), "{}", text(&o));
+}
+
+#[test]
+fn openapi_is_printed_offline() {
+    let s = Setup::new();
+    let o = s.run(&["openapi"]);
+    assert!(o.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+}
