@@ -84,10 +84,45 @@ enum Command {
         ca_cert: Option<PathBuf>,
     },
 
+    /// Key management: status, data-key rotation, master-key rotation.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+
     /// Print the OpenAPI document of this version's API.
     ///
     /// Example: strongroom openapi > openapi.json
     Openapi,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Show every company key: purpose, version, status, age, and the master
+    /// key that wraps it.
+    ///
+    /// Example: strongroom keys status
+    Status,
+
+    /// Start a new data-key version for a company. New writes use it at
+    /// once; existing values are re-encrypted to it (here, with progress,
+    /// unless --no-wait; a running server also picks it up and resumes
+    /// after a restart). The old version is retired when nothing uses it.
+    ///
+    /// Example: strongroom keys rotate --company ACME
+    Rotate {
+        /// Company code.
+        #[arg(long)]
+        company: String,
+        /// Only start the rotation; leave the re-encryption to the server.
+        #[arg(long)]
+        no_wait: bool,
+    },
+
+    /// Replace the master key: a new one is added to the key file, every
+    /// company key is re-wrapped under it (records are not touched), then
+    /// the old one is removed. Back up the key file afterwards.
+    ///
+    /// Example: strongroom keys rotate-master
+    RotateMaster,
 }
 
 fn main() -> ExitCode {
@@ -145,6 +180,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let h = client.health().await?;
             say!("{} (version {})", h.status, h.version);
             Ok(())
+        }
+        Command::Keys(k) => {
+            let (config, _) = load_config(cli.config.as_deref())?;
+            keys(&config, k).await
         }
         Command::Openapi => {
             say!("{}", strongroom_server::app::openapi_json());
@@ -270,12 +309,18 @@ async fn init(
     let clock = SystemClock;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-    // The key store is checked here too, so `init` fails early on a bad setup.
-    strongroom_crypto::keyfile::open_or_create(&config.key_dir, &config.data_dir)?;
     let store = strongroom_server::open_store(config).await?;
     store.migrate(clock.now()).await?;
+    let (provider, created) = strongroom_server::open_key_provider(config, &store).await?;
+    if created {
+        say!(
+            "Created the master key: {}. Back it up apart from the data.",
+            provider.describe()
+        );
+    }
     let (code, admin_id) = strongroom_server::init_company(
         &store,
+        provider.as_ref(),
         clock.now(),
         strongroom_server::NewCompany {
             code: company,
@@ -291,5 +336,90 @@ async fn init(
         "Created company {code} ({company_name}) with master account '{admin_id}'.\n\
          Sign in: POST /api/v1/auth/login {{\"company\":\"{code}\",\"user\":\"{admin_id}\",\"password\":\"...\"}}"
     );
+    Ok(())
+}
+
+async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
+    let clock = SystemClock;
+    let store = strongroom_server::open_store(config).await?;
+    store.migrate(clock.now()).await?;
+    match cmd {
+        KeysCommand::Status => {
+            let (provider, _) = strongroom_server::open_key_provider(config, &store).await?;
+            say!(
+                "Master key: {} (id {})",
+                provider.describe(),
+                provider.current_key_id()
+            );
+            say!(
+                "{:<12} {:<14} {:>7}  {:<9} {:>8}  wrapped by",
+                "company",
+                "purpose",
+                "version",
+                "status",
+                "age (d)"
+            );
+            for k in store.all_keys().await? {
+                let age = (clock.now() - k.created_at).num_days();
+                say!(
+                    "{:<12} {:<14} {:>7}  {:<9} {:>8}  {}",
+                    k.company_code,
+                    k.purpose.as_str(),
+                    k.version,
+                    k.status,
+                    age,
+                    k.wrap_key_id
+                );
+            }
+            for r in store.open_rotations().await? {
+                let code = store.company_code(r.company).await?.unwrap_or_default();
+                say!(
+                    "re-encryption to data v{} for {code}: {} records done",
+                    r.to_version,
+                    r.records_done
+                );
+            }
+        }
+        KeysCommand::Rotate { company, no_wait } => {
+            let code = ident::company_code(&company).context("--company")?;
+            let (id, _) = store
+                .company_by_code(&code)
+                .await?
+                .with_context(|| format!("there is no company {code}"))?;
+            let (provider, _) = strongroom_server::open_key_provider(config, &store).await?;
+            let ring = strongroom_server::keys::KeyRing::new(provider, store.clone());
+            let v = ring.rotate_data_key(id, &code, clock.now()).await?;
+            say!("Company {code} now writes with data key v{v}.");
+            if !no_wait {
+                strongroom_server::reencrypt::run_pending(
+                    &store,
+                    &ring,
+                    || clock.now(),
+                    |p| {
+                        say!(
+                            "re-encrypting {}: {}/{} records",
+                            p.company,
+                            p.records_done,
+                            p.records_total
+                        );
+                    },
+                )
+                .await?;
+                say!("Re-encryption finished; older data keys of {code} are retired.");
+            }
+        }
+        KeysCommand::RotateMaster => {
+            let may_create = false;
+            let (mut file, _) =
+                strongroom_crypto::keyfile::open(&config.key_dir, &config.data_dir, may_create)?;
+            let old = strongroom_crypto::provider::KeyProvider::current_key_id(&file);
+            let new = file.add_new_key()?;
+            say!("Added master key {new}; re-wrapping company keys (old: {old})...");
+            let n = strongroom_server::keys::rewrap_all(&file, &store).await?;
+            let dropped = file.drop_old_keys()?;
+            say!("Re-wrapped {n} keys; removed {dropped} old master key(s) from {}. Back up the key file now.", file.path().display());
+        }
+    }
+    store.close().await;
     Ok(())
 }

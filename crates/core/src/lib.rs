@@ -8,6 +8,7 @@ pub mod clock;
 pub mod error;
 pub mod ident;
 pub mod password;
+pub mod pii;
 pub mod record;
 pub mod session;
 

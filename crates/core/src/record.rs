@@ -76,8 +76,22 @@ pub fn apply_patch(
     Ok(next)
 }
 
-/// Validates one value and returns it in its stored form.
+/// Validates one value and returns it in its normal form (for national ID,
+/// bank account and card numbers, with their own checks applied).
 pub fn normalise_value(field: &FieldDef, value: &Value) -> DomainResult<Value> {
+    let v = normalise_typed(field, value)?;
+    match (&v, field.pii_kind) {
+        (
+            Value::String(s),
+            strongroom_proto::PiiKind::NationalId
+            | strongroom_proto::PiiKind::BankAccount
+            | strongroom_proto::PiiKind::CardNumber,
+        ) => Ok(Value::String(crate::pii::normalise(field, s)?)),
+        _ => Ok(v),
+    }
+}
+
+fn normalise_typed(field: &FieldDef, value: &Value) -> DomainResult<Value> {
     let bad =
         |expect: &str| DomainError::invalid(format!("field '{}' must be {expect}", field.key));
     match field.field_type {

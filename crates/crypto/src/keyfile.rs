@@ -14,30 +14,119 @@ use crate::CryptoError;
 pub const MASTER_KEY_FILE: &str = "master.key";
 const HEADER: &str = "strongroom-master-key-v1";
 
-/// The master key. Lives only in memory, zeroed when dropped, never printed.
-pub struct MasterKey(Zeroizing<[u8; 32]>);
-
-impl MasterKey {
-    pub fn expose(&self) -> &[u8; 32] {
-        &self.0
-    }
+/// The master key (key-encryption key) from the key file, with any older
+/// keys still listed there during a master-key rotation. Lives only in
+/// memory, zeroed when dropped, never printed.
+pub struct FileKeyProvider {
+    path: PathBuf,
+    /// Current key first.
+    keys: Vec<(String, Zeroizing<[u8; 32]>)>,
 }
 
-impl std::fmt::Debug for MasterKey {
+impl std::fmt::Debug for FileKeyProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MasterKey(<redacted>)")
+        f.debug_struct("FileKeyProvider")
+            .field("path", &self.path)
+            .field(
+                "key_ids",
+                &self.keys.iter().map(|k| &k.0).collect::<Vec<_>>(),
+            )
+            .finish()
     }
 }
 
-fn err(msg: String) -> CryptoError {
-    CryptoError::KeyStore(msg)
+/// A short public name for a master key: a hash of it, never the key.
+fn key_id(key: &[u8; 32]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"strongroom/kek-id/v1");
+    h.update(key);
+    format!("file:{}", &hex::encode(h.finalize())[..16])
 }
 
-/// Opens the key directory, creating it (0700) and the master key file
-/// (0600) on first use. `data_dir` is where the database lives; the key
+fn wrap_aad(context: &str) -> Vec<u8> {
+    let mut aad = b"strongroom/wrap/v1\0".to_vec();
+    aad.extend_from_slice(context.as_bytes());
+    aad
+}
+
+impl FileKeyProvider {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Adds a new current master key to the file, keeping the old ones so
+    /// that keys wrapped by them can still be opened until re-wrapped.
+    pub fn add_new_key(&mut self) -> Result<String, CryptoError> {
+        let key = Zeroizing::new(crate::token::random_bytes::<32>()?);
+        let id = key_id(&key);
+        self.keys.insert(0, (id.clone(), key));
+        write_keys(&self.path, &self.keys)?;
+        Ok(id)
+    }
+
+    /// Removes every key but the current one from the file.
+    pub fn drop_old_keys(&mut self) -> Result<usize, CryptoError> {
+        let n = self.keys.len().saturating_sub(1);
+        self.keys.truncate(1);
+        write_keys(&self.path, &self.keys)?;
+        Ok(n)
+    }
+
+    pub fn key_ids(&self) -> Vec<String> {
+        self.keys.iter().map(|k| k.0.clone()).collect()
+    }
+}
+
+impl crate::provider::KeyProvider for FileKeyProvider {
+    fn describe(&self) -> String {
+        format!("key file {}", self.path.display())
+    }
+
+    fn current_key_id(&self) -> String {
+        self.keys.first().map(|k| k.0.clone()).unwrap_or_default()
+    }
+
+    fn wrap(&self, secret: &[u8], context: &str) -> Result<Vec<u8>, CryptoError> {
+        let (_, key) = self
+            .keys
+            .first()
+            .ok_or_else(|| err("the key file holds no key".into()))?;
+        let k = crate::envelope::SecretKey::from_bytes(0, key.as_ref())?;
+        crate::envelope::seal_raw(&k, &wrap_aad(context), secret)
+    }
+
+    fn unwrap(
+        &self,
+        key_id: &str,
+        wrapped: &[u8],
+        context: &str,
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let (_, key) = self.keys.iter().find(|k| k.0 == key_id).ok_or_else(|| {
+            err(format!(
+                "the master key {key_id} that wrapped a stored key is not in {}; restore the key file from your key backup",
+                self.path.display()
+            ))
+        })?;
+        let k = crate::envelope::SecretKey::from_bytes(0, key.as_ref())?;
+        crate::envelope::open_raw(&k, &wrap_aad(context), wrapped)
+    }
+}
+
+/// Opens the key directory and its master key file. With `may_create`
+/// (a store that holds no wrapped keys yet) a missing directory (0700) and
+/// key file (0600) are created; otherwise a missing key file is an error,
+/// never silently replaced. `data_dir` is where the database lives; the key
 /// directory must not be inside it, or a copy of the data would carry the key.
-pub fn open_or_create(key_dir: &Path, data_dir: &Path) -> Result<(MasterKey, bool), CryptoError> {
+pub fn open(
+    key_dir: &Path,
+    data_dir: &Path,
+    may_create: bool,
+) -> Result<(FileKeyProvider, bool), CryptoError> {
     if !key_dir.exists() {
+        if !may_create {
+            return Err(missing(key_dir));
+        }
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -64,10 +153,28 @@ pub fn open_or_create(key_dir: &Path, data_dir: &Path) -> Result<(MasterKey, boo
     check_private(&key_dir_abs, true)?;
     let path = key_dir_abs.join(MASTER_KEY_FILE);
     if path.exists() {
-        Ok((read_key(&path)?, false))
+        let keys = read_keys(&path)?;
+        Ok((FileKeyProvider { path, keys }, false))
+    } else if may_create {
+        let key = Zeroizing::new(crate::token::random_bytes::<32>()?);
+        let keys = vec![(key_id(&key), key)];
+        create_keys(&path, &keys)?;
+        Ok((FileKeyProvider { path, keys }, true))
     } else {
-        Ok((create_key(&path)?, true))
+        Err(missing(&key_dir_abs))
     }
+}
+
+fn missing(key_dir: &Path) -> CryptoError {
+    err(format!(
+        "the master key file {} is missing, but the store holds keys wrapped by it; \
+         restore the key file from your key backup (a new key cannot read existing data)",
+        key_dir.join(MASTER_KEY_FILE).display()
+    ))
+}
+
+fn err(msg: String) -> CryptoError {
+    CryptoError::KeyStore(msg)
 }
 
 fn canonical(p: &Path) -> Result<PathBuf, CryptoError> {
@@ -104,10 +211,17 @@ fn check_private(path: &Path, is_dir: bool) -> Result<(), CryptoError> {
     Ok(())
 }
 
-fn create_key(path: &Path) -> Result<MasterKey, CryptoError> {
-    let key = crate::token::random_bytes::<32>()?;
-    let key = Zeroizing::new(key);
-    let text = Zeroizing::new(format!("{HEADER}\n{}\n", hex::encode(key.as_ref())));
+fn encode_keys(keys: &[(String, Zeroizing<[u8; 32]>)]) -> Zeroizing<String> {
+    let mut text = Zeroizing::new(format!("{HEADER}\n"));
+    for (_, k) in keys {
+        text.push_str(&hex::encode(k.as_ref()));
+        text.push('\n');
+    }
+    text
+}
+
+fn create_keys(path: &Path, keys: &[(String, Zeroizing<[u8; 32]>)]) -> Result<(), CryptoError> {
+    let text = encode_keys(keys);
     // create_new: never overwrite a key that appeared meanwhile.
     let mut f = OpenOptions::new()
         .write(true)
@@ -117,11 +231,24 @@ fn create_key(path: &Path) -> Result<MasterKey, CryptoError> {
         .map_err(|e| err(format!("cannot create {}: {e}", path.display())))?;
     f.write_all(text.as_bytes())
         .and_then(|_| f.sync_all())
-        .map_err(|e| err(format!("cannot write {}: {e}", path.display())))?;
-    Ok(MasterKey(key))
+        .map_err(|e| err(format!("cannot write {}: {e}", path.display())))
 }
 
-fn read_key(path: &Path) -> Result<MasterKey, CryptoError> {
+/// Replaces the key file atomically: a new file (0600) renamed over the old.
+fn write_keys(path: &Path, keys: &[(String, Zeroizing<[u8; 32]>)]) -> Result<(), CryptoError> {
+    let tmp = path.with_extension("key.new");
+    let _ = fs::remove_file(&tmp);
+    create_keys(&tmp, keys)?;
+    fs::rename(&tmp, path).map_err(|e| err(format!("cannot replace {}: {e}", path.display())))?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+fn read_keys(path: &Path) -> Result<Vec<(String, Zeroizing<[u8; 32]>)>, CryptoError> {
     check_private(path, false)?;
     let text = Zeroizing::new(
         fs::read_to_string(path)
@@ -137,15 +264,22 @@ fn read_key(path: &Path) -> Result<MasterKey, CryptoError> {
     if lines.next() != Some(HEADER) {
         return Err(bad());
     }
-    let hex_key = lines.next().ok_or_else(bad)?.trim();
-    let mut key = Zeroizing::new([0u8; 32]);
-    hex::decode_to_slice(hex_key, key.as_mut()).map_err(|_| bad())?;
-    Ok(MasterKey(key))
+    let mut keys = Vec::new();
+    for line in lines.map(str::trim).filter(|l| !l.is_empty()) {
+        let mut key = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(line, key.as_mut()).map_err(|_| bad())?;
+        keys.push((key_id(&key), key));
+    }
+    if keys.is_empty() {
+        return Err(bad());
+    }
+    Ok(keys)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::KeyProvider;
 
     fn tmp() -> PathBuf {
         let n = hex::encode(crate::token::random_bytes::<8>().unwrap());
@@ -158,7 +292,11 @@ mod tests {
         let keys = root.join("keys");
         let data = root.join("data");
         fs::create_dir_all(&data).unwrap();
-        let (k1, created) = open_or_create(&keys, &data).unwrap();
+        assert!(
+            open(&keys, &data, false).is_err(),
+            "no key file and no permission to create one"
+        );
+        let (k1, created) = open(&keys, &data, true).unwrap();
         assert!(created);
         let mode = fs::metadata(keys.join(MASTER_KEY_FILE))
             .unwrap()
@@ -169,18 +307,48 @@ mod tests {
             fs::metadata(&keys).unwrap().permissions().mode() & 0o777,
             0o700
         );
-        let (k2, created) = open_or_create(&keys, &data).unwrap();
+        let (k2, created) = open(&keys, &data, false).unwrap();
         assert!(!created);
-        assert_eq!(k1.expose(), k2.expose());
-        assert_eq!(format!("{k1:?}"), "MasterKey(<redacted>)");
+        assert_eq!(k1.key_ids(), k2.key_ids());
+        let wrapped = k1.wrap(b"0123456789abcdef0123456789abcdef", "ctx").unwrap();
+        assert_eq!(
+            k2.unwrap(&k1.current_key_id(), &wrapped, "ctx")
+                .unwrap()
+                .as_slice(),
+            b"0123456789abcdef0123456789abcdef"
+        );
+        assert!(k2
+            .unwrap(&k1.current_key_id(), &wrapped, "other ctx")
+            .is_err());
+        assert!(!format!("{k1:?}").contains(&hex::encode(&k1.keys[0].1[..4])));
 
         fs::set_permissions(
             keys.join(MASTER_KEY_FILE),
             fs::Permissions::from_mode(0o644),
         )
         .unwrap();
-        let e = open_or_create(&keys, &data).unwrap_err().to_string();
+        let e = open(&keys, &data, false).unwrap_err().to_string();
         assert!(e.contains("chmod 600"), "{e}");
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn master_key_rotation_keeps_old_keys_until_dropped() {
+        let root = tmp();
+        let (mut p, _) = open(&root.join("keys"), &root.join("data"), true).unwrap();
+        let old = p.current_key_id();
+        let w = p.wrap(&[7u8; 32], "c").unwrap();
+        let new = p.add_new_key().unwrap();
+        assert_ne!(old, new);
+        let (reopened, _) = open(&root.join("keys"), &root.join("data"), false).unwrap();
+        assert_eq!(reopened.current_key_id(), new);
+        assert_eq!(
+            reopened.unwrap(&old, &w, "c").unwrap().as_slice(),
+            &[7u8; 32]
+        );
+        p.drop_old_keys().unwrap();
+        let (reopened, _) = open(&root.join("keys"), &root.join("data"), false).unwrap();
+        assert!(reopened.unwrap(&old, &w, "c").is_err());
         fs::remove_dir_all(root).unwrap();
     }
 
@@ -189,7 +357,7 @@ mod tests {
         let root = tmp();
         let data = root.join("data");
         fs::create_dir_all(&data).unwrap();
-        let e = open_or_create(&data.join("keys"), &data)
+        let e = open(&data.join("keys"), &data, true)
             .unwrap_err()
             .to_string();
         assert!(e.contains("must be apart"), "{e}");
@@ -214,7 +382,7 @@ mod tests {
             .unwrap()
             .write_all(b"hello")
             .unwrap();
-        assert!(open_or_create(&keys, &root.join("data")).is_err());
+        assert!(open(&keys, &root.join("data"), true).is_err());
         fs::remove_dir_all(root).unwrap();
     }
 }

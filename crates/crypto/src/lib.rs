@@ -1,8 +1,10 @@
 //! Key providers and the primitives built on them. Only well-kept crates do
 //! the cryptography (argon2, ring); this crate decides how they are used.
 
+pub mod envelope;
 pub mod keyfile;
 pub mod password;
+pub mod provider;
 pub mod token;
 
 #[derive(Debug, thiserror::Error)]
@@ -12,6 +14,10 @@ pub enum CryptoError {
     KeyStore(String),
     #[error("password hashing failed: {0}")]
     Hash(String),
+    /// A ciphertext or wrapped key failed its integrity check: it was
+    /// changed, moved, or belongs to another key.
+    #[error("integrity check failed")]
+    Tampered,
     #[error("no secure random numbers available")]
     Random,
 }

@@ -35,6 +35,9 @@ pub enum ErrorCode {
     VersionConflict,
     /// The server is busy; retry after the time in `Retry-After`.
     Busy,
+    /// A stored value failed its integrity check (changed or moved in the
+    /// database); it is not returned. The operator is told.
+    IntegrityError,
     /// Something went wrong on the server; quote the request id.
     Internal,
 }
@@ -56,6 +59,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::VersionConflict => "version_conflict",
             ErrorCode::Busy => "busy",
+            ErrorCode::IntegrityError => "integrity_error",
             ErrorCode::Internal => "internal",
         }
     }
@@ -75,7 +79,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::Busy => 503,
-            ErrorCode::Internal => 500,
+            ErrorCode::Internal | ErrorCode::IntegrityError => 500,
         }
     }
 }

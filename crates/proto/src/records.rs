@@ -24,6 +24,13 @@ pub struct RecordView {
     pub updated_at: DateTime<Utc>,
     /// Set when the record is soft-deleted; `POST .../restore` brings it back.
     pub deleted_at: Option<DateTime<Utc>>,
+    /// Protected fields shown masked (e.g. `********1234`). Ask for the
+    /// full value with `?reveal=<field>,...` if you may reveal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masked: Vec<String>,
+    /// Protected fields shown in full because `reveal` asked for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revealed: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -103,6 +110,10 @@ pub struct RecordVersionView {
     pub changed_at: DateTime<Utc>,
     /// User ID of whoever made the change.
     pub changed_by: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masked: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revealed: Vec<String>,
 }
 
 /// Which records a list returns with respect to soft deletion.

@@ -3,12 +3,16 @@
 
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod keys;
 pub mod metrics;
 pub mod records;
+pub mod reencrypt;
+pub mod sealing;
 pub mod state;
 pub mod tls;
 
@@ -72,8 +76,6 @@ pub async fn prepare(
         .mode(0o700)
         .create(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-    let (_master_key, master_key_created) =
-        strongroom_crypto::keyfile::open_or_create(&config.key_dir, &config.data_dir)?;
     let tls_files = tls::ensure_files(
         config.tls_cert.as_deref(),
         config.tls_key.as_deref(),
@@ -82,6 +84,15 @@ pub async fn prepare(
     let tls = tls::server_config(&tls_files)?;
     let store = open_store(config).await?;
     let schema = store.migrate(clock.now()).await?;
+    let (provider, master_key_created) = open_key_provider(config, &store).await?;
+    let keys = Arc::new(keys::KeyRing::new(provider, store.clone()));
+    let given = keys.ensure_company_keys(clock.now()).await?;
+    if given > 0 {
+        tracing::warn!(
+            companies = given,
+            "gave keys to companies that had none; their protected values will be encrypted now"
+        );
+    }
     let store_empty = store.is_empty().await?;
     let hasher = PasswordHasher::new(HashParams::default())?;
     let concurrency = match config.login_concurrency {
@@ -100,6 +111,7 @@ pub async fn prepare(
         hashing: HashPool::new(hasher, concurrency),
         metrics: Arc::new(metrics::Metrics::new()),
         metrics_allow: Arc::new(resolved.metrics_allow.clone()),
+        keys,
     };
     let router = app::router(
         state.clone(),
@@ -120,6 +132,18 @@ pub async fn prepare(
         router,
         max_connections: config.max_connections,
     })
+}
+
+/// Opens the configured key provider. A new master key is made only for a
+/// store that holds no wrapped keys yet; otherwise a missing key is an error.
+pub async fn open_key_provider(
+    config: &Config,
+    store: &Store,
+) -> anyhow::Result<(Arc<dyn strongroom_crypto::provider::KeyProvider>, bool)> {
+    let may_create = !store.has_wrapped_keys().await?;
+    let (p, created) =
+        strongroom_crypto::keyfile::open(&config.key_dir, &config.data_dir, may_create)?;
+    Ok((Arc::new(p), created))
 }
 
 /// Opens the configured store (without migrating it).
@@ -216,16 +240,32 @@ pub async fn serve(
     Ok(())
 }
 
-/// Periodic clean-up: sessions past their lifetime.
+/// Background work: re-encryption after key rotations (checked every
+/// minute, so a rotation started by the CLI or another node is picked up),
+/// and purging sessions past their lifetime.
 async fn housekeeping(state: AppState) {
-    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let mut round: u64 = 0;
     loop {
         tick.tick().await;
-        match state.store.purge_expired_sessions(state.clock.now()).await {
-            Ok(n) if n > 0 => tracing::info!(sessions = n, "purged expired sessions"),
+        let clock = state.clock.clone();
+        match reencrypt::run_pending(&state.store, &state.keys, || clock.now(), |p| {
+            tracing::info!(company = %p.company, to_version = p.to_version, done = p.records_done, total = p.records_total, "re-encrypting");
+        })
+        .await
+        {
+            Ok(n) if n > 0 => tracing::info!(rotations = n, "re-encryption finished"),
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "session purge failed"),
+            Err(e) => tracing::warn!(error = %e, "re-encryption paused; will retry"),
         }
+        if round % 10 == 0 {
+            match state.store.purge_expired_sessions(state.clock.now()).await {
+                Ok(n) if n > 0 => tracing::info!(sessions = n, "purged expired sessions"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "session purge failed"),
+            }
+        }
+        round += 1;
     }
 }
 
@@ -242,6 +282,7 @@ pub struct NewCompany<'a> {
 /// Returns the normalised company code and master user ID.
 pub async fn init_company(
     store: &Store,
+    provider: &dyn strongroom_crypto::provider::KeyProvider,
     now: chrono::DateTime<chrono::Utc>,
     req: NewCompany<'_>,
 ) -> anyhow::Result<(String, String)> {
@@ -263,8 +304,16 @@ pub async fn init_company(
         is_admin: true,
         is_master: true,
     };
+    let keys = keys::new_company_keys(provider, &code)?;
     store
-        .create_company(&code, &name, master, &catalogue::default_catalogue(), now)
+        .create_company(
+            &code,
+            &name,
+            master,
+            &catalogue::default_catalogue(),
+            &keys,
+            now,
+        )
         .await?;
     Ok((code, admin))
 }

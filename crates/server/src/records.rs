@@ -8,7 +8,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::Value;
 use strongroom_core::catalogue::RecordTypeDef;
-use strongroom_core::record::{self, apply_patch, index_text, normalise_value};
+use strongroom_core::pii::is_protected;
+use strongroom_core::record::{self, apply_patch, normalise_value};
 use strongroom_core::{ident, CompanyId};
 use strongroom_proto::{
     AddFields, ChangeKind, CreateRecord, CreateRecordType, DeletedFilter, ErrorBody, ErrorCode,
@@ -18,9 +19,11 @@ use strongroom_proto::{
 use strongroom_store::{RecordQuery, RecordWrite, StoredRecord, StoredRecordType};
 
 use crate::admin::department_id;
+use crate::audit;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, OptionalJson};
+use crate::extract::{ApiJson, ClientInfo, OptionalJson};
+use crate::sealing::{Reveal, Sealer};
 use crate::state::AppState;
 
 pub const DEFAULT_PAGE: u32 = 50;
@@ -170,7 +173,15 @@ pub struct ListParams {
     deleted: Option<DeletedFilter>,
 }
 
-fn parse_list_query(rt: &StoredRecordType, pairs: Vec<(String, String)>) -> ApiResult<RecordQuery> {
+/// Exact values that protected-field filters must match after opening.
+type ExactMatches = Vec<(String, Value)>;
+
+fn parse_list_query(
+    rt: &StoredRecordType,
+    sealer: &Sealer<'_>,
+    pairs: Vec<(String, String)>,
+) -> ApiResult<(RecordQuery, ExactMatches)> {
+    let mut exact = ExactMatches::new();
     let mut q = RecordQuery {
         limit: DEFAULT_PAGE,
         ..Default::default()
@@ -236,12 +247,15 @@ fn parse_list_query(rt: &StoredRecordType, pairs: Vec<(String, String)>) -> ApiR
                 };
                 // Filter values are normalised exactly as stored values are.
                 let value = normalise_value(field, &raw)?;
-                let text = index_text(&value).ok_or_else(|| {
+                let text = sealer.index_value(field, &value).ok_or_else(|| {
                     ApiError::bad_request(format!(
                         "filter value for '{}' is too long to match",
                         field.key
                     ))
                 })?;
+                if is_protected(field) {
+                    exact.push((field.key.clone(), value));
+                }
                 q.equals.push((field.key.clone(), text));
                 if q.equals.len() > MAX_FILTERS {
                     return Err(ApiError::bad_request(format!(
@@ -251,7 +265,7 @@ fn parse_list_query(rt: &StoredRecordType, pairs: Vec<(String, String)>) -> ApiR
             }
         }
     }
-    Ok(q)
+    Ok((q, exact))
 }
 
 fn encode_cursor(id: i64) -> String {
@@ -270,10 +284,29 @@ fn decode_cursor(s: &str) -> ApiResult<i64> {
         .ok_or_else(bad)
 }
 
-/// List records of a type, in creation order, a page at a time.
+/// Opens a stored record and shapes it for the caller.
+async fn shown(
+    state: &AppState,
+    sealer: &Sealer<'_>,
+    company: CompanyId,
+    mut rec: RecordView,
+    reveal: &Reveal,
+) -> ApiResult<RecordView> {
+    let plain = sealer
+        .open(&state.keys, company, &rec.id, &rec.data)
+        .await?;
+    let (data, masked, revealed) = sealer.present(plain, reveal);
+    rec.data = data;
+    rec.masked = masked;
+    rec.revealed = revealed;
+    Ok(rec)
+}
+
+/// List records of a type, in creation order, a page at a time. Protected
+/// fields come masked; filters on them go through blind indexes.
 #[utoipa::path(get, path = "/api/v1/records/{type}", tag = "records",
     params(("type" = String, Path), ListParams,
-        ("f.<field>" = Option<String>, Query, description = "Exact-match filter on a field, e.g. f.email=a@b.co")),
+        ("f.<field>" = Option<String>, Query, description = "Exact-match filter on a field, e.g. f.email=a@b.co or f.national_id=079201001234")),
     responses((status = 200, body = Page<RecordView>), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -283,17 +316,39 @@ pub async fn list(
     Path(type_key): Path<String>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Page<RecordView>>> {
-    let company = caller.principal.company;
-    let rt = record_type(&state, company, &type_key).await?;
-    let q = parse_list_query(&rt, pairs)?;
-    let (items, next) = state.store.list_records(company, &rt, &q).await?;
+    let p = &caller.principal;
+    let rt = record_type(&state, p.company, &type_key).await?;
+    let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
+    let (q, exact) = parse_list_query(&rt, &sealer, pairs)?;
+    let (stored, next) = state.store.list_records(p.company, &rt, &q).await?;
+    let mut items = Vec::with_capacity(stored.len());
+    'records: for rec in stored {
+        let plain = sealer
+            .open(&state.keys, p.company, &rec.id, &rec.data)
+            .await?;
+        // A blind index is short on purpose, so it can match a few other
+        // values: compare the opened values exactly.
+        for (field, want) in &exact {
+            if plain.get(field) != Some(want) {
+                continue 'records;
+            }
+        }
+        let (data, masked, revealed) = sealer.present(plain, &Reveal::None);
+        items.push(RecordView {
+            data,
+            masked,
+            revealed,
+            ..rec
+        });
+    }
     Ok(Json(Page {
         items,
         next_cursor: next.map(encode_cursor),
     }))
 }
 
-/// Create a record.
+/// Create a record. National ID, bank account and card numbers (and every
+/// restricted field) are checked, normalised and encrypted before storage.
 #[utoipa::path(post, path = "/api/v1/records/{type}", tag = "records",
     params(("type" = String, Path)),
     request_body = CreateRecord,
@@ -308,12 +363,14 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<RecordView>)> {
     let p = &caller.principal;
     let rt = record_type(&state, p.company, &type_key).await?;
-    let data = apply_patch(&rt.view.fields, &RecordData::new(), &req.data)?;
+    let plain = apply_patch(&rt.view.fields, &RecordData::new(), &req.data)?;
     let department = match &req.department {
         Some(code) => Some(department_id(&state, p.company, code).await?),
         None => p.department,
     };
+    let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
     let id = uuid::Uuid::new_v4().to_string();
+    let (stored, index) = sealer.seal(&id, &plain)?;
     state
         .store
         .insert_record(
@@ -321,48 +378,81 @@ pub async fn create(
             &rt,
             &id,
             department,
-            &data,
+            &stored,
+            &index,
             p.user,
             state.clock.now(),
         )
         .await?;
     let rec = find_record(&state, p.company, &rt, &id).await?;
-    Ok((StatusCode::CREATED, Json(rec.view)))
+    let view = shown(&state, &sealer, p.company, rec.view, &Reveal::None).await?;
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
-/// Read one record. A soft-deleted record answers 404 unless
-/// `?deleted=include`.
+/// Read one record. Protected fields come masked; `?reveal=national_id,card_number`
+/// (or `reveal=all`) shows them in full to administrators, and is audited.
+/// A soft-deleted record answers 404 unless `?deleted=include`.
 #[utoipa::path(get, path = "/api/v1/records/{type}/{id}", tag = "records",
     params(("type" = String, Path), ("id" = String, Path),
-        ("deleted" = Option<String>, Query, description = "`include` to read a soft-deleted record")),
-    responses((status = 200, body = RecordView), (status = 404, body = ErrorBody)),
+        ("deleted" = Option<String>, Query, description = "`include` to read a soft-deleted record"),
+        ("reveal" = Option<String>, Query, description = "Protected fields to show in full, comma-separated, or `all` (administrators; audited)")),
+    responses((status = 200, body = RecordView), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
+    client: ClientInfo,
     Path((type_key, id)): Path<(String, String)>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<RecordView>> {
-    let include_deleted = match pairs.as_slice() {
-        [] => false,
-        [(k, v)] if k == "deleted" && v == "include" => true,
-        [(k, _)] if k == "deleted" => false,
-        _ => {
-            return Err(ApiError::bad_request(
-                "the only query parameter here is deleted=include",
-            ))
+    let mut include_deleted = false;
+    let mut reveal = Reveal::None;
+    for (k, v) in &pairs {
+        match (k.as_str(), v.as_str()) {
+            ("deleted", "include") => include_deleted = true,
+            ("deleted", "exclude") => {}
+            ("reveal", fields) => reveal = Reveal::parse(fields),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "the query parameters here are deleted=include and reveal=<fields>",
+                ))
+            }
         }
-    };
-    let company = caller.principal.company;
-    let rt = record_type(&state, company, &type_key).await?;
-    let rec = find_record(&state, company, &rt, &id).await?;
+    }
+    let p = &caller.principal;
+    let rt = record_type(&state, p.company, &type_key).await?;
+    let rec = find_record(&state, p.company, &rt, &id).await?;
     if rec.view.deleted_at.is_some() && !include_deleted {
         return Err(ApiError::new(
             ErrorCode::NotFound,
             "record is deleted; read it with ?deleted=include or restore it with POST .../restore",
         ));
     }
-    Ok(Json(rec.view))
+    if !reveal.is_none() {
+        // Until roles exist, revealing is for administrators.
+        p.admin().map_err(|_| {
+            ApiError::new(
+                ErrorCode::Forbidden,
+                "you may not reveal protected fields; ask without ?reveal to see them masked",
+            )
+        })?;
+    }
+    let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
+    let view = shown(&state, &sealer, p.company, rec.view, &reveal).await?;
+    if !view.revealed.is_empty() {
+        // The reveal is recorded before the values leave the server.
+        audit::record(
+            &state,
+            &caller,
+            &client,
+            "record.reveal",
+            &format!("{}/{}", rt.view.key, view.id),
+            serde_json::json!({ "fields": view.revealed }),
+        )
+        .await?;
+    }
+    Ok(Json(view))
 }
 
 /// Change a record (merge patch). Every change keeps the earlier version.
@@ -398,20 +488,37 @@ pub async fn update(
             ));
         }
     }
-    let data = apply_patch(&rt.view.fields, &rec.view.data, &req.data)?;
-    write(&state, &caller, &rt, &rec, &data, None, ChangeKind::Update).await
+    let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
+    let current = sealer
+        .open(&state.keys, p.company, &rec.view.id, &rec.view.data)
+        .await?;
+    let data = apply_patch(&rt.view.fields, &current, &req.data)?;
+    write(
+        &state,
+        &caller,
+        &rt,
+        &sealer,
+        &rec,
+        &data,
+        None,
+        ChangeKind::Update,
+    )
+    .await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn write(
     state: &AppState,
     caller: &Caller,
     rt: &StoredRecordType,
+    sealer: &Sealer<'_>,
     rec: &StoredRecord,
-    data: &RecordData,
+    plain: &RecordData,
     deleted_at: Option<chrono::DateTime<chrono::Utc>>,
     kind: ChangeKind,
 ) -> ApiResult<Json<RecordView>> {
     let p = &caller.principal;
+    let (stored, index) = sealer.seal(&rec.view.id, plain)?;
     state
         .store
         .write_record(
@@ -420,7 +527,8 @@ async fn write(
             rec,
             rec.view.version,
             RecordWrite {
-                data,
+                data: &stored,
+                index: &index,
                 deleted_at,
                 kind,
                 actor: p.user,
@@ -428,8 +536,9 @@ async fn write(
             },
         )
         .await?;
+    let after = find_record(state, p.company, rt, &rec.view.id).await?;
     Ok(Json(
-        find_record(state, p.company, rt, &rec.view.id).await?.view,
+        shown(state, sealer, p.company, after.view, &Reveal::None).await?,
     ))
 }
 
@@ -453,21 +562,25 @@ pub async fn delete(
             "record is already deleted",
         ));
     }
-    let data = rec.view.data.clone();
+    let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
+    let plain = sealer
+        .open(&state.keys, p.company, &rec.view.id, &rec.view.data)
+        .await?;
     let now = state.clock.now();
     write(
         &state,
         &caller,
         &rt,
+        &sealer,
         &rec,
-        &data,
+        &plain,
         Some(now),
         ChangeKind::Delete,
     )
     .await
 }
 
-/// Every version of a record, oldest first.
+/// Every version of a record, oldest first (protected fields masked).
 #[utoipa::path(get, path = "/api/v1/records/{type}/{id}/history", tag = "records",
     params(("type" = String, Path), ("id" = String, Path)),
     responses((status = 200, body = [RecordVersionView]), (status = 404, body = ErrorBody)),
@@ -477,10 +590,22 @@ pub async fn history(
     caller: Caller,
     Path((type_key, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Vec<RecordVersionView>>> {
-    let company = caller.principal.company;
-    let rt = record_type(&state, company, &type_key).await?;
-    let rec = find_record(&state, company, &rt, &id).await?;
-    Ok(Json(state.store.record_history(company, &rec).await?))
+    let p = &caller.principal;
+    let rt = record_type(&state, p.company, &type_key).await?;
+    let rec = find_record(&state, p.company, &rt, &id).await?;
+    let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
+    let mut out = Vec::new();
+    for mut v in state.store.record_history(p.company, &rec).await? {
+        let plain = sealer
+            .open(&state.keys, p.company, &rec.view.id, &v.data)
+            .await?;
+        let (data, masked, revealed) = sealer.present(plain, &Reveal::None);
+        v.data = data;
+        v.masked = masked;
+        v.revealed = revealed;
+        out.push(v);
+    }
+    Ok(Json(out))
 }
 
 /// Undo: bring back a soft-deleted record, or (with `version`) set a record
@@ -497,9 +622,10 @@ pub async fn restore(
     Path((type_key, id)): Path<(String, String)>,
     OptionalJson(req): OptionalJson<RestoreRecord>,
 ) -> ApiResult<Json<RecordView>> {
-    let company = caller.principal.company;
-    let rt = record_type(&state, company, &type_key).await?;
-    let rec = find_record(&state, company, &rt, &id).await?;
+    let p = &caller.principal;
+    let rt = record_type(&state, p.company, &type_key).await?;
+    let rec = find_record(&state, p.company, &rt, &id).await?;
+    let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
     match req.version {
         None => {
             if rec.view.deleted_at.is_none() {
@@ -508,25 +634,50 @@ pub async fn restore(
                     "record is not deleted; to go back to an earlier version send {\"version\": N}",
                 ));
             }
-            let data = rec.view.data.clone();
-            write(&state, &caller, &rt, &rec, &data, None, ChangeKind::Restore).await
+            let plain = sealer
+                .open(&state.keys, p.company, &rec.view.id, &rec.view.data)
+                .await?;
+            write(
+                &state,
+                &caller,
+                &rt,
+                &sealer,
+                &rec,
+                &plain,
+                None,
+                ChangeKind::Restore,
+            )
+            .await
         }
         Some(v) => {
-            let versions = state.store.record_history(company, &rec).await?;
+            let versions = state.store.record_history(p.company, &rec).await?;
             let old = versions
                 .into_iter()
                 .find(|x| x.version == v)
                 .ok_or_else(|| ApiError::not_found("version"))?;
+            let old_plain = sealer
+                .open(&state.keys, p.company, &rec.view.id, &old.data)
+                .await?;
             // The type may have gained fields since; the old data must still
             // satisfy today's rules.
             let data =
-                apply_patch(&rt.view.fields, &RecordData::new(), &old.data).map_err(|e| {
+                apply_patch(&rt.view.fields, &RecordData::new(), &old_plain).map_err(|e| {
                     ApiError::new(
                         ErrorCode::Conflict,
                         format!("version {v} no longer fits the record type: {e}"),
                     )
                 })?;
-            write(&state, &caller, &rt, &rec, &data, None, ChangeKind::Revert).await
+            write(
+                &state,
+                &caller,
+                &rt,
+                &sealer,
+                &rec,
+                &data,
+                None,
+                ChangeKind::Revert,
+            )
+            .await
         }
     }
 }

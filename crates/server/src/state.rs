@@ -21,6 +21,7 @@ pub struct AppState {
     pub hashing: HashPool,
     pub metrics: Arc<Metrics>,
     pub metrics_allow: Arc<Vec<ipnet::IpNet>>,
+    pub keys: Arc<crate::keys::KeyRing>,
 }
 
 /// Password hashing off the async executor, a bounded number at a time, so

@@ -108,6 +108,7 @@ impl Store {
         name: &str,
         master: NewUser,
         catalogue: &[RecordTypeDef],
+        keys: &[crate::NewKey],
         now: DateTime<Utc>,
     ) -> StoreResult<CompanyId> {
         let mut w = self.write_tx().await?;
@@ -128,6 +129,9 @@ impl Store {
         })?;
         let company = CompanyId(get(&row, "id")?);
         insert_user(&mut w.tx, company, &master, None, now).await?;
+        for key in keys {
+            crate::keys::insert_key(&mut w.tx, company, key, now).await?;
+        }
         for def in catalogue {
             crate::records::insert_record_type(&mut w.tx, company, def, true, now).await?;
         }

@@ -11,11 +11,13 @@
 //! its token hash, which is how a request finds its company.
 
 mod directory;
+mod keys;
 mod migrate;
 mod records;
 mod sessions;
 
 pub use directory::*;
+pub use keys::*;
 pub use migrate::{MigrationReport, SCHEMA_VERSION};
 pub use records::*;
 pub use sessions::*;
@@ -47,6 +49,7 @@ pub enum StoreError {
     /// A stored value does not decode (corruption or a bug).
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
+    /// Another process holds the database (e.g. a server running on SQLite).
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
 }

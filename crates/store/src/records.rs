@@ -4,7 +4,6 @@ use crate::{flag, from_ts, get, opt_ts, ts, Arg, Store, StoreError, StoreResult}
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use strongroom_core::catalogue::RecordTypeDef;
-use strongroom_core::record::index_text;
 use strongroom_core::{CompanyId, UserKey};
 use strongroom_proto::{
     ChangeKind, Classification, DeletedFilter, FieldDef, FieldType, PiiKind, RecordData,
@@ -27,10 +26,16 @@ pub struct StoredRecord {
     pub view: RecordView,
 }
 
-/// A new version of a record's state.
+/// Exact-match index entries of a record: field key and index value (the
+/// plain value, or a blind index for protected fields).
+pub type IndexEntries = Vec<(String, String)>;
+
+/// A new version of a record's state. `data` is in stored form (protected
+/// values sealed).
 #[derive(Debug, Clone)]
 pub struct RecordWrite<'a> {
     pub data: &'a RecordData,
+    pub index: &'a IndexEntries,
     pub deleted_at: Option<DateTime<Utc>>,
     pub kind: ChangeKind,
     pub actor: UserKey,
@@ -147,6 +152,8 @@ fn record_from_row(row: &AnyRow) -> StoreResult<StoredRecord> {
             created_at: from_ts(get(row, "created_at")?)?,
             updated_at: from_ts(get(row, "updated_at")?)?,
             deleted_at: opt_ts(get(row, "deleted_at")?)?,
+            masked: Vec::new(),
+            revealed: Vec::new(),
         },
     })
 }
@@ -248,6 +255,7 @@ impl Store {
         public_id: &str,
         department_id: Option<i64>,
         data: &RecordData,
+        index: &IndexEntries,
         actor: UserKey,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
@@ -280,7 +288,7 @@ impl Store {
             now,
         )
         .await?;
-        write_index(&mut w.tx, company, record_type.id, id, data).await?;
+        write_index(&mut w.tx, company, record_type.id, id, index).await?;
         w.commit().await
     }
 
@@ -415,7 +423,7 @@ impl Store {
             .bind(record.id)
             .execute(&mut *w.tx)
             .await?;
-        write_index(&mut w.tx, company, record_type.id, record.id, change.data).await?;
+        write_index(&mut w.tx, company, record_type.id, record.id, change.index).await?;
         w.commit().await
     }
 
@@ -444,6 +452,8 @@ impl Store {
                     deleted: flag(r, "deleted")?,
                     changed_at: from_ts(get(r, "changed_at")?)?,
                     changed_by: get(r, "user_id")?,
+                    masked: Vec::new(),
+                    revealed: Vec::new(),
                 })
             })
             .collect()
@@ -479,17 +489,14 @@ async fn insert_version(
     Ok(())
 }
 
-async fn write_index(
+pub(crate) async fn write_index(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     company: CompanyId,
     type_id: i64,
     record_id: i64,
-    data: &RecordData,
+    index: &IndexEntries,
 ) -> StoreResult<()> {
-    for (key, value) in data {
-        let Some(text) = index_text(value) else {
-            continue;
-        };
+    for (key, text) in index {
         sqlx::query(
             "INSERT INTO record_index (record_id, field_key, company_id, record_type_id, value) \
              VALUES ($1, $2, $3, $4, $5)",

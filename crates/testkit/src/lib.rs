@@ -188,6 +188,7 @@ impl TestServer {
     pub async fn company(&self, code: &str) {
         strongroom_server::init_company(
             self.store(),
+            self.state.keys.provider(),
             self.clock.now(),
             strongroom_server::NewCompany {
                 code,

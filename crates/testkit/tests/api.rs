@@ -1074,3 +1074,40 @@ async fn a_database_newer_than_the_binary_is_refused() {
     let e = srv.store().migrate(now).await.unwrap_err().to_string();
     assert!(e.contains("9999") && e.contains("newer"), "{e}");
 }
+
+#[tokio::test]
+async fn every_documented_endpoint_but_the_public_ones_needs_a_session() {
+    let srv = TestServer::start().await;
+    srv.company("ACME").await;
+    let doc = srv.client().openapi().await.unwrap();
+    let public = ["/healthz", "/api/v1/openapi.json", "/api/v1/auth/login"];
+    let anon = srv.client();
+    let mut checked = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            let concrete = path
+                .replace("{type}", "customer")
+                .replace("{id}", &uuid::Uuid::new_v4().to_string())
+                .replace("{user_id}", "master")
+                .replace("{code}", "SALES");
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let r = anon
+                .raw(
+                    m.clone(),
+                    &concrete,
+                    Some("application/json"),
+                    b"{}".to_vec(),
+                )
+                .await
+                .unwrap();
+            if public.contains(&path.as_str()) {
+                assert_ne!(r.status, 401, "{method} {path} should be public");
+                continue;
+            }
+            assert_eq!(r.status, 401, "{method} {path} answered without a session");
+            assert_eq!(r.json()["code"], "unauthenticated", "{method} {path}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} endpoints checked");
+}

@@ -1,0 +1,24 @@
+//! Key providers: where the master key (key-encryption key) lives and how
+//! other keys are wrapped under it. The master key never reaches the
+//! database; only keys wrapped by it do.
+
+use zeroize::Zeroizing;
+
+use crate::CryptoError;
+
+pub trait KeyProvider: Send + Sync + 'static {
+    /// Where the master key lives, for operators.
+    fn describe(&self) -> String;
+    /// Identifies the master key that [`KeyProvider::wrap`] uses now.
+    fn current_key_id(&self) -> String;
+    /// Wraps a secret under the current master key. `context` is bound in:
+    /// the wrapped bytes open only with the same context.
+    fn wrap(&self, secret: &[u8], context: &str) -> Result<Vec<u8>, CryptoError>;
+    /// Unwraps a secret wrapped by master key `key_id` with `context`.
+    fn unwrap(
+        &self,
+        key_id: &str,
+        wrapped: &[u8],
+        context: &str,
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError>;
+}
