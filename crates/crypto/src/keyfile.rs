@@ -14,13 +14,16 @@ use crate::CryptoError;
 pub const MASTER_KEY_FILE: &str = "master.key";
 const HEADER: &str = "strongroom-master-key-v1";
 
+/// A master key with its public id.
+type NamedKey = (String, Zeroizing<[u8; 32]>);
+
 /// The master key (key-encryption key) from the key file, with any older
 /// keys still listed there during a master-key rotation. Lives only in
 /// memory, zeroed when dropped, never printed.
 pub struct FileKeyProvider {
     path: PathBuf,
     /// Current key first.
-    keys: Vec<(String, Zeroizing<[u8; 32]>)>,
+    keys: Vec<NamedKey>,
 }
 
 impl std::fmt::Debug for FileKeyProvider {
@@ -211,7 +214,7 @@ fn check_private(path: &Path, is_dir: bool) -> Result<(), CryptoError> {
     Ok(())
 }
 
-fn encode_keys(keys: &[(String, Zeroizing<[u8; 32]>)]) -> Zeroizing<String> {
+fn encode_keys(keys: &[NamedKey]) -> Zeroizing<String> {
     let mut text = Zeroizing::new(format!("{HEADER}\n"));
     for (_, k) in keys {
         text.push_str(&hex::encode(k.as_ref()));
@@ -220,7 +223,7 @@ fn encode_keys(keys: &[(String, Zeroizing<[u8; 32]>)]) -> Zeroizing<String> {
     text
 }
 
-fn create_keys(path: &Path, keys: &[(String, Zeroizing<[u8; 32]>)]) -> Result<(), CryptoError> {
+fn create_keys(path: &Path, keys: &[NamedKey]) -> Result<(), CryptoError> {
     let text = encode_keys(keys);
     // create_new: never overwrite a key that appeared meanwhile.
     let mut f = OpenOptions::new()
@@ -235,7 +238,7 @@ fn create_keys(path: &Path, keys: &[(String, Zeroizing<[u8; 32]>)]) -> Result<()
 }
 
 /// Replaces the key file atomically: a new file (0600) renamed over the old.
-fn write_keys(path: &Path, keys: &[(String, Zeroizing<[u8; 32]>)]) -> Result<(), CryptoError> {
+fn write_keys(path: &Path, keys: &[NamedKey]) -> Result<(), CryptoError> {
     let tmp = path.with_extension("key.new");
     let _ = fs::remove_file(&tmp);
     create_keys(&tmp, keys)?;
@@ -248,7 +251,7 @@ fn write_keys(path: &Path, keys: &[(String, Zeroizing<[u8; 32]>)]) -> Result<(),
     Ok(())
 }
 
-fn read_keys(path: &Path) -> Result<Vec<(String, Zeroizing<[u8; 32]>)>, CryptoError> {
+fn read_keys(path: &Path) -> Result<Vec<NamedKey>, CryptoError> {
     check_private(path, false)?;
     let text = Zeroizing::new(
         fs::read_to_string(path)

@@ -184,6 +184,13 @@ impl Store {
         })
     }
 
+    /// The connection pool, for tests that must reach under the API (e.g.
+    /// to tamper with stored rows). Not for application code.
+    #[doc(hidden)]
+    pub fn raw_pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     pub fn dialect(&self) -> Dialect {
         self.dialect
     }

@@ -49,6 +49,8 @@ pub struct Options {
 }
 
 pub struct TestServer {
+    /// The configuration the server was started with, as environment pairs.
+    pub env: Vec<(String, String)>,
     pub base_url: String,
     pub clock: ManualClock,
     pub cert_pem: Vec<u8>,
@@ -62,6 +64,42 @@ pub struct TestServer {
 struct PgDatabase {
     admin_url: String,
     name: String,
+}
+
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends every server log line (at debug level) of this test process to a
+/// buffer, so tests can check what the log holds.
+fn init_log_capture() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "debug,sqlx=debug,hyper=info,h2=info,rustls=info",
+            ))
+            .with_writer(|| LogWriter)
+            .with_ansi(false)
+            .try_init();
+    });
+}
+
+/// Everything the servers of this test process have logged so far.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
 }
 
 /// A fixed, known start time, so tests can reason about hours and days.
@@ -145,6 +183,7 @@ impl TestServer {
         for (k, v) in opts.env {
             env.push((format!("STRONGROOM_{k}"), v));
         }
+        init_log_capture();
         let (config, resolved) = Config::load(None, &env).expect("test configuration");
         let clock = ManualClock::new(start_time());
         let prepared = strongroom_server::prepare(&config, &resolved, Arc::new(clock.clone()))
@@ -164,6 +203,7 @@ impl TestServer {
             .await;
         });
         TestServer {
+            env,
             base_url: format!("https://127.0.0.1:{}", addr.port()),
             clock,
             cert_pem,
@@ -177,6 +217,64 @@ impl TestServer {
 
     pub fn store(&self) -> &Store {
         &self.state.store
+    }
+
+    /// The server's configuration, re-read from [`TestServer::env`].
+    pub fn config(&self) -> (Config, strongroom_server::Resolved) {
+        Config::load(None, &self.env).expect("test configuration")
+    }
+
+    /// Every stored byte a thief could take: the SQLite files (database and
+    /// write-ahead log) or, on PostgreSQL, every row of every table as text.
+    pub async fn raw_storage(&self) -> Vec<u8> {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut out = Vec::new();
+                let dir = self.dir.path().join("data");
+                for entry in std::fs::read_dir(&dir).expect("data dir") {
+                    let p = entry.expect("entry").path();
+                    if p.is_file() {
+                        out.extend(std::fs::read(&p).expect("read data file"));
+                    }
+                }
+                out
+            }
+            Backend::Postgres => {
+                use sqlx::Row;
+                let pool = self.store().raw_pool();
+                let tables = sqlx::query(
+                    "SELECT CAST(tablename AS TEXT) AS tablename FROM pg_tables WHERE schemaname = 'public'",
+                )
+                .fetch_all(pool)
+                .await
+                .expect("list tables");
+                let mut out = Vec::new();
+                for t in tables {
+                    let name: String = t.try_get("tablename").expect("name");
+                    let rows = sqlx::query(&format!(
+                        "SELECT CAST(row_to_json(x) AS TEXT) AS j FROM {name} x"
+                    ))
+                    .fetch_all(pool)
+                    .await
+                    .expect("dump table");
+                    for r in rows {
+                        let j: String = r.try_get("j").expect("row text");
+                        out.extend(j.into_bytes());
+                        out.push(b'\n');
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// Runs raw SQL against the server's database (for tampering tests).
+    pub async fn raw_sql(&self, sql: &str) -> u64 {
+        sqlx::query(sql)
+            .execute(self.store().raw_pool())
+            .await
+            .unwrap_or_else(|e| panic!("raw SQL failed: {e}: {sql}"))
+            .rows_affected()
     }
 
     /// A client with no session, trusting this server's certificate.
