@@ -409,15 +409,16 @@ async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
             }
         }
         KeysCommand::RotateMaster => {
-            let may_create = false;
-            let (mut file, _) =
-                strongroom_crypto::keyfile::open(&config.key_dir, &config.data_dir, may_create)?;
-            let old = strongroom_crypto::provider::KeyProvider::current_key_id(&file);
-            let new = file.add_new_key()?;
+            let (provider, _) = strongroom_server::open_key_provider(config, &store).await?;
+            let old = provider.current_key_id();
+            let new = provider.add_master_key()?;
             say!("Added master key {new}; re-wrapping company keys (old: {old})...");
-            let n = strongroom_server::keys::rewrap_all(&file, &store).await?;
-            let dropped = file.drop_old_keys()?;
-            say!("Re-wrapped {n} keys; removed {dropped} old master key(s) from {}. Back up the key file now.", file.path().display());
+            let n = strongroom_server::keys::rewrap_all(provider.as_ref(), &store).await?;
+            let dropped = provider.drop_old_master_keys()?;
+            say!(
+                "Re-wrapped {n} keys; removed {dropped} old master key(s) from {}. Back up the key now.",
+                provider.describe()
+            );
         }
     }
     store.close().await;

@@ -23,17 +23,14 @@ type NamedKey = (String, Zeroizing<[u8; 32]>);
 pub struct FileKeyProvider {
     path: PathBuf,
     /// Current key first.
-    keys: Vec<NamedKey>,
+    keys: std::sync::RwLock<Vec<NamedKey>>,
 }
 
 impl std::fmt::Debug for FileKeyProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FileKeyProvider")
             .field("path", &self.path)
-            .field(
-                "key_ids",
-                &self.keys.iter().map(|k| &k.0).collect::<Vec<_>>(),
-            )
+            .field("key_ids", &self.key_ids())
             .finish()
     }
 }
@@ -58,26 +55,26 @@ impl FileKeyProvider {
         &self.path
     }
 
-    /// Adds a new current master key to the file, keeping the old ones so
-    /// that keys wrapped by them can still be opened until re-wrapped.
-    pub fn add_new_key(&mut self) -> Result<String, CryptoError> {
-        let key = Zeroizing::new(crate::token::random_bytes::<32>()?);
-        let id = key_id(&key);
-        self.keys.insert(0, (id.clone(), key));
-        write_keys(&self.path, &self.keys)?;
-        Ok(id)
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<NamedKey>> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Removes every key but the current one from the file.
-    pub fn drop_old_keys(&mut self) -> Result<usize, CryptoError> {
-        let n = self.keys.len().saturating_sub(1);
-        self.keys.truncate(1);
-        write_keys(&self.path, &self.keys)?;
-        Ok(n)
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<NamedKey>> {
+        self.keys.write().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn key_ids(&self) -> Vec<String> {
-        self.keys.iter().map(|k| k.0.clone()).collect()
+        self.read().iter().map(|k| k.0.clone()).collect()
+    }
+
+    fn with_key<R>(
+        &self,
+        key_id: &str,
+        f: impl FnOnce(&crate::envelope::SecretKey) -> Result<R, CryptoError>,
+    ) -> Option<Result<R, CryptoError>> {
+        let keys = self.read();
+        let (_, key) = keys.iter().find(|k| k.0 == key_id)?;
+        Some(crate::envelope::SecretKey::from_bytes(0, key.as_ref()).and_then(|k| f(&k)))
     }
 }
 
@@ -87,16 +84,15 @@ impl crate::provider::KeyProvider for FileKeyProvider {
     }
 
     fn current_key_id(&self) -> String {
-        self.keys.first().map(|k| k.0.clone()).unwrap_or_default()
+        self.read().first().map(|k| k.0.clone()).unwrap_or_default()
     }
 
     fn wrap(&self, secret: &[u8], context: &str) -> Result<Vec<u8>, CryptoError> {
-        let (_, key) = self
-            .keys
-            .first()
-            .ok_or_else(|| err("the key file holds no key".into()))?;
-        let k = crate::envelope::SecretKey::from_bytes(0, key.as_ref())?;
-        crate::envelope::seal_raw(&k, &wrap_aad(context), secret)
+        let id = self.current_key_id();
+        self.with_key(&id, |k| {
+            crate::envelope::seal_raw(k, &wrap_aad(context), secret)
+        })
+        .unwrap_or_else(|| Err(err("the key file holds no key".into())))
     }
 
     fn unwrap(
@@ -105,14 +101,40 @@ impl crate::provider::KeyProvider for FileKeyProvider {
         wrapped: &[u8],
         context: &str,
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        let (_, key) = self.keys.iter().find(|k| k.0 == key_id).ok_or_else(|| {
-            err(format!(
+        let open = |k: &crate::envelope::SecretKey| {
+            crate::envelope::open_raw(k, &wrap_aad(context), wrapped)
+        };
+        if let Some(r) = self.with_key(key_id, open) {
+            return r;
+        }
+        // The master key may have been rotated by another process: read the
+        // file again before giving up.
+        if let Ok(keys) = read_keys(&self.path) {
+            *self.write() = keys;
+        }
+        self.with_key(key_id, open).unwrap_or_else(|| {
+            Err(err(format!(
                 "the master key {key_id} that wrapped a stored key is not in {}; restore the key file from your key backup",
                 self.path.display()
-            ))
-        })?;
-        let k = crate::envelope::SecretKey::from_bytes(0, key.as_ref())?;
-        crate::envelope::open_raw(&k, &wrap_aad(context), wrapped)
+            )))
+        })
+    }
+
+    fn add_master_key(&self) -> Result<String, CryptoError> {
+        let key = Zeroizing::new(crate::token::random_bytes::<32>()?);
+        let id = key_id(&key);
+        let mut keys = self.write();
+        keys.insert(0, (id.clone(), key));
+        write_keys(&self.path, &keys)?;
+        Ok(id)
+    }
+
+    fn drop_old_master_keys(&self) -> Result<usize, CryptoError> {
+        let mut keys = self.write();
+        let n = keys.len().saturating_sub(1);
+        keys.truncate(1);
+        write_keys(&self.path, &keys)?;
+        Ok(n)
     }
 }
 
@@ -157,12 +179,24 @@ pub fn open(
     let path = key_dir_abs.join(MASTER_KEY_FILE);
     if path.exists() {
         let keys = read_keys(&path)?;
-        Ok((FileKeyProvider { path, keys }, false))
+        Ok((
+            FileKeyProvider {
+                path,
+                keys: std::sync::RwLock::new(keys),
+            },
+            false,
+        ))
     } else if may_create {
         let key = Zeroizing::new(crate::token::random_bytes::<32>()?);
         let keys = vec![(key_id(&key), key)];
         create_keys(&path, &keys)?;
-        Ok((FileKeyProvider { path, keys }, true))
+        Ok((
+            FileKeyProvider {
+                path,
+                keys: std::sync::RwLock::new(keys),
+            },
+            true,
+        ))
     } else {
         Err(missing(&key_dir_abs))
     }
@@ -323,7 +357,7 @@ mod tests {
         assert!(k2
             .unwrap(&k1.current_key_id(), &wrapped, "other ctx")
             .is_err());
-        assert!(!format!("{k1:?}").contains(&hex::encode(&k1.keys[0].1[..4])));
+        assert!(!format!("{k1:?}").contains(&hex::encode(&k1.read()[0].1[..4])));
 
         fs::set_permissions(
             keys.join(MASTER_KEY_FILE),
@@ -338,10 +372,10 @@ mod tests {
     #[test]
     fn master_key_rotation_keeps_old_keys_until_dropped() {
         let root = tmp();
-        let (mut p, _) = open(&root.join("keys"), &root.join("data"), true).unwrap();
+        let (p, _) = open(&root.join("keys"), &root.join("data"), true).unwrap();
         let old = p.current_key_id();
         let w = p.wrap(&[7u8; 32], "c").unwrap();
-        let new = p.add_new_key().unwrap();
+        let new = p.add_master_key().unwrap();
         assert_ne!(old, new);
         let (reopened, _) = open(&root.join("keys"), &root.join("data"), false).unwrap();
         assert_eq!(reopened.current_key_id(), new);
@@ -349,7 +383,7 @@ mod tests {
             reopened.unwrap(&old, &w, "c").unwrap().as_slice(),
             &[7u8; 32]
         );
-        p.drop_old_keys().unwrap();
+        p.drop_old_master_keys().unwrap();
         let (reopened, _) = open(&root.join("keys"), &root.join("data"), false).unwrap();
         assert!(reopened.unwrap(&old, &w, "c").is_err());
         fs::remove_dir_all(root).unwrap();

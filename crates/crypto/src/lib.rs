@@ -4,6 +4,7 @@
 pub mod envelope;
 pub mod keyfile;
 pub mod password;
+pub mod pkcs11;
 pub mod provider;
 pub mod token;
 

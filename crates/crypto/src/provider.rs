@@ -21,4 +21,10 @@ pub trait KeyProvider: Send + Sync + 'static {
         wrapped: &[u8],
         context: &str,
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError>;
+    /// Master-key rotation, step 1: makes a new current master key, keeping
+    /// the old ones usable for unwrapping. Returns the new key's id.
+    fn add_master_key(&self) -> Result<String, CryptoError>;
+    /// Master-key rotation, last step (after every stored key is re-wrapped):
+    /// destroys the old master keys. Returns how many.
+    fn drop_old_master_keys(&self) -> Result<usize, CryptoError>;
 }

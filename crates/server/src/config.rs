@@ -13,7 +13,7 @@ pub const ENV_PREFIX: &str = "STRONGROOM_";
 
 /// Keys whose values are secrets: they may be given as `KEY_FILE`, and are
 /// never printed.
-const SECRET_KEYS: &[&str] = &["database_url"];
+const SECRET_KEYS: &[&str] = &["database_url", "pkcs11_pin"];
 
 /// Largest configuration file read.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -30,6 +30,23 @@ pub struct Config {
     /// Directory for the master key file; must not be inside `data_dir`.
     #[serde(default = "d_key_dir")]
     pub key_dir: PathBuf,
+    /// Where the master key lives: `file` (in `key_dir`) or `pkcs11` (a token).
+    #[serde(default = "d_key_provider")]
+    pub key_provider: String,
+    /// PKCS#11 module (shared library) for `key_provider = "pkcs11"`.
+    #[serde(default)]
+    pub pkcs11_module: Option<PathBuf>,
+    /// Label of the PKCS#11 token.
+    #[serde(default)]
+    pub pkcs11_token: Option<String>,
+    /// The token's user PIN (a secret; or `pkcs11_pin_file`).
+    #[serde(default)]
+    pkcs11_pin: Option<SecretString>,
+    #[serde(default)]
+    pkcs11_pin_file: Option<PathBuf>,
+    /// Base label of the master key objects in the token.
+    #[serde(default = "d_key_label")]
+    pub pkcs11_key_label: String,
     /// SQLite file path or `postgres://...`; empty means `<data_dir>/strongroom.db`.
     #[serde(default)]
     database_url: Option<SecretString>,
@@ -78,6 +95,12 @@ fn d_data_dir() -> PathBuf {
 }
 fn d_key_dir() -> PathBuf {
     "./strongroom-keys".into()
+}
+fn d_key_provider() -> String {
+    "file".into()
+}
+fn d_key_label() -> String {
+    "strongroom-master".into()
 }
 fn d_db_connections() -> u32 {
     16
@@ -136,6 +159,12 @@ impl Config {
             listen: d_listen(),
             data_dir: d_data_dir(),
             key_dir: d_key_dir(),
+            key_provider: d_key_provider(),
+            pkcs11_module: None,
+            pkcs11_token: None,
+            pkcs11_pin: None,
+            pkcs11_pin_file: None,
+            pkcs11_key_label: d_key_label(),
             database_url: None,
             database_url_file: None,
             db_max_connections: d_db_connections(),
@@ -199,15 +228,30 @@ impl Config {
     }
 
     fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
-        if let Some(path) = self.database_url_file.take() {
-            if self.database_url.is_some() {
-                return Err(cerr(
-                    "database_url is given both directly and as database_url_file; keep one",
-                ));
-            }
-            self.database_url = Some(read_secret_file("database_url_file", &path)?);
-        }
+        resolve_secret(
+            "database_url",
+            &mut self.database_url,
+            self.database_url_file.take(),
+        )?;
+        resolve_secret(
+            "pkcs11_pin",
+            &mut self.pkcs11_pin,
+            self.pkcs11_pin_file.take(),
+        )?;
         Ok(())
+    }
+
+    /// PKCS#11 settings, when `key_provider = "pkcs11"`.
+    pub fn pkcs11(&self) -> Option<strongroom_crypto::pkcs11::Pkcs11Settings> {
+        if self.key_provider != "pkcs11" {
+            return None;
+        }
+        Some(strongroom_crypto::pkcs11::Pkcs11Settings {
+            module: self.pkcs11_module.clone()?,
+            token_label: self.pkcs11_token.clone()?,
+            pin: self.pkcs11_pin.clone()?,
+            key_label: self.pkcs11_key_label.clone(),
+        })
     }
 
     fn check(&self) -> Result<Resolved, ConfigError> {
@@ -244,6 +288,27 @@ impl Config {
         range("login_concurrency", self.login_concurrency as i64, 0, 256)?;
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(cerr("log_format must be \"text\" or \"json\""));
+        }
+        match self.key_provider.as_str() {
+            "file" => {}
+            "pkcs11" => {
+                for (key, missing) in [
+                    ("pkcs11_module", self.pkcs11_module.is_none()),
+                    ("pkcs11_token", self.pkcs11_token.is_none()),
+                    ("pkcs11_pin", self.pkcs11_pin.is_none()),
+                ] {
+                    if missing {
+                        return Err(cerr(format!(
+                            "key_provider = \"pkcs11\" needs {key} (see the README's configuration table)"
+                        )));
+                    }
+                }
+            }
+            other => {
+                return Err(cerr(format!(
+                    "key_provider must be \"file\" or \"pkcs11\", not \"{other}\""
+                )))
+            }
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(cerr(
@@ -301,6 +366,22 @@ fn describe_toml_error(e: &toml::de::Error, file: Option<&Path>) -> String {
     // toml's message names the key (e.g. "unknown field `lisen`, expected one of ...").
     let msg = e.message().replace('\n', " ");
     format!("{place}{msg}")
+}
+
+fn resolve_secret(
+    key: &str,
+    value: &mut Option<SecretString>,
+    file: Option<PathBuf>,
+) -> Result<(), ConfigError> {
+    if let Some(path) = file {
+        if value.is_some() {
+            return Err(cerr(format!(
+                "{key} is given both directly and as {key}_file; keep one"
+            )));
+        }
+        *value = Some(read_secret_file(&format!("{key}_file"), &path)?);
+    }
+    Ok(())
 }
 
 fn read_secret_file(key: &str, path: &Path) -> Result<SecretString, ConfigError> {
@@ -376,6 +457,11 @@ fn defaults_table() -> toml::Table {
     t.insert("listen".into(), s(&c.listen));
     t.insert("data_dir".into(), s(""));
     t.insert("key_dir".into(), s(""));
+    t.insert("key_provider".into(), s(""));
+    t.insert("pkcs11_module".into(), s(""));
+    t.insert("pkcs11_token".into(), s(""));
+    t.insert("pkcs11_pin".into(), s(""));
+    t.insert("pkcs11_key_label".into(), s(""));
     t.insert("database_url".into(), s(""));
     t.insert("db_max_connections".into(), i(0));
     t.insert("tls_cert".into(), s(""));

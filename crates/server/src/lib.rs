@@ -141,6 +141,14 @@ pub async fn open_key_provider(
     store: &Store,
 ) -> anyhow::Result<(Arc<dyn strongroom_crypto::provider::KeyProvider>, bool)> {
     let may_create = !store.has_wrapped_keys().await?;
+    if let Some(settings) = config.pkcs11() {
+        // Token operations block; they are short, but keep them off the executor.
+        let (p, created) = tokio::task::spawn_blocking(move || {
+            strongroom_crypto::pkcs11::Pkcs11KeyProvider::open(&settings, may_create)
+        })
+        .await??;
+        return Ok((Arc::new(p), created));
+    }
     let (p, created) =
         strongroom_crypto::keyfile::open(&config.key_dir, &config.data_dir, may_create)?;
     Ok((Arc::new(p), created))

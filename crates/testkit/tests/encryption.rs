@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use strongroom_core::clock::Clock;
+use strongroom_crypto::provider::KeyProvider;
 
 use serde_json::{json, Value};
 use strongroom_proto::*;
@@ -516,15 +517,15 @@ async fn master_key_rotation_rewraps_keys_without_touching_records() {
     let r = create(&c, "customer", json!({"name": "A", "card_number": CARD})).await;
     let before = stored_data(&srv, &r.id).await;
     let (config, resolved) = srv.config();
-    let (mut file, _) =
+    let (file, _) =
         strongroom_crypto::keyfile::open(&config.key_dir, &config.data_dir, false).unwrap();
-    let old_id = strongroom_crypto::provider::KeyProvider::current_key_id(&file);
-    file.add_new_key().unwrap();
+    let old_id = file.current_key_id();
+    file.add_master_key().unwrap();
     let n = strongroom_server::keys::rewrap_all(&file, srv.store())
         .await
         .unwrap();
     assert_eq!(n, 3, "data, index and audit-signing keys");
-    file.drop_old_keys().unwrap();
+    file.drop_old_master_keys().unwrap();
     assert_eq!(stored_data(&srv, &r.id).await, before, "records untouched");
     assert!(srv
         .store()
