@@ -88,6 +88,21 @@ enum Command {
     #[command(subcommand)]
     Keys(KeysCommand),
 
+    /// Delete a company with all its users, records and history. Its keys
+    /// are destroyed first, so its encrypted values cannot be read again from
+    /// this store. Backups made before keep the company (and its wrapped
+    /// keys) until they expire.
+    ///
+    /// Example: strongroom delete-company --company ACME --yes-delete-everything
+    DeleteCompany {
+        /// Company code.
+        #[arg(long)]
+        company: String,
+        /// Confirms that the company's data is to be destroyed.
+        #[arg(long)]
+        yes_delete_everything: bool,
+    },
+
     /// Print the OpenAPI document of this version's API.
     ///
     /// Example: strongroom openapi > openapi.json
@@ -185,6 +200,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (config, _) = load_config(cli.config.as_deref())?;
             keys(&config, k).await
         }
+        Command::DeleteCompany {
+            company,
+            yes_delete_everything,
+        } => {
+            let (config, _) = load_config(cli.config.as_deref())?;
+            let code = ident::company_code(&company).context("--company")?;
+            if !yes_delete_everything {
+                bail!("this destroys company {code} and all its data; add --yes-delete-everything to confirm");
+            }
+            let clock = SystemClock;
+            let store = strongroom_server::open_store(&config).await?;
+            store.migrate(clock.now()).await?;
+            let (id, _) = store
+                .company_by_code(&code)
+                .await?
+                .with_context(|| format!("there is no company {code}"))?;
+            store.delete_company(id).await?;
+            store
+                .append_audit(&strongroom_store::AuditRecord {
+                    company: None,
+                    at: clock.now(),
+                    actor: "operator (cli)".into(),
+                    action: "company.delete".into(),
+                    target: code.clone(),
+                    outcome: "success".into(),
+                    detail: "{}".into(),
+                    request_id: None,
+                    client_ip: None,
+                })
+                .await?;
+            store.close().await;
+            say!("Deleted company {code}; its keys are destroyed. Restart running servers to drop cached keys.");
+            Ok(())
+        }
         Command::Openapi => {
             say!("{}", strongroom_server::app::openapi_json());
             Ok(())
@@ -210,6 +259,7 @@ async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let prepared = strongroom_server::prepare(&config, &resolved, clock).await?;
     let listener = strongroom_server::bind(resolved.listen).await?;
+    let shutdown = shutdown_signal()?;
     let addr = listener.local_addr()?;
     let info = &prepared.info;
     if info.master_key_created {
@@ -237,27 +287,25 @@ async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         info.schema.to,
         started.elapsed().as_millis()
     );
-    strongroom_server::serve(prepared, listener, shutdown_signal()).await?;
+    strongroom_server::serve(prepared, listener, shutdown).await?;
     say!("Strongroom stopped.");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
+/// Registers for SIGTERM and Ctrl-C now (before the server says it is
+/// ready, so a supervisor's signal is never missed) and returns a future
+/// that completes on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot listen for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
+    })
 }
 
 fn read_password(file: Option<&Path>) -> anyhow::Result<Zeroizing<String>> {

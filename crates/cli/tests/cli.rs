@@ -250,3 +250,78 @@ fn openapi_is_printed_offline() {
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
 }
+
+#[test]
+fn keys_status_rotate_and_company_deletion() {
+    let s = Setup::new();
+    let pw = s.password_file("correct horse battery staple");
+    for code in ["ACME", "BETA"] {
+        let o = s.run(&[
+            "init",
+            "--company",
+            code,
+            "--company-name",
+            code,
+            "--admin-password-file",
+            &pw,
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let o = s.run(&["keys", "status"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("Master key: key file"), "{t}");
+    for line in [
+        "ACME         data",
+        "ACME         index",
+        "ACME         audit_signing",
+        "BETA         data",
+    ] {
+        assert!(t.contains(line), "missing {line:?} in\n{t}");
+    }
+    assert!(
+        !t.contains("strongroom-master-key"),
+        "key material printed:\n{t}"
+    );
+
+    let o = s.run(&["keys", "rotate", "--company", "acme"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("now writes with data key v2"),
+        "{}",
+        text(&o)
+    );
+    let t = text(&s.run(&["keys", "status"]));
+    assert!(
+        t.lines().any(|l| l.starts_with("ACME")
+            && l.contains("data")
+            && l.contains(" 2 ")
+            && l.contains("active")),
+        "{t}"
+    );
+    assert!(
+        t.lines().any(|l| l.starts_with("ACME")
+            && l.contains("data")
+            && l.contains(" 1 ")
+            && l.contains("retired")),
+        "{t}"
+    );
+
+    let o = s.run(&["keys", "rotate-master"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("Re-wrapped 7 keys"), "{}", text(&o));
+
+    let o = s.run(&["delete-company", "--company", "BETA"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--yes-delete-everything"), "{}", text(&o));
+    let o = s.run(&[
+        "delete-company",
+        "--company",
+        "BETA",
+        "--yes-delete-everything",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&s.run(&["keys", "status"]));
+    assert!(!t.contains("BETA"), "{t}");
+    assert!(t.contains("ACME"), "{t}");
+}

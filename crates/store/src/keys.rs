@@ -521,3 +521,40 @@ impl Store {
             .collect()
     }
 }
+
+impl Store {
+    /// Deletes a company and everything it owns, its keys first. Without
+    /// its data keys, any copy of its ciphertexts (in an old backup, say)
+    /// stays unreadable unless that copy also holds the wrapped keys and the
+    /// master key that wrapped them.
+    pub async fn delete_company(&self, company: CompanyId) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        for table in [
+            "company_keys",
+            "key_rotations",
+            "record_index",
+            "record_versions",
+            "records",
+            "record_fields",
+            "record_types",
+            "sessions",
+            "users",
+            "departments",
+            "audit_events",
+        ] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE company_id = $1"))
+                .bind(company.0)
+                .execute(&mut *w.tx)
+                .await?;
+        }
+        let n = sqlx::query("DELETE FROM companies WHERE id = $1")
+            .bind(company.0)
+            .execute(&mut *w.tx)
+            .await?
+            .rows_affected();
+        if n != 1 {
+            return Err(StoreError::NotFound("no such company".into()));
+        }
+        w.commit().await
+    }
+}
