@@ -189,6 +189,8 @@ async fn lookups(records: usize, database_url: Option<String>) -> anyhow::Result
             .insert_record(company, &rt, &id, None, &stored, &index, owner, clock.now())
             .await?;
     }
+    // Planner statistics as a live system would have them.
+    store.analyze().await?;
     println!(
         "## Exact lookup of one record among {records} ({}; loaded in {:.1} s)",
         if url.starts_with("postgres") {

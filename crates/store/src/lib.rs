@@ -214,6 +214,14 @@ impl Store {
         Ok(WriteTx { tx, _guard: guard })
     }
 
+    /// Refreshes the query planner's statistics. Worth running after a bulk
+    /// load (a restore, a benchmark data set): until PostgreSQL's autovacuum
+    /// does it, fresh tables can get plans hundreds of times slower.
+    pub async fn analyze(&self) -> StoreResult<()> {
+        sqlx::raw_sql("ANALYZE").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// True when no company exists yet (a fresh store).
     pub async fn is_empty(&self) -> StoreResult<bool> {
         let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM companies")
