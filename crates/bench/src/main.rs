@@ -186,7 +186,17 @@ async fn lookups(records: usize, database_url: Option<String>) -> anyhow::Result
             .seal(&id, &plain)
             .map_err(|e| anyhow::anyhow!(e.message))?;
         store
-            .insert_record(company, &rt, &id, None, &stored, &index, owner, clock.now())
+            .insert_record(
+                company,
+                &rt,
+                &id,
+                None,
+                &stored,
+                &index,
+                owner,
+                &[],
+                clock.now(),
+            )
             .await?;
     }
     // Planner statistics as a live system would have them.

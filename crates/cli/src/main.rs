@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use strongroom_core::audit::{AuditEvent, Outcome, SERVER_CHAIN};
 use strongroom_core::clock::{Clock, SystemClock};
 use strongroom_core::{ident, password};
 use strongroom_server::config::{process_env, Config, Resolved};
@@ -84,6 +85,10 @@ enum Command {
         ca_cert: Option<PathBuf>,
     },
 
+    /// The audit log: verify its hash chains and signed checkpoints.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+
     /// Key management: status, data-key rotation, master-key rotation.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -107,6 +112,20 @@ enum Command {
     ///
     /// Example: strongroom openapi > openapi.json
     Openapi,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute every event's hash, check each chain's head and every
+    /// signed checkpoint, and name the first bad event. Exits non-zero when
+    /// anything is wrong.
+    ///
+    /// Example: strongroom audit verify --company ACME
+    Verify {
+        /// Only this company's chain (default: every chain).
+        #[arg(long)]
+        company: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -196,6 +215,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             say!("{} (version {})", h.status, h.version);
             Ok(())
         }
+        Command::Audit(AuditCommand::Verify { company }) => {
+            let (config, _) = load_config(cli.config.as_deref())?;
+            audit_verify(&config, company.as_deref()).await
+        }
         Command::Keys(k) => {
             let (config, _) = load_config(cli.config.as_deref())?;
             keys(&config, k).await
@@ -217,19 +240,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?
                 .with_context(|| format!("there is no company {code}"))?;
             store.delete_company(id).await?;
-            store
-                .append_audit(&strongroom_store::AuditRecord {
-                    company: None,
-                    at: clock.now(),
-                    actor: "operator (cli)".into(),
-                    action: "company.delete".into(),
-                    target: code.clone(),
-                    outcome: "success".into(),
-                    detail: "{}".into(),
-                    request_id: None,
-                    client_ip: None,
-                })
-                .await?;
+            operator_event(
+                &store,
+                "company.delete",
+                &format!("company/{code}"),
+                SERVER_CHAIN,
+            )
+            .await?;
             store.close().await;
             say!("Deleted company {code}; its keys are destroyed. Restart running servers to drop cached keys.");
             Ok(())
@@ -437,6 +454,13 @@ async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
             let (provider, _) = strongroom_server::open_key_provider(config, &store).await?;
             let ring = strongroom_server::keys::KeyRing::new(provider, store.clone());
             let v = ring.rotate_data_key(id, &code, clock.now()).await?;
+            operator_event(
+                &store,
+                "key.rotate",
+                &format!("company/{code}/data/v{v}"),
+                id.0,
+            )
+            .await?;
             say!("Company {code} now writes with data key v{v}.");
             if !no_wait {
                 strongroom_server::reencrypt::run_pending(
@@ -463,6 +487,7 @@ async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
             say!("Added master key {new}; re-wrapping company keys (old: {old})...");
             let n = strongroom_server::keys::rewrap_all(provider.as_ref(), &store).await?;
             let dropped = provider.drop_old_master_keys()?;
+            operator_event(&store, "key.rotate_master", &new, SERVER_CHAIN).await?;
             say!(
                 "Re-wrapped {n} keys; removed {dropped} old master key(s) from {}. Back up the key now.",
                 provider.describe()
@@ -470,5 +495,79 @@ async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
         }
     }
     store.close().await;
+    Ok(())
+}
+
+/// Records an operator's action in the audit log.
+async fn operator_event(
+    store: &strongroom_store::Store,
+    action: &str,
+    target: &str,
+    chain: i64,
+) -> anyhow::Result<()> {
+    store
+        .append_audit(&[AuditEvent {
+            chain,
+            at: SystemClock.now(),
+            actor: "operator".into(),
+            action: action.into(),
+            target: target.into(),
+            outcome: Outcome::Success,
+            reason: None,
+            detail: "{}".into(),
+            session: None,
+            client_ip: None,
+            user_agent: None,
+            request_id: None,
+        }])
+        .await?;
+    Ok(())
+}
+
+async fn audit_verify(config: &Config, company: Option<&str>) -> anyhow::Result<()> {
+    let store = strongroom_server::open_store(config).await?;
+    store.migrate(SystemClock.now()).await?;
+    let (provider, _) = strongroom_server::open_key_provider(config, &store).await?;
+    let ring = strongroom_server::keys::KeyRing::new(provider, store.clone());
+    let chains = match company {
+        Some(c) => {
+            let code = ident::company_code(c).context("--company")?;
+            let (id, _) = store
+                .company_by_code(&code)
+                .await?
+                .with_context(|| format!("there is no company {code}"))?;
+            vec![id.0]
+        }
+        None => store.audit_chains().await?,
+    };
+    let mut bad = 0;
+    for chain in chains {
+        let code = store
+            .company_code(strongroom_core::CompanyId(chain))
+            .await?;
+        let name = match (&code, chain) {
+            (_, SERVER_CHAIN) => "(server)".to_owned(),
+            (Some(c), _) => c.clone(),
+            (None, _) => format!("company #{chain} (deleted)"),
+        };
+        let v = strongroom_server::audit::verify(&store, &ring, chain, code.is_some())
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+        match v.problem {
+            None => say!(
+                "{name}: {} events, {} signed checkpoints: intact",
+                v.events,
+                v.checkpoints
+            ),
+            Some(p) => {
+                bad += 1;
+                say!("{name}: TAMPERED: {p}");
+            }
+        }
+    }
+    store.close().await;
+    if bad > 0 {
+        bail!("{bad} audit chain(s) failed verification");
+    }
     Ok(())
 }

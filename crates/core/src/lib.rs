@@ -3,6 +3,7 @@
 //! is always a parameter (see [`clock`]).
 
 pub mod access;
+pub mod audit;
 pub mod catalogue;
 pub mod clock;
 pub mod error;

@@ -12,9 +12,10 @@ use strongroom_proto::{
 use strongroom_store::{NewUser, StoredUser, UserChange};
 use zeroize::Zeroizing;
 
+use crate::audit;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ClientInfo};
 use crate::state::AppState;
 
 /// The caller's company.
@@ -79,15 +80,19 @@ pub async fn list_departments(
 pub async fn create_department(
     State(state): State<AppState>,
     caller: Caller,
+    client: ClientInfo,
     ApiJson(req): ApiJson<CreateDepartment>,
 ) -> ApiResult<(StatusCode, Json<DepartmentView>)> {
-    let auth = caller.principal.admin()?;
+    let what = format!("department/{}", req.code.trim().to_ascii_uppercase());
+    let auth = audit::require_admin(&state, &caller, &client, "department.create", &what).await?;
+    let detail = serde_json::json!({});
     let code = ident::department_code(&req.code)?;
     let name = ident::display_text("department name", &req.name, 200)?;
     let view = state
         .store
         .create_department(auth.company(), &code, &name, state.clock.now())
         .await?;
+    audit::record(&state, &caller, &client, "department.create", &what, detail).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -100,10 +105,13 @@ pub async fn create_department(
 pub async fn update_department(
     State(state): State<AppState>,
     caller: Caller,
+    client: ClientInfo,
     Path(code): Path<String>,
     ApiJson(req): ApiJson<UpdateDepartment>,
 ) -> ApiResult<Json<DepartmentView>> {
-    let auth = caller.principal.admin()?;
+    let what = format!("department/{code}");
+    let auth = audit::require_admin(&state, &caller, &client, "department.update", &what).await?;
+    let detail = serde_json::json!({ "fields": ["name"] });
     let code = ident::department_code(&code).map_err(|_| ApiError::not_found("department"))?;
     let name = ident::display_text("department name", &req.name, 200)?;
     if !state
@@ -118,6 +126,7 @@ pub async fn update_department(
         .department(auth.company(), &code)
         .await?
         .ok_or_else(|| ApiError::not_found("department"))?;
+    audit::record(&state, &caller, &client, "department.update", &what, detail).await?;
     Ok(Json(view))
 }
 
@@ -130,11 +139,15 @@ pub async fn update_department(
 pub async fn delete_department(
     State(state): State<AppState>,
     caller: Caller,
+    client: ClientInfo,
     Path(code): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let auth = caller.principal.admin()?;
+    let what = format!("department/{code}");
+    let auth = audit::require_admin(&state, &caller, &client, "department.delete", &what).await?;
+    let detail = serde_json::json!({});
     let code = ident::department_code(&code).map_err(|_| ApiError::not_found("department"))?;
     if state.store.delete_department(auth.company(), &code).await? {
+        audit::record(&state, &caller, &client, "department.delete", &what, detail).await?;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("department"))
@@ -150,8 +163,12 @@ pub async fn delete_department(
 pub async fn list_users(
     State(state): State<AppState>,
     caller: Caller,
+    client: ClientInfo,
 ) -> ApiResult<Json<Vec<UserView>>> {
-    let auth = caller.principal.admin()?;
+    let what = "users".to_string();
+    let auth = audit::require_admin(&state, &caller, &client, "user.list", &what).await?;
+    let detail = serde_json::json!({});
+    audit::record(&state, &caller, &client, "user.list", &what, detail).await?;
     Ok(Json(state.store.list_users(auth.company()).await?))
 }
 
@@ -164,9 +181,12 @@ pub async fn list_users(
 pub async fn create_user(
     State(state): State<AppState>,
     caller: Caller,
+    client: ClientInfo,
     ApiJson(req): ApiJson<CreateUser>,
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
-    let auth = caller.principal.admin()?;
+    let what = format!("user/{}", req.user_id.trim().to_ascii_lowercase());
+    let auth = audit::require_admin(&state, &caller, &client, "user.create", &what).await?;
+    let detail = serde_json::json!({ "is_admin": req.is_admin, "department": req.department });
     let new = new_user(&state, auth.company(), req).await?;
     let key = state
         .store
@@ -177,6 +197,7 @@ pub async fn create_user(
         .user_by_key(auth.company(), key)
         .await?
         .ok_or_else(|| ApiError::internal("new user not found"))?;
+    audit::record(&state, &caller, &client, "user.create", &what, detail).await?;
     Ok((StatusCode::CREATED, Json(user.view)))
 }
 
@@ -234,9 +255,13 @@ async fn target_user(
 pub async fn get_user(
     State(state): State<AppState>,
     caller: Caller,
+    client: ClientInfo,
     Path(user_id): Path<String>,
 ) -> ApiResult<Json<UserView>> {
-    let auth = caller.principal.admin()?;
+    let what = format!("user/{user_id}");
+    let auth = audit::require_admin(&state, &caller, &client, "user.read", &what).await?;
+    let detail = serde_json::json!({});
+    audit::record(&state, &caller, &client, "user.read", &what, detail).await?;
     Ok(Json(target_user(&state, &auth, &user_id).await?.view))
 }
 
@@ -251,10 +276,13 @@ pub async fn get_user(
 pub async fn update_user(
     State(state): State<AppState>,
     caller: Caller,
+    client: ClientInfo,
     Path(user_id): Path<String>,
     ApiJson(req): ApiJson<UpdateUser>,
 ) -> ApiResult<Json<UserView>> {
-    let auth = caller.principal.admin()?;
+    let what = format!("user/{user_id}");
+    let auth = audit::require_admin(&state, &caller, &client, "user.update", &what).await?;
+    let detail = serde_json::to_value(&req).unwrap_or_default();
     let target = target_user(&state, &auth, &user_id).await?;
     access::check_user_update(
         &auth,
@@ -296,6 +324,7 @@ pub async fn update_user(
         .user_by_key(auth.company(), target.key)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
+    audit::record(&state, &caller, &client, "user.update", &what, detail).await?;
     Ok(Json(user.view))
 }
 
@@ -308,10 +337,13 @@ pub async fn update_user(
 pub async fn set_password(
     State(state): State<AppState>,
     caller: Caller,
+    client: ClientInfo,
     Path(user_id): Path<String>,
     ApiJson(req): ApiJson<SetPassword>,
 ) -> ApiResult<StatusCode> {
-    let auth = caller.principal.admin()?;
+    let what = format!("user/{user_id}");
+    let auth = audit::require_admin(&state, &caller, &client, "user.set_password", &what).await?;
+    let detail = serde_json::json!({});
     let target = target_user(&state, &auth, &user_id).await?;
     if target.view.is_master && !caller.principal.is_master {
         return Err(ApiError::new(
@@ -326,6 +358,7 @@ pub async fn set_password(
         .store
         .set_password(auth.company(), target.key, &hash, state.clock.now())
         .await?;
+    audit::record(&state, &caller, &client, "user.set_password", &what, detail).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -339,9 +372,12 @@ pub async fn set_password(
 pub async fn delete_user(
     State(state): State<AppState>,
     caller: Caller,
+    client: ClientInfo,
     Path(user_id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let auth = caller.principal.admin()?;
+    let what = format!("user/{user_id}");
+    let auth = audit::require_admin(&state, &caller, &client, "user.delete", &what).await?;
+    let detail = serde_json::json!({});
     let target = target_user(&state, &auth, &user_id).await?;
     access::check_user_delete(
         &auth,
@@ -351,5 +387,6 @@ pub async fn delete_user(
         },
     )?;
     state.store.delete_user(auth.company(), target.key).await?;
+    audit::record(&state, &caller, &client, "user.delete", &what, detail).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -17,7 +17,7 @@ use crate::error::{ApiError, REQUEST_ID};
 use crate::extract::{ClientInfo, TrustedProxies};
 use crate::metrics::RequestLabels;
 use crate::state::AppState;
-use crate::{admin, auth, records};
+use crate::{admin, audit, auth, records};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -34,6 +34,7 @@ use crate::{admin, auth, records};
         records::list_types, records::get_type, records::create_type, records::add_fields,
         records::list, records::create, records::get, records::update, records::delete,
         records::history, records::restore,
+        audit::list_events,
     ),
     components(schemas(strongroom_proto::ErrorCode, strongroom_proto::ErrorBody)),
     modifiers(&BearerAuth),
@@ -118,6 +119,7 @@ pub fn router(state: AppState, trusted: TrustedProxies, max_body_bytes: usize) -
             "/api/v1/records/{type}/{id}/restore",
             post(records::restore),
         )
+        .route("/api/v1/audit/events", get(audit::list_events))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

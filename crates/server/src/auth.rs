@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use strongroom_core::access::Principal;
+use strongroom_core::audit::{AuditEvent, Outcome, SERVER_CHAIN};
 use strongroom_core::ident;
 use strongroom_core::session::SessionState;
 use strongroom_crypto::token;
@@ -68,6 +69,30 @@ impl FromRequestParts<AppState> for Caller {
             && state.sessions.state(&session.times, now) == SessionState::Live;
         if !live {
             state.store.end_session(&hash).await?;
+            let reason = if session.user_status != UserStatus::Active {
+                "account_disabled"
+            } else if now >= session.times.expires_at {
+                "lifetime_reached"
+            } else {
+                "idle_timeout"
+            };
+            state
+                .audit
+                .write(vec![AuditEvent {
+                    chain: session.company.0,
+                    at: now,
+                    actor: "system".into(),
+                    action: "session.end".into(),
+                    target: format!("user/{}", session.user_id),
+                    outcome: Outcome::Success,
+                    reason: Some(reason.into()),
+                    detail: "{}".into(),
+                    session: Some(crate::audit::session_ref(&hash)),
+                    client_ip: None,
+                    user_agent: None,
+                    request_id: Some(crate::error::current_request_id()),
+                }])
+                .await?;
             return Err(expired());
         }
         let mut session = session;
@@ -118,20 +143,67 @@ pub async fn login(
     let password = Zeroizing::new(req.password);
     let company = ident::company_code(&req.company).ok();
     let user = ident::user_id(&req.user).ok();
-    let account = match (company, user) {
-        (Some(c), Some(u)) => state.store.login_account(&c, &u).await?,
+    let account = match (&company, &user) {
+        (Some(c), Some(u)) => state.store.login_account(c, u).await?,
         _ => None,
     };
     // The hash is checked even when the account is unknown or disabled, so
     // all failures take the same time.
     let stored = account.as_ref().map(|a| a.password_hash.clone());
     let password_ok = state.hashing.verify(password, stored).await?;
-    let account = match account {
-        Some(a) if password_ok && a.status == UserStatus::Active => a,
-        _ => return Err(sign_in_failed()),
+    // Which company's trail the attempt belongs to: the named company if it
+    // exists, else the server's own chain.
+    let chain = match (&account, &company) {
+        (Some(a), _) => a.company.0,
+        (None, Some(c)) => state
+            .store
+            .company_by_code(c)
+            .await?
+            .map(|(id, _)| id.0)
+            .unwrap_or(SERVER_CHAIN),
+        (None, None) => SERVER_CHAIN,
+    };
+    let reason = match &account {
+        None if chain == SERVER_CHAIN => Some("unknown_company"),
+        None => Some("unknown_user"),
+        Some(_) if !password_ok => Some("bad_password"),
+        Some(a) if a.status != UserStatus::Active => Some("account_disabled"),
+        Some(_) => None,
     };
     let now = state.clock.now();
+    let attempt = AuditEvent {
+        chain,
+        at: now,
+        // What was typed, cut short: it is the claim, not a verified identity.
+        actor: format!("user:{}", req.user.chars().take(64).collect::<String>()),
+        action: "auth.login".into(),
+        target: format!(
+            "company/{}",
+            req.company.chars().take(32).collect::<String>()
+        ),
+        outcome: if reason.is_some() {
+            Outcome::Denied
+        } else {
+            Outcome::Success
+        },
+        reason: reason.map(str::to_owned),
+        detail: "{}".into(),
+        session: None,
+        client_ip: Some(client.ip.to_string()),
+        user_agent: client.user_agent.clone(),
+        request_id: Some(crate::error::current_request_id()),
+    };
+    let account = match account {
+        Some(a) if reason.is_none() => a,
+        _ => {
+            state.audit.write(vec![attempt]).await?;
+            return Err(sign_in_failed());
+        }
+    };
     let new = token::new_token()?;
+    let mut attempt = attempt;
+    attempt.session = Some(crate::audit::session_ref(&new.hash));
+    state.audit.write(vec![attempt]).await?;
     let times = state.sessions.start(now);
     let ip = client.ip.to_string();
     state
@@ -176,8 +248,21 @@ pub async fn login(
     ),
     security(("bearer" = []))
 )]
-pub async fn logout(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+pub async fn logout(
+    State(state): State<AppState>,
+    caller: Caller,
+    client: ClientInfo,
+) -> ApiResult<Response> {
     state.store.end_session(&caller.token_hash).await?;
+    crate::audit::record(
+        &state,
+        &caller,
+        &client,
+        "auth.logout",
+        &format!("user/{}", caller.principal.user_id),
+        serde_json::json!({}),
+    )
+    .await?;
     let mut resp = axum::http::StatusCode::NO_CONTENT.into_response();
     resp.headers_mut().insert(
         SET_COOKIE,

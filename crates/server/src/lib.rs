@@ -102,8 +102,8 @@ pub async fn prepare(
         n => n,
     };
     let state = AppState {
-        store,
-        clock,
+        store: store.clone(),
+        clock: clock.clone(),
         sessions: SessionPolicy {
             idle_timeout: chrono::Duration::minutes(config.session_idle_minutes),
             absolute_lifetime: chrono::Duration::hours(config.session_lifetime_hours),
@@ -111,6 +111,7 @@ pub async fn prepare(
         hashing: HashPool::new(hasher, concurrency),
         metrics: Arc::new(metrics::Metrics::new()),
         metrics_allow: Arc::new(resolved.metrics_allow.clone()),
+        audit: audit::AuditLog::start(store.clone(), keys.clone(), clock.clone()),
         keys,
     };
     let router = app::router(
@@ -265,6 +266,13 @@ async fn housekeeping(state: AppState) {
             Ok(n) if n > 0 => tracing::info!(rotations = n, "re-encryption finished"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "re-encryption paused; will retry"),
+        }
+        // Sign every chain with unsigned events: a checkpoint at least
+        // every minute, besides every CHECKPOINT_EVERY events.
+        if let Err(e) =
+            audit::checkpoint_all(&state.store, &state.keys, state.clock.now(), true).await
+        {
+            tracing::warn!(error = %e.message, "audit checkpoint failed");
         }
         if round % 10 == 0 {
             match state.store.purge_expired_sessions(state.clock.now()).await {

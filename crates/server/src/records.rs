@@ -104,6 +104,7 @@ pub async fn get_type(
 pub async fn create_type(
     State(state): State<AppState>,
     caller: Caller,
+    client: ClientInfo,
     ApiJson(req): ApiJson<CreateRecordType>,
 ) -> ApiResult<(StatusCode, Json<RecordTypeView>)> {
     let auth = caller.principal.admin()?;
@@ -119,6 +120,15 @@ pub async fn create_type(
         .create_record_type(auth.company(), &def, state.clock.now())
         .await?;
     let rt = record_type(&state, auth.company(), &def.key).await?;
+    audit::record(
+        &state,
+        &caller,
+        &client,
+        "record_type.create",
+        &format!("record_type/{}", rt.view.key),
+        serde_json::json!({ "fields": rt.view.fields.iter().map(|f| &f.key).collect::<Vec<_>>() }),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(rt.view)))
 }
 
@@ -133,6 +143,7 @@ pub async fn create_type(
 pub async fn add_fields(
     State(state): State<AppState>,
     caller: Caller,
+    client: ClientInfo,
     Path(key): Path<String>,
     ApiJson(req): ApiJson<AddFields>,
 ) -> ApiResult<Json<RecordTypeView>> {
@@ -152,6 +163,15 @@ pub async fn add_fields(
         .store
         .add_fields(auth.company(), &rt, &req.fields)
         .await?;
+    audit::record(
+        &state,
+        &caller,
+        &client,
+        "record_type.add_fields",
+        &format!("record_type/{}", rt.view.key),
+        serde_json::json!({ "fields": req.fields.iter().map(|f| &f.key).collect::<Vec<_>>() }),
+    )
+    .await?;
     Ok(Json(record_type(&state, auth.company(), &key).await?.view))
 }
 
@@ -313,6 +333,7 @@ async fn shown(
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
+    client: ClientInfo,
     Path(type_key): Path<String>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Page<RecordView>>> {
@@ -341,6 +362,23 @@ pub async fn list(
             ..rec
         });
     }
+    audit::record(
+        &state,
+        &caller,
+        &client,
+        if q.equals.is_empty() {
+            "record.list"
+        } else {
+            "record.search"
+        },
+        &rt.view.key,
+        serde_json::json!({
+            "records": items.iter().map(|r| &r.id).collect::<Vec<_>>(),
+            "filters": q.equals.iter().map(|(f, _)| f).collect::<Vec<_>>(),
+            "masked": items.first().map(|r| r.masked.clone()).unwrap_or_default(),
+        }),
+    )
+    .await?;
     Ok(Json(Page {
         items,
         next_cursor: next.map(encode_cursor),
@@ -358,6 +396,7 @@ pub async fn list(
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    client: ClientInfo,
     Path(type_key): Path<String>,
     ApiJson(req): ApiJson<CreateRecord>,
 ) -> ApiResult<(StatusCode, Json<RecordView>)> {
@@ -371,6 +410,14 @@ pub async fn create(
     let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
     let id = uuid::Uuid::new_v4().to_string();
     let (stored, index) = sealer.seal(&id, &plain)?;
+    let event = audit::event(
+        &state,
+        &caller,
+        &client,
+        "record.create",
+        &format!("{}/{id}", rt.view.key),
+        serde_json::json!({ "fields": plain.keys().collect::<Vec<_>>() }),
+    );
     state
         .store
         .insert_record(
@@ -381,6 +428,7 @@ pub async fn create(
             &stored,
             &index,
             p.user,
+            &[event],
             state.clock.now(),
         )
         .await?;
@@ -429,29 +477,35 @@ pub async fn get(
             "record is deleted; read it with ?deleted=include or restore it with POST .../restore",
         ));
     }
-    if !reveal.is_none() {
+    let target = format!("{}/{}", rt.view.key, rec.view.id);
+    if !reveal.is_none() && p.admin().is_err() {
         // Until roles exist, revealing is for administrators.
-        p.admin().map_err(|_| {
-            ApiError::new(
-                ErrorCode::Forbidden,
-                "you may not reveal protected fields; ask without ?reveal to see them masked",
-            )
-        })?;
+        let e = ApiError::new(
+            ErrorCode::Forbidden,
+            "you may not reveal protected fields; ask without ?reveal to see them masked",
+        );
+        return Err(audit::refused(&state, &caller, &client, "record.reveal", &target, e).await);
     }
     let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
     let view = shown(&state, &sealer, p.company, rec.view, &reveal).await?;
-    if !view.revealed.is_empty() {
-        // The reveal is recorded before the values leave the server.
-        audit::record(
-            &state,
-            &caller,
-            &client,
-            "record.reveal",
-            &format!("{}/{}", rt.view.key, view.id),
-            serde_json::json!({ "fields": view.revealed }),
-        )
-        .await?;
-    }
+    // The read (and any reveal) is recorded before the values leave the server.
+    audit::record(
+        &state,
+        &caller,
+        &client,
+        if view.revealed.is_empty() {
+            "record.read"
+        } else {
+            "record.reveal"
+        },
+        &target,
+        serde_json::json!({
+            "returned": view.data.keys().collect::<Vec<_>>(),
+            "masked": view.masked,
+            "revealed": view.revealed,
+        }),
+    )
+    .await?;
     Ok(Json(view))
 }
 
@@ -465,6 +519,7 @@ pub async fn get(
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
+    client: ClientInfo,
     Path((type_key, id)): Path<(String, String)>,
     ApiJson(req): ApiJson<UpdateRecord>,
 ) -> ApiResult<Json<RecordView>> {
@@ -493,9 +548,12 @@ pub async fn update(
         .open(&state.keys, p.company, &rec.view.id, &rec.view.data)
         .await?;
     let data = apply_patch(&rt.view.fields, &current, &req.data)?;
+    let changed: Vec<&String> = req.data.keys().collect();
     write(
         &state,
         &caller,
+        &client,
+        serde_json::json!({ "fields": changed }),
         &rt,
         &sealer,
         &rec,
@@ -510,6 +568,8 @@ pub async fn update(
 async fn write(
     state: &AppState,
     caller: &Caller,
+    client: &ClientInfo,
+    detail: serde_json::Value,
     rt: &StoredRecordType,
     sealer: &Sealer<'_>,
     rec: &StoredRecord,
@@ -519,6 +579,14 @@ async fn write(
 ) -> ApiResult<Json<RecordView>> {
     let p = &caller.principal;
     let (stored, index) = sealer.seal(&rec.view.id, plain)?;
+    let event = audit::event(
+        state,
+        caller,
+        client,
+        &format!("record.{}", kind.as_str()),
+        &format!("{}/{}", rt.view.key, rec.view.id),
+        detail,
+    );
     state
         .store
         .write_record(
@@ -528,6 +596,7 @@ async fn write(
             rec.view.version,
             RecordWrite {
                 data: &stored,
+                audit: std::slice::from_ref(&event),
                 index: &index,
                 deleted_at,
                 kind,
@@ -551,6 +620,7 @@ async fn write(
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
+    client: ClientInfo,
     Path((type_key, id)): Path<(String, String)>,
 ) -> ApiResult<Json<RecordView>> {
     let p = &caller.principal;
@@ -570,6 +640,8 @@ pub async fn delete(
     write(
         &state,
         &caller,
+        &client,
+        serde_json::json!({}),
         &rt,
         &sealer,
         &rec,
@@ -588,6 +660,7 @@ pub async fn delete(
 pub async fn history(
     State(state): State<AppState>,
     caller: Caller,
+    client: ClientInfo,
     Path((type_key, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Vec<RecordVersionView>>> {
     let p = &caller.principal;
@@ -605,6 +678,15 @@ pub async fn history(
         v.revealed = revealed;
         out.push(v);
     }
+    audit::record(
+        &state,
+        &caller,
+        &client,
+        "record.history",
+        &format!("{}/{}", rt.view.key, rec.view.id),
+        serde_json::json!({ "versions": out.len() }),
+    )
+    .await?;
     Ok(Json(out))
 }
 
@@ -619,6 +701,7 @@ pub async fn history(
 pub async fn restore(
     State(state): State<AppState>,
     caller: Caller,
+    client: ClientInfo,
     Path((type_key, id)): Path<(String, String)>,
     OptionalJson(req): OptionalJson<RestoreRecord>,
 ) -> ApiResult<Json<RecordView>> {
@@ -640,6 +723,8 @@ pub async fn restore(
             write(
                 &state,
                 &caller,
+                &client,
+                serde_json::json!({}),
                 &rt,
                 &sealer,
                 &rec,
@@ -670,6 +755,8 @@ pub async fn restore(
             write(
                 &state,
                 &caller,
+                &client,
+                serde_json::json!({ "to_version": v }),
                 &rt,
                 &sealer,
                 &rec,

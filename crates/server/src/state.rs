@@ -22,6 +22,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub metrics_allow: Arc<Vec<ipnet::IpNet>>,
     pub keys: Arc<crate::keys::KeyRing>,
+    pub audit: crate::audit::AuditLog,
 }
 
 /// Password hashing off the async executor, a bounded number at a time, so

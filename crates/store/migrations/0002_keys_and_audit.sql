@@ -24,16 +24,44 @@ CREATE TABLE key_rotations (
   PRIMARY KEY (company_id, to_version)
 );
 
+-- The audit log: one hash chain per company (chain = company id; 0 for
+-- events of no company). Each event's hash covers the previous hash and a
+-- canonical encoding of the event; the head records where each chain ends;
+-- checkpoints sign a chain position with the company's Ed25519 key. No
+-- foreign key to companies: a deleted company's trail stays as evidence.
 CREATE TABLE audit_events (
-  id {id},
-  company_id BIGINT REFERENCES companies(id),
+  chain BIGINT NOT NULL,
+  seq BIGINT NOT NULL,
   at BIGINT NOT NULL,
-  actor TEXT NOT NULL,                -- user ID, or 'system'
+  actor TEXT NOT NULL,
   action TEXT NOT NULL,
   target TEXT NOT NULL,
   outcome TEXT NOT NULL,
+  reason TEXT,
   detail TEXT NOT NULL,               -- JSON; never a sensitive value
+  session_ref TEXT,
+  client_ip TEXT,
+  user_agent TEXT,
   request_id TEXT,
-  client_ip TEXT
+  prev_hash {blob} NOT NULL,
+  hash {blob} NOT NULL,
+  PRIMARY KEY (chain, seq)
 );
-CREATE INDEX audit_events_by_company ON audit_events (company_id, id);
+CREATE INDEX audit_events_by_time ON audit_events (chain, at);
+
+CREATE TABLE audit_heads (
+  chain BIGINT PRIMARY KEY,
+  seq BIGINT NOT NULL,
+  hash {blob} NOT NULL
+);
+
+CREATE TABLE audit_checkpoints (
+  chain BIGINT NOT NULL,
+  seq BIGINT NOT NULL,
+  hash {blob} NOT NULL,
+  at BIGINT NOT NULL,
+  key_version BIGINT NOT NULL,
+  public_key {blob} NOT NULL,
+  signature {blob} NOT NULL,
+  PRIMARY KEY (chain, seq)
+);

@@ -110,20 +110,6 @@ pub struct Rotation {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-/// An audit event as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditRecord {
-    pub company: Option<CompanyId>,
-    pub at: DateTime<Utc>,
-    pub actor: String,
-    pub action: String,
-    pub target: String,
-    pub outcome: String,
-    pub detail: String,
-    pub request_id: Option<String>,
-    pub client_ip: Option<String>,
-}
-
 pub(crate) async fn insert_key(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     company: CompanyId,
@@ -473,53 +459,6 @@ impl Store {
             .await?;
         get(&row, "n")
     }
-
-    // ----- audit -------------------------------------------------------
-
-    pub async fn append_audit(&self, e: &AuditRecord) -> StoreResult<()> {
-        let mut w = self.write_tx().await?;
-        sqlx::query(
-            "INSERT INTO audit_events (company_id, at, actor, action, target, outcome, detail, request_id, client_ip) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(e.company.map(|c| c.0))
-        .bind(ts(e.at))
-        .bind(&e.actor)
-        .bind(&e.action)
-        .bind(&e.target)
-        .bind(&e.outcome)
-        .bind(&e.detail)
-        .bind(e.request_id.as_deref())
-        .bind(e.client_ip.as_deref())
-        .execute(&mut *w.tx)
-        .await?;
-        w.commit().await
-    }
-
-    pub async fn audit_events(&self, company: CompanyId) -> StoreResult<Vec<AuditRecord>> {
-        let rows = sqlx::query(
-            "SELECT company_id, at, actor, action, target, outcome, detail, request_id, client_ip \
-             FROM audit_events WHERE company_id = $1 ORDER BY id",
-        )
-        .bind(company.0)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditRecord {
-                    company: get::<Option<i64>>(r, "company_id")?.map(CompanyId),
-                    at: from_ts(get(r, "at")?)?,
-                    actor: get(r, "actor")?,
-                    action: get(r, "action")?,
-                    target: get(r, "target")?,
-                    outcome: get(r, "outcome")?,
-                    detail: get(r, "detail")?,
-                    request_id: get(r, "request_id")?,
-                    client_ip: get(r, "client_ip")?,
-                })
-            })
-            .collect()
-    }
 }
 
 impl Store {
@@ -540,7 +479,6 @@ impl Store {
             "sessions",
             "users",
             "departments",
-            "audit_events",
         ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE company_id = $1"))
                 .bind(company.0)

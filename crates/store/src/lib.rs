@@ -10,12 +10,14 @@
 //! puts it in its `WHERE` clause; the only lookup without one is a session by
 //! its token hash, which is how a request finds its company.
 
+mod audit;
 mod directory;
 mod keys;
 mod migrate;
 mod records;
 mod sessions;
 
+pub use audit::*;
 pub use directory::*;
 pub use keys::*;
 pub use migrate::{MigrationReport, SCHEMA_VERSION};

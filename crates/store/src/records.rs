@@ -35,6 +35,8 @@ pub type IndexEntries = Vec<(String, String)>;
 #[derive(Debug, Clone)]
 pub struct RecordWrite<'a> {
     pub data: &'a RecordData,
+    /// Audit events stored in the same transaction as the change.
+    pub audit: &'a [strongroom_core::audit::AuditEvent],
     pub index: &'a IndexEntries,
     pub deleted_at: Option<DateTime<Utc>>,
     pub kind: ChangeKind,
@@ -257,6 +259,7 @@ impl Store {
         data: &RecordData,
         index: &IndexEntries,
         actor: UserKey,
+        audit: &[strongroom_core::audit::AuditEvent],
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
         let text = serde_json::to_string(data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -289,6 +292,7 @@ impl Store {
         )
         .await?;
         write_index(&mut w.tx, company, record_type.id, id, index).await?;
+        crate::audit::chain_events(&mut w.tx, self.dialect, audit).await?;
         w.commit().await
     }
 
@@ -424,6 +428,7 @@ impl Store {
             .execute(&mut *w.tx)
             .await?;
         write_index(&mut w.tx, company, record_type.id, record.id, change.index).await?;
+        crate::audit::chain_events(&mut w.tx, self.dialect, change.audit).await?;
         w.commit().await
     }
 

@@ -268,6 +268,37 @@ impl TestServer {
         }
     }
 
+    /// Every audit event of a company, oldest first.
+    pub async fn audit_events(&self, company: &str) -> Vec<strongroom_core::audit::AuditEvent> {
+        let chain = match self
+            .store()
+            .company_by_code(company)
+            .await
+            .expect("company lookup")
+        {
+            Some((id, _)) => id.0,
+            None => strongroom_core::audit::SERVER_CHAIN,
+        };
+        self.chain_events(chain).await
+    }
+
+    /// Every event of one chain, oldest first.
+    pub async fn chain_events(&self, chain: i64) -> Vec<strongroom_core::audit::AuditEvent> {
+        self.store()
+            .audit_events(
+                chain,
+                &strongroom_store::AuditQuery {
+                    limit: 1_000_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("read audit log")
+            .into_iter()
+            .map(|e| e.event)
+            .collect()
+    }
+
     /// Runs raw SQL against the server's database (for tampering tests).
     pub async fn raw_sql(&self, sql: &str) -> u64 {
         sqlx::query(sql)

@@ -170,16 +170,22 @@ async fn admins_reveal_on_request_and_the_reveal_is_audited() {
     assert_eq!(denied.status, 403);
     assert_eq!(denied.json()["code"], "forbidden");
 
-    let (company, _) = srv.store().company_by_code("ACME").await.unwrap().unwrap();
-    let events = srv.store().audit_events(company).await.unwrap();
+    let events = srv.audit_events("ACME").await;
     let reveals: Vec<_> = events
         .iter()
-        .filter(|e| e.action == "record.reveal")
+        .filter(|e| {
+            e.action == "record.reveal" && e.outcome == strongroom_core::audit::Outcome::Success
+        })
         .collect();
     assert_eq!(reveals.len(), 2, "{events:?}");
+    // The clerk's attempt is recorded as a denial.
+    assert!(events.iter().any(|e| e.action == "record.reveal"
+        && e.actor == "user:clerk"
+        && e.outcome == strongroom_core::audit::Outcome::Denied
+        && e.reason.as_deref() == Some("forbidden")));
     assert!(reveals
         .iter()
-        .all(|e| e.actor == "master" && e.target == format!("customer/{}", r.id)));
+        .all(|e| e.actor == "user:master" && e.target == format!("customer/{}", r.id)));
     assert!(reveals[1].detail.contains("card_number"));
     for e in &events {
         assert!(

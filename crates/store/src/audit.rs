@@ -1,0 +1,246 @@
+//! The audit log: per-company hash chains, their heads and signed
+//! checkpoints.
+
+use crate::{from_ts, get, ts, Dialect, Store, StoreError, StoreResult};
+use chrono::{DateTime, Utc};
+use sqlx::any::AnyRow;
+use strongroom_core::audit::{chain_hash, genesis, AuditEvent, Outcome};
+
+/// An event as stored, with its place in the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub event: AuditEvent,
+    pub prev_hash: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+/// A signed chain position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub chain: i64,
+    pub seq: i64,
+    pub hash: Vec<u8>,
+    pub at: DateTime<Utc>,
+    pub key_version: i64,
+    pub public_key: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// Filters for reading the log; all optional.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub after_seq: i64,
+    pub limit: i64,
+    pub from: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub target: Option<String>,
+    pub outcome: Option<String>,
+    pub client_ip: Option<String>,
+}
+
+const EVENT_COLUMNS: &str = "chain, seq, at, actor, action, target, outcome, reason, detail, \
+    session_ref, client_ip, user_agent, request_id, prev_hash, hash";
+
+fn event_from_row(r: &AnyRow) -> StoreResult<StoredEvent> {
+    let outcome: String = get(r, "outcome")?;
+    Ok(StoredEvent {
+        seq: get(r, "seq")?,
+        event: AuditEvent {
+            chain: get(r, "chain")?,
+            at: from_ts(get(r, "at")?)?,
+            actor: get(r, "actor")?,
+            action: get(r, "action")?,
+            target: get(r, "target")?,
+            outcome: match outcome.as_str() {
+                "success" => Outcome::Success,
+                "denied" => Outcome::Denied,
+                "failed" => Outcome::Failed,
+                other => return Err(StoreError::Corrupt(format!("audit outcome '{other}'"))),
+            },
+            reason: get(r, "reason")?,
+            detail: get(r, "detail")?,
+            session: get(r, "session_ref")?,
+            client_ip: get(r, "client_ip")?,
+            user_agent: get(r, "user_agent")?,
+            request_id: get(r, "request_id")?,
+        },
+        prev_hash: get(r, "prev_hash")?,
+        hash: get(r, "hash")?,
+    })
+}
+
+fn checkpoint_from_row(r: &AnyRow) -> StoreResult<Checkpoint> {
+    Ok(Checkpoint {
+        chain: get(r, "chain")?,
+        seq: get(r, "seq")?,
+        hash: get(r, "hash")?,
+        at: from_ts(get(r, "at")?)?,
+        key_version: get(r, "key_version")?,
+        public_key: get(r, "public_key")?,
+        signature: get(r, "signature")?,
+    })
+}
+
+/// Appends events to their chains inside `tx`: each chain's head is locked,
+/// so concurrent writers (several nodes on PostgreSQL) take turns and the
+/// chain never forks.
+pub(crate) async fn chain_events(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    dialect: Dialect,
+    events: &[AuditEvent],
+) -> StoreResult<()> {
+    let mut chains: Vec<i64> = events.iter().map(|e| e.chain).collect();
+    chains.sort_unstable();
+    chains.dedup();
+    // Heads are locked in chain order, so two batches never deadlock.
+    for chain in chains {
+        sqlx::query("INSERT INTO audit_heads (chain, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (chain) DO NOTHING")
+            .bind(chain)
+            .bind(genesis(chain).to_vec())
+            .execute(&mut **tx)
+            .await?;
+        let lock = if dialect == Dialect::Postgres {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
+        let head = sqlx::query(&format!(
+            "SELECT seq, hash FROM audit_heads WHERE chain = $1{lock}"
+        ))
+        .bind(chain)
+        .fetch_one(&mut **tx)
+        .await?;
+        let mut seq: i64 = get(&head, "seq")?;
+        let mut prev: Vec<u8> = get(&head, "hash")?;
+        for e in events.iter().filter(|e| e.chain == chain) {
+            seq += 1;
+            let hash = chain_hash(&prev, &e.canonical(seq)).to_vec();
+            sqlx::query(&format!(
+                "INSERT INTO audit_events ({EVENT_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+            ))
+            .bind(chain)
+            .bind(seq)
+            .bind(ts(e.at))
+            .bind(&e.actor)
+            .bind(&e.action)
+            .bind(&e.target)
+            .bind(e.outcome.as_str())
+            .bind(e.reason.as_deref())
+            .bind(&e.detail)
+            .bind(e.session.as_deref())
+            .bind(e.client_ip.as_deref())
+            .bind(e.user_agent.as_deref())
+            .bind(e.request_id.as_deref())
+            .bind(prev.clone())
+            .bind(hash.clone())
+            .execute(&mut **tx)
+            .await?;
+            prev = hash;
+        }
+        sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE chain = $1")
+            .bind(chain)
+            .bind(seq)
+            .bind(prev)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Stores events durably (one transaction for the batch). Returns only
+    /// once they are committed.
+    pub async fn append_audit(&self, events: &[AuditEvent]) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut w = self.write_tx().await?;
+        chain_events(&mut w.tx, self.dialect, events).await?;
+        w.commit().await
+    }
+
+    /// A page of one chain's events, oldest first, after `q.after_seq`.
+    pub async fn audit_events(&self, chain: i64, q: &AuditQuery) -> StoreResult<Vec<StoredEvent>> {
+        let mut args = vec![crate::Arg::Int(chain), crate::Arg::Int(q.after_seq)];
+        let mut sql =
+            format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE chain = $1 AND seq > $2");
+        let mut push = |cond: &str, a: crate::Arg| {
+            args.push(a);
+            sql.push_str(&format!(" AND {cond} ${}", args.len()));
+        };
+        if let Some(t) = q.from {
+            push("at >=", crate::Arg::Int(ts(t)));
+        }
+        if let Some(t) = q.until {
+            push("at <", crate::Arg::Int(ts(t)));
+        }
+        for (col, v) in [
+            ("actor =", &q.actor),
+            ("action =", &q.action),
+            ("target =", &q.target),
+            ("outcome =", &q.outcome),
+            ("client_ip =", &q.client_ip),
+        ] {
+            if let Some(v) = v {
+                push(col, crate::Arg::Text(v.clone()));
+            }
+        }
+        args.push(crate::Arg::Int(q.limit.max(1)));
+        sql.push_str(&format!(" ORDER BY seq LIMIT ${}", args.len()));
+        let rows = crate::bind_all(sqlx::query(&sql), &args)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// The chains that have events.
+    pub async fn audit_chains(&self) -> StoreResult<Vec<i64>> {
+        let rows = sqlx::query("SELECT chain FROM audit_heads ORDER BY chain")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| get(r, "chain")).collect()
+    }
+
+    /// Where a chain ends: (seq, hash), if it has begun.
+    pub async fn audit_head(&self, chain: i64) -> StoreResult<Option<(i64, Vec<u8>)>> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_heads WHERE chain = $1")
+            .bind(chain)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((get(&r, "seq")?, get(&r, "hash")?)))
+            .transpose()
+    }
+
+    pub async fn add_checkpoint(&self, c: &Checkpoint) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (chain, seq, hash, at, key_version, public_key, signature) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (chain, seq) DO NOTHING",
+        )
+        .bind(c.chain)
+        .bind(c.seq)
+        .bind(c.hash.clone())
+        .bind(ts(c.at))
+        .bind(c.key_version)
+        .bind(c.public_key.clone())
+        .bind(c.signature.clone())
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await
+    }
+
+    pub async fn checkpoints(&self, chain: i64) -> StoreResult<Vec<Checkpoint>> {
+        let rows = sqlx::query(
+            "SELECT chain, seq, hash, at, key_version, public_key, signature FROM audit_checkpoints \
+             WHERE chain = $1 ORDER BY seq",
+        )
+        .bind(chain)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(checkpoint_from_row).collect()
+    }
+}
