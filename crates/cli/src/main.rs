@@ -396,6 +396,9 @@ async fn init(
         },
     )
     .await?;
+    if let Some((id, _)) = store.company_by_code(&code).await? {
+        operator_event(&store, "company.create", &format!("company/{code}"), id.0).await?;
+    }
     store.close().await;
     say!(
         "Created company {code} ({company_name}) with master account '{admin_id}'.\n\

@@ -324,4 +324,22 @@ fn keys_status_rotate_and_company_deletion() {
     let t = text(&s.run(&["keys", "status"]));
     assert!(!t.contains("BETA"), "{t}");
     assert!(t.contains("ACME"), "{t}");
+
+    // Operator actions are in the audit log, and the log verifies.
+    let o = s.run(&["audit", "verify"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("ACME: 2 events, 0 signed checkpoints: intact"),
+        "{t}"
+    );
+    assert!(t.contains("(deleted): 1 events"), "{t}");
+    assert!(t.contains("(server): 2 events"), "{t}");
+    let o = s.run(&["audit", "verify", "--company", "NOPE"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("there is no company NOPE"),
+        "{}",
+        text(&o)
+    );
 }

@@ -1,0 +1,634 @@
+//! The audit log from the outside: every access writes its event before the
+//! answer, a failed audit write fails the request, and every kind of
+//! tampering is found. Runs over SQLite and PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use strongroom_core::audit::{AuditEvent, Outcome, SERVER_CHAIN};
+use strongroom_core::clock::Clock;
+use strongroom_proto::*;
+use strongroom_testkit::client::{Client, RawResponse};
+use strongroom_testkit::{Backend, TestServer, PASSWORD};
+
+async fn call(c: &Client, m: Method, path: &str, body: Option<Value>) -> RawResponse {
+    let (ct, bytes) = match body {
+        Some(b) => (Some("application/json"), serde_json::to_vec(&b).unwrap()),
+        None => (None, vec![]),
+    };
+    c.raw(m, path, ct, bytes).await.unwrap()
+}
+
+fn request_id(r: &RawResponse) -> String {
+    r.headers["x-request-id"].to_str().unwrap().to_owned()
+}
+
+async fn last_event(srv: &TestServer) -> AuditEvent {
+    srv.audit_events("ACME").await.pop().expect("an event")
+}
+
+async fn company_chain(srv: &TestServer) -> i64 {
+    srv.store()
+        .company_by_code("ACME")
+        .await
+        .unwrap()
+        .unwrap()
+        .0
+         .0
+}
+
+#[tokio::test]
+async fn every_record_endpoint_writes_its_event_before_answering() {
+    let srv = TestServer::start().await;
+    let c = srv.company_master("ACME").await;
+    let created = call(
+        &c,
+        Method::POST,
+        "/api/v1/records/customer",
+        Some(json!({"data": {"name": "Audited", "national_id": "079201007777"}})),
+    )
+    .await;
+    assert_eq!(created.status, 201);
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let e = last_event(&srv).await;
+    assert_eq!(
+        (e.action.as_str(), e.target.as_str()),
+        ("record.create", format!("customer/{id}").as_str())
+    );
+    assert_eq!(e.request_id.as_deref(), Some(request_id(&created).as_str()));
+
+    // Every record endpoint in the OpenAPI document must be listed here with
+    // the event it writes: a new endpoint without one fails this test.
+    let doc = c.openapi().await.unwrap();
+    let mut seen = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        if !path.starts_with("/api/v1/records") {
+            continue;
+        }
+        for method in ops.as_object().unwrap().keys() {
+            let concrete = path.replace("{type}", "customer").replace("{id}", &id);
+            let (m, body, action): (Method, Option<Value>, &str) =
+                match (method.as_str(), path.as_str()) {
+                    ("get", "/api/v1/records/{type}") => (Method::GET, None, "record.list"),
+                    ("post", "/api/v1/records/{type}") => (
+                        Method::POST,
+                        Some(json!({"data": {"name": "Another"}})),
+                        "record.create",
+                    ),
+                    ("get", "/api/v1/records/{type}/{id}") => (Method::GET, None, "record.read"),
+                    ("patch", "/api/v1/records/{type}/{id}") => (
+                        Method::PATCH,
+                        Some(json!({"data": {"phone": "+84 28 1111 2222"}})),
+                        "record.update",
+                    ),
+                    ("delete", "/api/v1/records/{type}/{id}") => {
+                        (Method::DELETE, None, "record.delete")
+                    }
+                    ("get", "/api/v1/records/{type}/{id}/history") => {
+                        (Method::GET, None, "record.history")
+                    }
+                    ("post", "/api/v1/records/{type}/{id}/restore") => {
+                        (Method::POST, None, "record.restore")
+                    }
+                    other => panic!("record endpoint {other:?} has no audit expectation; add one"),
+                };
+            // Delete and restore need the record in the right state.
+            if action == "record.restore" && c.record("customer", &id).await.is_ok() {
+                c.delete_record("customer", &id).await.unwrap();
+            }
+            if action == "record.delete" && c.record("customer", &id).await.is_err() {
+                c.restore_record("customer", &id, None).await.unwrap();
+            }
+            if matches!(action, "record.read" | "record.update" | "record.history")
+                && c.record("customer", &id).await.is_err()
+            {
+                c.restore_record("customer", &id, None).await.unwrap();
+            }
+            let r = call(&c, m.clone(), &concrete, body).await;
+            assert!(
+                r.status < 300,
+                "{method} {path}: {} {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            );
+            let e = last_event(&srv).await;
+            assert_eq!(e.action, action, "{method} {path}");
+            assert_eq!(e.actor, "user:master");
+            assert_eq!(e.outcome, Outcome::Success);
+            assert_eq!(
+                e.request_id.as_deref(),
+                Some(request_id(&r).as_str()),
+                "{method} {path}"
+            );
+            assert_eq!(e.client_ip.as_deref(), Some("127.0.0.1"));
+            assert!(e.session.is_some());
+            assert!(
+                !e.detail.contains("079201007777"),
+                "a value reached the audit log: {}",
+                e.detail
+            );
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 7);
+
+    // Reads say which fields were returned and which were masked.
+    call(
+        &c,
+        Method::GET,
+        &format!("/api/v1/records/customer/{id}"),
+        None,
+    )
+    .await;
+    let e = last_event(&srv).await;
+    let d: Value = serde_json::from_str(&e.detail).unwrap();
+    assert!(d["returned"].as_array().unwrap().contains(&json!("name")));
+    assert_eq!(d["masked"], json!(["national_id"]));
+    // Searches name the fields searched, never the value.
+    call(
+        &c,
+        Method::GET,
+        "/api/v1/records/customer?f.national_id=079201007777",
+        None,
+    )
+    .await;
+    let e = last_event(&srv).await;
+    assert_eq!(e.action, "record.search");
+    assert!(e.detail.contains("national_id") && !e.detail.contains("079201007777"));
+}
+
+#[tokio::test]
+async fn sign_in_decisions_are_recorded_with_their_reasons() {
+    let srv = TestServer::start().await;
+    let admin = srv.company_master("ACME").await;
+    admin
+        .create_user(&CreateUser {
+            user_id: "gone".into(),
+            display_name: "Gone".into(),
+            email: None,
+            department: None,
+            password: PASSWORD.into(),
+            is_admin: false,
+        })
+        .await
+        .unwrap();
+    admin
+        .update_user(
+            "gone",
+            &UpdateUser {
+                status: Some(UserStatus::Disabled),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let anon = srv.client();
+    for (company, user, pw) in [
+        ("ACME", "master", "wrong password 123"),
+        ("ACME", "nobody", PASSWORD),
+        ("ACME", "gone", PASSWORD),
+        ("NOPE", "master", PASSWORD),
+    ] {
+        assert!(anon.login(company, user, pw).await.is_err());
+    }
+    let events: Vec<AuditEvent> = srv
+        .audit_events("ACME")
+        .await
+        .into_iter()
+        .filter(|e| e.action == "auth.login")
+        .collect();
+    let reasons: Vec<(String, Option<String>)> = events
+        .iter()
+        .map(|e| (e.actor.clone(), e.reason.clone()))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            ("user:master".into(), None),
+            ("user:master".into(), Some("bad_password".into())),
+            ("user:nobody".into(), Some("unknown_user".into())),
+            ("user:gone".into(), Some("account_disabled".into())),
+        ]
+    );
+    assert!(events[1..].iter().all(|e| e.outcome == Outcome::Denied));
+    // An unknown company's attempt goes to the server's own chain.
+    let server = srv.chain_events(SERVER_CHAIN).await;
+    assert!(server
+        .iter()
+        .any(|e| e.action == "auth.login" && e.reason.as_deref() == Some("unknown_company")));
+    for e in events.iter().chain(server.iter()) {
+        assert!(!e.detail.contains("wrong password") && !e.detail.contains(PASSWORD));
+    }
+    // Sessions that end by themselves are recorded too.
+    srv.clock.advance(chrono::Duration::minutes(31));
+    assert!(admin.session().await.is_err());
+    let e = last_event(&srv).await;
+    assert_eq!(
+        (e.action.as_str(), e.reason.as_deref()),
+        ("session.end", Some("idle_timeout"))
+    );
+}
+
+async fn no_audit_writes(srv: &TestServer) {
+    match srv.backend {
+        Backend::Sqlite => {
+            srv.raw_sql("CREATE TRIGGER no_audit BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'audit disk full'); END")
+                .await;
+        }
+        Backend::Postgres => {
+            srv.raw_sql("CREATE FUNCTION no_audit() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'audit disk full'; END $$ LANGUAGE plpgsql")
+                .await;
+            srv.raw_sql("CREATE TRIGGER no_audit BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION no_audit()")
+                .await;
+        }
+    }
+}
+
+async fn audit_writes_again(srv: &TestServer) {
+    match srv.backend {
+        Backend::Sqlite => srv.raw_sql("DROP TRIGGER no_audit").await,
+        Backend::Postgres => srv.raw_sql("DROP TRIGGER no_audit ON audit_events").await,
+    };
+}
+
+#[tokio::test]
+async fn a_request_whose_audit_event_cannot_be_stored_fails() {
+    let srv = TestServer::start().await;
+    let c = srv.company_master("ACME").await;
+    let r = c
+        .create_record(
+            "customer",
+            &CreateRecord {
+                data: json!({"name": "Before"}).as_object().unwrap().clone(),
+                department: None,
+            },
+        )
+        .await
+        .unwrap();
+    no_audit_writes(&srv).await;
+
+    let read = call(
+        &c,
+        Method::GET,
+        &format!("/api/v1/records/customer/{}", r.id),
+        None,
+    )
+    .await;
+    assert_eq!(read.status, 500);
+    assert!(
+        !String::from_utf8_lossy(&read.body).contains("Before"),
+        "data left without its audit event"
+    );
+    assert!(
+        !String::from_utf8_lossy(&read.body).contains("audit disk full"),
+        "internal text reached the client"
+    );
+    let list = call(&c, Method::GET, "/api/v1/records/customer", None).await;
+    assert_eq!(list.status, 500);
+    let update = call(
+        &c,
+        Method::PATCH,
+        &format!("/api/v1/records/customer/{}", r.id),
+        Some(json!({"data": {"name": "After"}})),
+    )
+    .await;
+    assert_eq!(update.status, 500);
+    let created = call(
+        &c,
+        Method::POST,
+        "/api/v1/records/customer",
+        Some(json!({"data": {"name": "Ghost"}})),
+    )
+    .await;
+    assert_eq!(created.status, 500);
+    assert!(
+        srv.client()
+            .login("ACME", "master", PASSWORD)
+            .await
+            .is_err(),
+        "no session without its audit event"
+    );
+
+    audit_writes_again(&srv).await;
+    // The write did not happen without its event.
+    assert_eq!(
+        c.record("customer", &r.id).await.unwrap().data["name"],
+        "Before"
+    );
+    assert_eq!(
+        c.list_records("customer", &[]).await.unwrap().items.len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_log_is_read_by_administrators_and_reading_is_recorded() {
+    let srv = TestServer::start().await;
+    let admin = srv.company_master("ACME").await;
+    admin
+        .create_user(&CreateUser {
+            user_id: "clerk".into(),
+            display_name: "Clerk".into(),
+            email: None,
+            department: None,
+            password: PASSWORD.into(),
+            is_admin: false,
+        })
+        .await
+        .unwrap();
+    let clerk = srv.sign_in("ACME", "clerk").await;
+    for i in 0..3 {
+        clerk
+            .create_record(
+                "customer",
+                &CreateRecord {
+                    data: json!({"name": format!("N{i}")})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                    department: None,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let denied = call(&clerk, Method::GET, "/api/v1/audit/events", None).await;
+    assert_eq!(denied.status, 403);
+    let e = last_event(&srv).await;
+    assert_eq!(
+        (e.action.as_str(), e.outcome, e.actor.as_str()),
+        ("audit.read", Outcome::Denied, "user:clerk")
+    );
+
+    let page = call(
+        &admin,
+        Method::GET,
+        "/api/v1/audit/events?action=record.create&limit=2",
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    assert!(page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["action"] == "record.create" && e["actor"] == "user:clerk"));
+    let after = page["next_after"].as_i64().unwrap();
+    let rest = call(
+        &admin,
+        Method::GET,
+        &format!("/api/v1/audit/events?action=record.create&after={after}"),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(rest["items"].as_array().unwrap().len(), 1);
+    assert!(rest["next_after"].is_null());
+    assert_eq!(rest["items"][0]["hash"].as_str().unwrap().len(), 64);
+    let e = last_event(&srv).await;
+    assert_eq!(
+        (e.action.as_str(), e.actor.as_str()),
+        ("audit.read", "user:master")
+    );
+    let bad = call(&admin, Method::GET, "/api/v1/audit/events?limit=0", None).await;
+    assert_eq!(bad.status, 400);
+    let bad = call(&admin, Method::GET, "/api/v1/audit/events?colour=red", None).await;
+    assert_eq!(bad.status, 400);
+}
+
+/// A server with a chain of at least `n` events, signed at its head.
+async fn signed_chain(n: usize) -> (TestServer, i64) {
+    let srv = TestServer::start().await;
+    let c = srv.company_master("ACME").await;
+    for i in 0..n {
+        c.create_record(
+            "customer",
+            &CreateRecord {
+                data: json!({"name": format!("E{i}")})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+                department: None,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let chain = company_chain(&srv).await;
+    strongroom_server::audit::checkpoint_all(srv.store(), &srv.state.keys, srv.clock.now(), true)
+        .await
+        .unwrap();
+    let v = verify(&srv, chain).await;
+    assert_eq!(v.problem, None, "untouched chain must verify");
+    assert!(v.checkpoints >= 1);
+    (srv, chain)
+}
+
+async fn verify(srv: &TestServer, chain: i64) -> strongroom_server::audit::Verification {
+    strongroom_server::audit::verify(srv.store(), &srv.state.keys, chain, true)
+        .await
+        .unwrap()
+}
+
+async fn problem(srv: &TestServer, chain: i64) -> String {
+    verify(srv, chain)
+        .await
+        .problem
+        .expect("tampering must be found")
+}
+
+#[tokio::test]
+async fn each_kind_of_tampering_is_found_and_named() {
+    // Changed.
+    let (srv, chain) = signed_chain(6).await;
+    srv.raw_sql(&format!(
+        "UPDATE audit_events SET actor = 'user:someone-else' WHERE chain = {chain} AND seq = 3"
+    ))
+    .await;
+    assert_eq!(
+        problem(&srv, chain).await,
+        "event 3 was changed after it was written"
+    );
+
+    // Deleted.
+    let (srv, chain) = signed_chain(6).await;
+    srv.raw_sql(&format!(
+        "DELETE FROM audit_events WHERE chain = {chain} AND seq = 3"
+    ))
+    .await;
+    assert!(problem(&srv, chain).await.starts_with("event 3 is missing"));
+
+    // Inserted (later events shifted up to make room, as a careful forger would).
+    let (srv, chain) = signed_chain(6).await;
+    srv.raw_sql(&format!(
+        "UPDATE audit_events SET seq = seq + 1000 WHERE chain = {chain} AND seq >= 3"
+    ))
+    .await;
+    srv.raw_sql(&format!(
+        "UPDATE audit_events SET seq = seq - 999 WHERE chain = {chain} AND seq >= 1003"
+    ))
+    .await;
+    srv.raw_sql(&format!(
+        "INSERT INTO audit_events (chain, seq, at, actor, action, target, outcome, detail, prev_hash, hash) \
+         SELECT chain, 3, at, 'user:forger', 'record.read', target, outcome, '{{}}', prev_hash, hash \
+         FROM audit_events WHERE chain = {chain} AND seq = 2"
+    ))
+    .await;
+    let p = problem(&srv, chain).await;
+    assert!(p.starts_with("event 3"), "{p}");
+
+    // Reordered.
+    let (srv, chain) = signed_chain(6).await;
+    srv.raw_sql(&format!(
+        "UPDATE audit_events SET seq = 1000 WHERE chain = {chain} AND seq = 3"
+    ))
+    .await;
+    srv.raw_sql(&format!(
+        "UPDATE audit_events SET seq = 3 WHERE chain = {chain} AND seq = 4"
+    ))
+    .await;
+    srv.raw_sql(&format!(
+        "UPDATE audit_events SET seq = 4 WHERE chain = {chain} AND seq = 1000"
+    ))
+    .await;
+    assert_eq!(
+        problem(&srv, chain).await,
+        "event 3 does not follow event 2: the chain is broken (an event was removed, inserted or reordered)"
+    );
+
+    // Truncated, with the head moved back to hide it: the signed checkpoint
+    // still vouches for the lost events.
+    let (srv, chain) = signed_chain(6).await;
+    let head = srv.store().audit_head(chain).await.unwrap().unwrap().0;
+    let keep = head - 3;
+    srv.raw_sql(&format!(
+        "DELETE FROM audit_events WHERE chain = {chain} AND seq > {keep}"
+    ))
+    .await;
+    srv.raw_sql(&format!(
+        "UPDATE audit_heads SET seq = {keep}, hash = (SELECT hash FROM audit_events WHERE chain = {chain} AND seq = {keep}) WHERE chain = {chain}"
+    ))
+    .await;
+    let p = problem(&srv, chain).await;
+    assert!(
+        p.contains("truncated") && p.contains(&format!("event {head}")),
+        "{p}"
+    );
+
+    // A forged checkpoint signature.
+    let (srv, chain) = signed_chain(3).await;
+    let sig_sql = match srv.backend {
+        Backend::Sqlite => "UPDATE audit_checkpoints SET signature = zeroblob(64)",
+        Backend::Postgres => {
+            "UPDATE audit_checkpoints SET signature = decode(repeat('00', 64), 'hex')"
+        }
+    };
+    srv.raw_sql(sig_sql).await;
+    assert!(problem(&srv, chain).await.contains("bad signature"));
+}
+
+#[tokio::test]
+async fn a_checkpoint_is_signed_every_hundred_events() {
+    let srv = TestServer::start().await;
+    let c = srv.company_master("ACME").await;
+    let r = c
+        .create_record(
+            "customer",
+            &CreateRecord {
+                data: json!({"name": "Busy"}).as_object().unwrap().clone(),
+                department: None,
+            },
+        )
+        .await
+        .unwrap();
+    for _ in 0..strongroom_server::audit::CHECKPOINT_EVERY {
+        c.record("customer", &r.id).await.unwrap();
+    }
+    let chain = company_chain(&srv).await;
+    let cps = srv.store().checkpoints(chain).await.unwrap();
+    assert!(
+        !cps.is_empty(),
+        "no checkpoint after {} events",
+        strongroom_server::audit::CHECKPOINT_EVERY
+    );
+    let v = verify(&srv, chain).await;
+    assert_eq!(v.problem, None);
+    assert!(v.events > strongroom_server::audit::CHECKPOINT_EVERY);
+}
+
+#[tokio::test]
+async fn settings_and_user_changes_are_recorded() {
+    let srv = TestServer::start().await;
+    let admin = srv.company_master("ACME").await;
+    admin.create_department("HR", "People").await.unwrap();
+    admin
+        .rename_department("HR", "Human resources")
+        .await
+        .unwrap();
+    admin
+        .create_user(&CreateUser {
+            user_id: "ann".into(),
+            display_name: "Ann".into(),
+            email: None,
+            department: Some("HR".into()),
+            password: PASSWORD.into(),
+            is_admin: false,
+        })
+        .await
+        .unwrap();
+    admin.users().await.unwrap();
+    admin.user("ann").await.unwrap();
+    admin
+        .update_user(
+            "ann",
+            &UpdateUser {
+                display_name: Some("Ann B".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    admin
+        .set_password("ann", "another fine passphrase")
+        .await
+        .unwrap();
+    admin.delete_user("ann").await.unwrap();
+    admin.delete_department("HR").await.unwrap();
+    admin
+        .create_record_type(&CreateRecordType {
+            key: "asset".into(),
+            name: "Asset".into(),
+            classification: Classification::Internal,
+            fields: vec![],
+        })
+        .await
+        .unwrap();
+    let actions: Vec<String> = srv
+        .audit_events("ACME")
+        .await
+        .into_iter()
+        .filter(|e| e.action != "auth.login")
+        .map(|e| format!("{} {}", e.action, e.target))
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            "department.create department/HR",
+            "department.update department/HR",
+            "user.create user/ann",
+            "user.list users",
+            "user.read user/ann",
+            "user.update user/ann",
+            "user.set_password user/ann",
+            "user.delete user/ann",
+            "department.delete department/HR",
+            "record_type.create record_type/asset",
+        ]
+    );
+    let all = srv.audit_events("ACME").await;
+    assert!(!all
+        .iter()
+        .any(|e| e.detail.contains("another fine passphrase") || e.detail.contains(PASSWORD)));
+}
