@@ -33,6 +33,9 @@ pub enum ErrorCode {
     Conflict,
     /// The record changed since the caller read it: read it again.
     VersionConflict,
+    /// Too many requests from this address or company; retry after the
+    /// time in `Retry-After`.
+    RateLimited,
     /// The server is busy; retry after the time in `Retry-After`.
     Busy,
     /// A stored value failed its integrity check (changed or moved in the
@@ -58,6 +61,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Conflict => "conflict",
             ErrorCode::VersionConflict => "version_conflict",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Busy => "busy",
             ErrorCode::IntegrityError => "integrity_error",
             ErrorCode::Internal => "internal",
@@ -78,6 +82,7 @@ impl ErrorCode {
             ErrorCode::Conflict | ErrorCode::VersionConflict => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::RateLimited => 429,
             ErrorCode::Busy => 503,
             ErrorCode::Internal | ErrorCode::IntegrityError => 500,
         }

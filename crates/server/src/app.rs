@@ -65,6 +65,7 @@ pub fn openapi_json() -> String {
 }
 
 pub fn router(state: AppState, trusted: TrustedProxies, max_body_bytes: usize) -> Router {
+    let limits = state.limits.clone();
     let api = Router::new()
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
@@ -128,22 +129,43 @@ pub fn router(state: AppState, trusted: TrustedProxies, max_body_bytes: usize) -
     api.layer(tower_http::catch_panic::CatchPanicLayer::custom(
         panic_response,
     ))
+    .layer(middleware::from_fn_with_state(
+        limits,
+        crate::limits::flood_guard,
+    ))
     .layer(middleware::from_fn(request_id))
     .layer(Extension(trusted))
 }
 
 /// Gives every request an id (in the `x-request-id` response header and in
-/// every error body) and makes it available to the code that serves it.
+/// every error body), makes it available to the code that serves it, and
+/// sets the security headers.
 async fn request_id(req: Request, next: Next) -> Response {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
+    // Headers every response carries, refusals by the flood guard included.
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
     resp
 }
 
-/// Metrics, a log line per request, and headers every response carries.
+/// Metrics and a log line per request.
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().as_str().to_owned();
@@ -152,7 +174,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let mut resp = next.run(req).await;
+    let resp = next.run(req).await;
     let elapsed = start.elapsed();
     let status = resp.status().as_u16();
     let labels = RequestLabels {
@@ -171,17 +193,6 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         %method, %route, status, micros = elapsed.as_micros() as u64,
         "request"
     );
-    let h = resp.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::STRICT_TRANSPORT_SECURITY,
-        HeaderValue::from_static("max-age=31536000"),
-    );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     resp
 }
 

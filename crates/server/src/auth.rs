@@ -64,6 +64,7 @@ impl FromRequestParts<AppState> for Caller {
         }
         let hash = token::hash_token(&token);
         let session = state.store.session(&hash).await?.ok_or_else(expired)?;
+        state.limits.check_company(session.company.0)?;
         let now = state.clock.now();
         let live = session.user_status == UserStatus::Active
             && state.sessions.state(&session.times, now) == SessionState::Live;

@@ -79,6 +79,21 @@ pub struct Config {
     /// Hours after sign-in at which a session ends regardless (1 to 168).
     #[serde(default = "d_lifetime")]
     pub session_lifetime_hours: i64,
+    /// Requests per second from one client address (twice that in a burst).
+    #[serde(default = "d_rate_ip")]
+    pub rate_limit_ip_per_second: u32,
+    /// Requests per second for one company's users together.
+    #[serde(default = "d_rate_company")]
+    pub rate_limit_company_per_second: u32,
+    /// Sign-in attempts per minute from one client address.
+    #[serde(default = "d_rate_login")]
+    pub login_rate_per_ip_per_minute: u32,
+    /// Requests served at once; more get 503 with Retry-After.
+    #[serde(default = "d_in_flight")]
+    pub max_in_flight: usize,
+    /// Longest time one request may take, reading its body included.
+    #[serde(default = "d_timeout")]
+    pub request_timeout_seconds: u64,
     /// Password hashes computed at once; 0 means one per CPU core.
     #[serde(default)]
     pub login_concurrency: usize,
@@ -113,6 +128,21 @@ fn d_max_body() -> usize {
 }
 fn d_max_conns() -> usize {
     1024
+}
+fn d_rate_ip() -> u32 {
+    100
+}
+fn d_rate_company() -> u32 {
+    500
+}
+fn d_rate_login() -> u32 {
+    20
+}
+fn d_in_flight() -> usize {
+    512
+}
+fn d_timeout() -> u64 {
+    30
 }
 fn d_idle() -> i64 {
     30
@@ -176,6 +206,11 @@ impl Config {
             max_connections: d_max_conns(),
             session_idle_minutes: d_idle(),
             session_lifetime_hours: d_lifetime(),
+            rate_limit_ip_per_second: d_rate_ip(),
+            rate_limit_company_per_second: d_rate_company(),
+            login_rate_per_ip_per_minute: d_rate_login(),
+            max_in_flight: d_in_flight(),
+            request_timeout_seconds: d_timeout(),
             login_concurrency: 0,
             log_format: d_log_format(),
         }
@@ -286,6 +321,31 @@ impl Config {
             1000,
         )?;
         range("login_concurrency", self.login_concurrency as i64, 0, 256)?;
+        range(
+            "rate_limit_ip_per_second",
+            i64::from(self.rate_limit_ip_per_second),
+            1,
+            1_000_000,
+        )?;
+        range(
+            "rate_limit_company_per_second",
+            i64::from(self.rate_limit_company_per_second),
+            1,
+            1_000_000,
+        )?;
+        range(
+            "login_rate_per_ip_per_minute",
+            i64::from(self.login_rate_per_ip_per_minute),
+            1,
+            100_000,
+        )?;
+        range("max_in_flight", self.max_in_flight as i64, 1, 1_000_000)?;
+        range(
+            "request_timeout_seconds",
+            self.request_timeout_seconds as i64,
+            1,
+            3600,
+        )?;
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(cerr("log_format must be \"text\" or \"json\""));
         }
@@ -473,6 +533,11 @@ fn defaults_table() -> toml::Table {
     t.insert("session_idle_minutes".into(), i(0));
     t.insert("session_lifetime_hours".into(), i(0));
     t.insert("login_concurrency".into(), i(0));
+    t.insert("rate_limit_ip_per_second".into(), i(0));
+    t.insert("rate_limit_company_per_second".into(), i(0));
+    t.insert("login_rate_per_ip_per_minute".into(), i(0));
+    t.insert("max_in_flight".into(), i(0));
+    t.insert("request_timeout_seconds".into(), i(0));
     t.insert("log_format".into(), s(""));
     t
 }

@@ -63,6 +63,16 @@ impl ApiError {
         }
     }
 
+    /// A refusal that tells the client when to come back.
+    pub fn limited(code: ErrorCode, message: impl Into<String>, retry_after: u32) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+            cause: None,
+            retry_after: Some(retry_after),
+        }
+    }
+
     pub fn not_found(what: &str) -> Self {
         ApiError::new(ErrorCode::NotFound, format!("{what} not found"))
     }

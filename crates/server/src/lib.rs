@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod records;
 pub mod reencrypt;
@@ -112,6 +113,13 @@ pub async fn prepare(
         metrics: Arc::new(metrics::Metrics::new()),
         metrics_allow: Arc::new(resolved.metrics_allow.clone()),
         audit: audit::AuditLog::start(store.clone(), keys.clone(), clock.clone()),
+        limits: Arc::new(limits::Limits::new(limits::LimitSettings {
+            per_ip_per_second: config.rate_limit_ip_per_second,
+            per_company_per_second: config.rate_limit_company_per_second,
+            logins_per_ip_per_minute: config.login_rate_per_ip_per_minute,
+            max_in_flight: config.max_in_flight,
+            request_timeout: Duration::from_secs(config.request_timeout_seconds),
+        })),
         keys,
     };
     let router = app::router(
@@ -274,6 +282,7 @@ async fn housekeeping(state: AppState) {
         {
             tracing::warn!(error = %e.message, "audit checkpoint failed");
         }
+        state.limits.prune();
         if round % 10 == 0 {
             match state.store.purge_expired_sessions(state.clock.now()).await {
                 Ok(n) if n > 0 => tracing::info!(sessions = n, "purged expired sessions"),

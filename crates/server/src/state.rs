@@ -23,6 +23,7 @@ pub struct AppState {
     pub metrics_allow: Arc<Vec<ipnet::IpNet>>,
     pub keys: Arc<crate::keys::KeyRing>,
     pub audit: crate::audit::AuditLog,
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 /// Password hashing off the async executor, a bounded number at a time, so

@@ -3,6 +3,7 @@
 //! driven through the typed client. Runs over SQLite and PostgreSQL
 //! (STRONGROOM_TEST_DATABASE=postgres).
 
+use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::{json, Value};
 use strongroom_proto::*;
@@ -1110,4 +1111,129 @@ async fn every_documented_endpoint_but_the_public_ones_needs_a_session() {
         }
     }
     assert!(checked >= 20, "only {checked} endpoints checked");
+}
+
+// ----- flood protection ------------------------------------------------------
+
+fn opts(pairs: &[(&str, &str)]) -> Options {
+    Options {
+        env: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn request_rates_are_limited_per_address_and_spoofing_does_not_help() {
+    let srv = TestServer::start_with(opts(&[("RATE_LIMIT_IP_PER_SECOND", "2")])).await;
+    let c = srv.client();
+    let mut limited = None;
+    for i in 0..12 {
+        // A forged X-Forwarded-For from an untrusted peer changes nothing.
+        let r = c.raw(Method::GET, "/healthz", None, vec![]).await.unwrap();
+        let _ = i;
+        if r.status == 429 {
+            limited = Some(r);
+            break;
+        }
+    }
+    let r = limited.expect("a burst of 12 requests at 2/s must be limited");
+    assert_eq!(r.json()["code"], "rate_limited");
+    // Refusals carry the security headers too.
+    for h in [
+        "strict-transport-security",
+        "x-content-type-options",
+        "content-security-policy",
+        "x-request-id",
+    ] {
+        assert!(r.headers.contains_key(h), "429 lacks {h}");
+    }
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1);
+    let spoofed = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&srv.cert_pem).unwrap())
+        .build()
+        .unwrap()
+        .get(format!("{}/healthz", srv.base_url))
+        .header("x-forwarded-for", "198.51.100.77")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        spoofed.status(),
+        429,
+        "a forged X-Forwarded-For escaped the limit"
+    );
+}
+
+#[tokio::test]
+async fn sign_in_has_its_own_stricter_limit_checked_before_any_hashing() {
+    let srv = TestServer::start_with(opts(&[("LOGIN_RATE_PER_IP_PER_MINUTE", "3")])).await;
+    srv.company("ACME").await;
+    for _ in 0..3 {
+        let _ = srv
+            .client()
+            .login("ACME", "master", "wrong password 1")
+            .await;
+    }
+    let before = srv.state.hashing.verifications();
+    let e = srv
+        .client()
+        .login("ACME", "master", PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(429));
+    assert_eq!(code(&e), ErrorCode::RateLimited);
+    assert_eq!(
+        srv.state.hashing.verifications(),
+        before,
+        "a limited sign-in must cost no hash"
+    );
+}
+
+#[tokio::test]
+async fn one_company_cannot_use_up_the_server_for_another() {
+    let srv = TestServer::start_with(opts(&[
+        ("RATE_LIMIT_COMPANY_PER_SECOND", "2"),
+        ("RATE_LIMIT_IP_PER_SECOND", "1000"),
+    ]))
+    .await;
+    let a = srv.company_master("ALPHA").await;
+    let b = srv.company_master("BETA").await;
+    let mut a_limited = false;
+    for _ in 0..12 {
+        if let Err(e) = a.session().await {
+            assert_eq!(code(&e), ErrorCode::RateLimited);
+            a_limited = true;
+            break;
+        }
+    }
+    assert!(a_limited, "company ALPHA was never limited");
+    b.session().await.expect("BETA is still served");
+}
+
+#[tokio::test]
+async fn a_slow_sender_is_cut_off_at_the_request_time_limit() {
+    let srv = TestServer::start_with(opts(&[("REQUEST_TIMEOUT_SECONDS", "1")])).await;
+    let c = srv.company_master("ACME").await;
+    // One chunk, then nothing: the body never ends.
+    let body = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(
+        bytes::Bytes::from_static(b"{\"data\":"),
+    )])
+    .chain(futures_util::stream::pending());
+    let r = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&srv.cert_pem).unwrap())
+        .build()
+        .unwrap()
+        .post(format!("{}/api/v1/records/customer", srv.base_url))
+        .bearer_auth(c.token().unwrap())
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "busy");
 }
