@@ -59,6 +59,7 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    forwarded_for: Option<String>,
 }
 
 impl std::fmt::Debug for Client {
@@ -88,6 +89,7 @@ impl Client {
             http: b.build()?,
             base: base.trim_end_matches('/').to_owned(),
             token: None,
+            forwarded_for: None,
         })
     }
 
@@ -95,6 +97,15 @@ impl Client {
     pub fn with_token(&self, token: &str) -> Client {
         Client {
             token: Some(token.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    /// The same client, sending `X-Forwarded-For: <address>` (believed only
+    /// when the server trusts the connecting address as a proxy).
+    pub fn forwarded_for(&self, address: &str) -> Client {
+        Client {
+            forwarded_for: Some(address.to_owned()),
             ..self.clone()
         }
     }
@@ -108,7 +119,10 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        let rb = self.http.request(method, format!("{}{}", self.base, path));
+        let mut rb = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(ip) = &self.forwarded_for {
+            rb = rb.header("x-forwarded-for", ip);
+        }
         match &self.token {
             Some(t) => rb.bearer_auth(t),
             None => rb,

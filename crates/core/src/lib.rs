@@ -6,6 +6,7 @@ pub mod access;
 pub mod audit;
 pub mod catalogue;
 pub mod clock;
+pub mod detect;
 pub mod error;
 pub mod ident;
 pub mod password;

@@ -6,10 +6,12 @@
 pub mod error;
 pub mod records;
 pub mod schema;
+pub mod security;
 
 pub use error::{ErrorBody, ErrorCode};
 pub use records::*;
 pub use schema::*;
+pub use security::*;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -17,7 +17,7 @@ use crate::error::{ApiError, REQUEST_ID};
 use crate::extract::{ClientInfo, TrustedProxies};
 use crate::metrics::RequestLabels;
 use crate::state::AppState;
-use crate::{admin, audit, auth, records};
+use crate::{admin, audit, auth, records, security};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -35,6 +35,8 @@ use crate::{admin, audit, auth, records};
         records::list, records::create, records::get, records::update, records::delete,
         records::history, records::restore,
         audit::list_events,
+        security::incidents, security::update_incident, security::detectors, security::set_detector,
+        security::blocks, security::unblock, security::unlock,
     ),
     components(schemas(strongroom_proto::ErrorCode, strongroom_proto::ErrorBody)),
     modifiers(&BearerAuth),
@@ -121,6 +123,22 @@ pub fn router(state: AppState, trusted: TrustedProxies, max_body_bytes: usize) -
             post(records::restore),
         )
         .route("/api/v1/audit/events", get(audit::list_events))
+        .route("/api/v1/security/incidents", get(security::incidents))
+        .route(
+            "/api/v1/security/incidents/{id}",
+            axum::routing::patch(security::update_incident),
+        )
+        .route("/api/v1/security/detectors", get(security::detectors))
+        .route(
+            "/api/v1/security/detectors/{detector}",
+            axum::routing::put(security::set_detector),
+        )
+        .route("/api/v1/security/blocks", get(security::blocks))
+        .route(
+            "/api/v1/security/blocks/{address}",
+            axum::routing::delete(security::unblock),
+        )
+        .route("/api/v1/users/{user_id}/unlock", post(security::unlock))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -47,9 +47,10 @@ impl AuditLog {
         store: Store,
         keys: std::sync::Arc<KeyRing>,
         clock: strongroom_core::clock::SharedClock,
+        detection: crate::detection::Detection,
     ) -> AuditLog {
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(writer(store, keys, clock, rx));
+        tokio::spawn(writer(store, keys, clock, detection, rx));
         AuditLog { tx }
     }
 
@@ -73,6 +74,7 @@ async fn writer(
     store: Store,
     keys: std::sync::Arc<KeyRing>,
     clock: strongroom_core::clock::SharedClock,
+    detection: crate::detection::Detection,
     mut rx: mpsc::Receiver<(Vec<AuditEvent>, Reply)>,
 ) {
     while let Some(first) = rx.recv().await {
@@ -91,6 +93,11 @@ async fn writer(
         let result = store.append_audit(&events).await.map_err(|e| e.to_string());
         if let Err(e) = &result {
             tracing::error!(error = %e, events = events.len(), "AUDIT WRITE FAILED; the requests waiting for it fail");
+        }
+        if result.is_ok() {
+            // Queued before the requests are answered, so that a caller who
+            // has its answer can rely on the detectors having the event.
+            detection.feed(events.clone());
         }
         for (_, reply) in batch {
             let _ = reply.send(result.clone());

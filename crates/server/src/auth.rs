@@ -65,6 +65,18 @@ impl FromRequestParts<AppState> for Caller {
         let hash = token::hash_token(&token);
         let session = state.store.session(&hash).await?.ok_or_else(expired)?;
         state.limits.check_company(session.company.0)?;
+        let client = ClientInfo::from_request_parts(parts, state).await?;
+        if state
+            .blocks
+            .is_blocked(session.company.0, client.ip, state.clock.now())
+        {
+            // The session is not at fault, but it may not be used from here.
+            state.store.end_session(&hash).await?;
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "access from your address is blocked; contact your administrator",
+            ));
+        }
         let now = state.clock.now();
         let live = session.user_status == UserStatus::Active
             && state.sessions.state(&session.times, now) == SessionState::Live;
@@ -148,10 +160,6 @@ pub async fn login(
         (Some(c), Some(u)) => state.store.login_account(c, u).await?,
         _ => None,
     };
-    // The hash is checked even when the account is unknown or disabled, so
-    // all failures take the same time.
-    let stored = account.as_ref().map(|a| a.password_hash.clone());
-    let password_ok = state.hashing.verify(password, stored).await?;
     // Which company's trail the attempt belongs to: the named company if it
     // exists, else the server's own chain.
     let chain = match (&account, &company) {
@@ -164,11 +172,32 @@ pub async fn login(
             .unwrap_or(SERVER_CHAIN),
         (None, None) => SERVER_CHAIN,
     };
+    // A blocked address is refused before the password is looked at, so it
+    // learns nothing about it.
+    let blocked = state.blocks.is_blocked(chain, client.ip, state.clock.now());
+    // The hash is checked even when the account is unknown or disabled, so
+    // all failures take the same time.
+    let password_ok = if blocked {
+        false
+    } else {
+        let stored = account.as_ref().map(|a| a.password_hash.clone());
+        state.hashing.verify(password, stored).await?
+    };
+    let locked = match &account {
+        Some(a) if password_ok => state
+            .store
+            .account_locked_until(a.company, a.key, state.clock.now())
+            .await?
+            .is_some(),
+        _ => false,
+    };
     let reason = match &account {
+        _ if blocked => Some("address_blocked"),
         None if chain == SERVER_CHAIN => Some("unknown_company"),
         None => Some("unknown_user"),
         Some(_) if !password_ok => Some("bad_password"),
         Some(a) if a.status != UserStatus::Active => Some("account_disabled"),
+        Some(_) if locked => Some("account_locked"),
         Some(_) => None,
     };
     let now = state.clock.now();
@@ -198,6 +227,12 @@ pub async fn login(
         Some(a) if reason.is_none() => a,
         _ => {
             state.audit.write(vec![attempt]).await?;
+            if blocked {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "sign-in from your address is blocked; contact your administrator",
+                ));
+            }
             return Err(sign_in_failed());
         }
     };
@@ -207,6 +242,17 @@ pub async fn login(
     state.audit.write(vec![attempt]).await?;
     let times = state.sessions.start(now);
     let ip = client.ip.to_string();
+    state
+        .detection
+        .after_sign_in(
+            &state.store,
+            account.company,
+            account.key,
+            &account.user_id,
+            client.ip,
+            now,
+        )
+        .await?;
     state
         .store
         .create_session(

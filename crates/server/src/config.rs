@@ -13,7 +13,7 @@ pub const ENV_PREFIX: &str = "STRONGROOM_";
 
 /// Keys whose values are secrets: they may be given as `KEY_FILE`, and are
 /// never printed.
-const SECRET_KEYS: &[&str] = &["database_url", "pkcs11_pin"];
+const SECRET_KEYS: &[&str] = &["database_url", "pkcs11_pin", "alert_webhook_secret"];
 
 /// Largest configuration file read.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -94,6 +94,14 @@ pub struct Config {
     /// Longest time one request may take, reading its body included.
     #[serde(default = "d_timeout")]
     pub request_timeout_seconds: u64,
+    /// Where intrusion alerts are POSTed (JSON); none means incidents only.
+    #[serde(default)]
+    pub alert_webhook_url: Option<String>,
+    /// Key for the `X-Strongroom-Signature` HMAC of each alert (a secret).
+    #[serde(default)]
+    alert_webhook_secret: Option<SecretString>,
+    #[serde(default)]
+    alert_webhook_secret_file: Option<PathBuf>,
     /// Password hashes computed at once; 0 means one per CPU core.
     #[serde(default)]
     pub login_concurrency: usize,
@@ -211,6 +219,9 @@ impl Config {
             login_rate_per_ip_per_minute: d_rate_login(),
             max_in_flight: d_in_flight(),
             request_timeout_seconds: d_timeout(),
+            alert_webhook_url: None,
+            alert_webhook_secret: None,
+            alert_webhook_secret_file: None,
             login_concurrency: 0,
             log_format: d_log_format(),
         }
@@ -273,7 +284,16 @@ impl Config {
             &mut self.pkcs11_pin,
             self.pkcs11_pin_file.take(),
         )?;
+        resolve_secret(
+            "alert_webhook_secret",
+            &mut self.alert_webhook_secret,
+            self.alert_webhook_secret_file.take(),
+        )?;
         Ok(())
+    }
+
+    pub fn alert_webhook_secret(&self) -> Option<SecretString> {
+        self.alert_webhook_secret.clone()
     }
 
     /// PKCS#11 settings, when `key_provider = "pkcs11"`.
@@ -533,6 +553,8 @@ fn defaults_table() -> toml::Table {
     t.insert("session_idle_minutes".into(), i(0));
     t.insert("session_lifetime_hours".into(), i(0));
     t.insert("login_concurrency".into(), i(0));
+    t.insert("alert_webhook_url".into(), s(""));
+    t.insert("alert_webhook_secret".into(), s(""));
     t.insert("rate_limit_ip_per_second".into(), i(0));
     t.insert("rate_limit_company_per_second".into(), i(0));
     t.insert("login_rate_per_ip_per_minute".into(), i(0));

@@ -6,6 +6,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod detection;
 pub mod error;
 pub mod extract;
 pub mod keys;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod records;
 pub mod reencrypt;
 pub mod sealing;
+pub mod security;
 pub mod state;
 pub mod tls;
 
@@ -95,6 +97,17 @@ pub async fn prepare(
         );
     }
     let store_empty = store.is_empty().await?;
+    let blocks = Arc::new(detection::Blocks::default());
+    blocks.reload(&store, clock.now()).await?;
+    let detection = detection::Detection::start(
+        store.clone(),
+        clock.clone(),
+        blocks.clone(),
+        detection::AlertSettings {
+            webhook_url: config.alert_webhook_url.clone(),
+            webhook_secret: config.alert_webhook_secret(),
+        },
+    );
     let hasher = PasswordHasher::new(HashParams::default())?;
     let concurrency = match config.login_concurrency {
         0 => std::thread::available_parallelism()
@@ -112,14 +125,25 @@ pub async fn prepare(
         hashing: HashPool::new(hasher, concurrency),
         metrics: Arc::new(metrics::Metrics::new()),
         metrics_allow: Arc::new(resolved.metrics_allow.clone()),
-        audit: audit::AuditLog::start(store.clone(), keys.clone(), clock.clone()),
-        limits: Arc::new(limits::Limits::new(limits::LimitSettings {
-            per_ip_per_second: config.rate_limit_ip_per_second,
-            per_company_per_second: config.rate_limit_company_per_second,
-            logins_per_ip_per_minute: config.login_rate_per_ip_per_minute,
-            max_in_flight: config.max_in_flight,
-            request_timeout: Duration::from_secs(config.request_timeout_seconds),
-        })),
+        audit: audit::AuditLog::start(
+            store.clone(),
+            keys.clone(),
+            clock.clone(),
+            detection.clone(),
+        ),
+        detection,
+        blocks: blocks.clone(),
+        limits: Arc::new(limits::Limits::new(
+            limits::LimitSettings {
+                per_ip_per_second: config.rate_limit_ip_per_second,
+                per_company_per_second: config.rate_limit_company_per_second,
+                logins_per_ip_per_minute: config.login_rate_per_ip_per_minute,
+                max_in_flight: config.max_in_flight,
+                request_timeout: Duration::from_secs(config.request_timeout_seconds),
+            },
+            blocks,
+            clock.clone(),
+        )),
         keys,
     };
     let router = app::router(
@@ -283,6 +307,9 @@ async fn housekeeping(state: AppState) {
             tracing::warn!(error = %e.message, "audit checkpoint failed");
         }
         state.limits.prune();
+        if let Err(e) = state.blocks.reload(&state.store, state.clock.now()).await {
+            tracing::warn!(error = %e, "cannot reload address blocks");
+        }
         if round % 10 == 0 {
             match state.store.purge_expired_sessions(state.clock.now()).await {
                 Ok(n) if n > 0 => tracing::info!(sessions = n, "purged expired sessions"),

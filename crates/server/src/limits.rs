@@ -36,6 +36,8 @@ pub struct Limits {
     in_flight: Arc<Semaphore>,
     timeout: Duration,
     clock: DefaultClock,
+    blocks: Arc<crate::detection::Blocks>,
+    now: strongroom_core::clock::SharedClock,
 }
 
 /// Distinct addresses tracked before idle buckets are pruned early. Buckets
@@ -48,7 +50,11 @@ fn nz(n: u32) -> NonZeroU32 {
 }
 
 impl Limits {
-    pub fn new(s: LimitSettings) -> Limits {
+    pub fn new(
+        s: LimitSettings,
+        blocks: Arc<crate::detection::Blocks>,
+        now: strongroom_core::clock::SharedClock,
+    ) -> Limits {
         // A burst of twice the rate absorbs a page that loads in parallel.
         let per_second = |n: u32| Quota::per_second(nz(n)).allow_burst(nz(n.saturating_mul(2)));
         Limits {
@@ -61,6 +67,8 @@ impl Limits {
             in_flight: Arc::new(Semaphore::new(s.max_in_flight.max(1))),
             timeout: s.request_timeout,
             clock: DefaultClock::default(),
+            blocks,
+            now,
         }
     }
 
@@ -127,6 +135,18 @@ pub async fn flood_guard(State(limits): State<Arc<Limits>>, req: Request, next: 
             .cloned()
             .unwrap_or_default();
         let ip = trusted.client_ip(peer, req.headers());
+        // Addresses the operator (or a detector on the server's own chain)
+        // blocked for the whole server.
+        if limits
+            .blocks
+            .is_blocked(strongroom_core::audit::SERVER_CHAIN, ip, limits.now.now())
+        {
+            return ApiError::new(
+                ErrorCode::Forbidden,
+                "access from your address is blocked; contact the operator",
+            )
+            .into_response();
+        }
         if let Err(e) = limits.check_ip(ip) {
             return e.into_response();
         }

@@ -428,10 +428,11 @@ pub async fn create(
             &stored,
             &index,
             p.user,
-            &[event],
+            std::slice::from_ref(&event),
             state.clock.now(),
         )
         .await?;
+    state.detection.feed(vec![event]);
     let rec = find_record(&state, p.company, &rt, &id).await?;
     let view = shown(&state, &sealer, p.company, rec.view, &Reveal::None).await?;
     Ok((StatusCode::CREATED, Json(view)))
@@ -605,6 +606,7 @@ async fn write(
             },
         )
         .await?;
+    state.detection.feed(vec![event]);
     let after = find_record(state, p.company, rt, &rec.view.id).await?;
     Ok(Json(
         shown(state, sealer, p.company, after.view, &Reveal::None).await?,

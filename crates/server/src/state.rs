@@ -24,6 +24,8 @@ pub struct AppState {
     pub keys: Arc<crate::keys::KeyRing>,
     pub audit: crate::audit::AuditLog,
     pub limits: Arc<crate::limits::Limits>,
+    pub detection: crate::detection::Detection,
+    pub blocks: Arc<crate::detection::Blocks>,
 }
 
 /// Password hashing off the async executor, a bounded number at a time, so

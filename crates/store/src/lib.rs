@@ -11,6 +11,7 @@
 //! its token hash, which is how a request finds its company.
 
 mod audit;
+mod detection;
 mod directory;
 mod keys;
 mod migrate;
@@ -18,6 +19,7 @@ mod records;
 mod sessions;
 
 pub use audit::*;
+pub use detection::*;
 pub use directory::*;
 pub use keys::*;
 pub use migrate::{MigrationReport, SCHEMA_VERSION};

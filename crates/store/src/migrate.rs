@@ -22,10 +22,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "wrapped company keys, re-encryption progress, audit events",
         sql: include_str!("../migrations/0002_keys_and_audit.sql"),
     },
+    Migration {
+        version: 3,
+        name: "detector rules, blocks, locks, incidents, sign-in history, alert outbox",
+        sql: include_str!("../migrations/0003_detection.sql"),
+    },
 ];
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationReport {

@@ -1,0 +1,54 @@
+//! Intrusion detection: incidents, detector rules, address blocks.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct IncidentView {
+    pub id: i64,
+    pub opened_at: DateTime<Utc>,
+    /// `brute_force`, `password_spraying`, `new_address`, `off_hours`, `mass_read`, `probing`.
+    pub detector: String,
+    /// `user:<id>` or `ip:<address>`.
+    pub subject: String,
+    pub summary: String,
+    /// What was done: `alert`, `block_address`, `lock_account`, `end_sessions`.
+    pub response: String,
+    /// `open`, `acknowledged` or `resolved`.
+    pub status: String,
+    #[schema(value_type = Vec<Object>)]
+    pub notes: serde_json::Value,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateIncident {
+    /// `open`, `acknowledged` or `resolved`.
+    pub status: String,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorRuleView {
+    pub detector: String,
+    pub enabled: bool,
+    /// Events (distinct accounts for spraying; prior sign-ins for off_hours)
+    /// that make it fire.
+    pub threshold: u32,
+    pub window_seconds: i64,
+    /// `alert`, `block_address`, `lock_account` or `end_sessions`.
+    pub response: String,
+    /// How long a block or lock lasts.
+    pub block_seconds: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AddressBlockView {
+    pub address: String,
+    pub until: DateTime<Utc>,
+    pub reason: String,
+}

@@ -1,0 +1,417 @@
+//! Intrusion detection and response: stored audit events flow into the
+//! detectors (one task per server); what fires opens an incident, sends an
+//! alert and applies the rule's response (block the address, lock the
+//! account, end the sessions). Blocks and locks live in the store, so they
+//! hold across restarts; this node keeps the blocks in memory for its
+//! per-request checks and reloads them every minute (other nodes' blocks
+//! apply within that minute).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use chrono::{DateTime, Timelike, Utc};
+use hmac_sig::sign_payload;
+use strongroom_core::audit::{AuditEvent, Outcome, SERVER_CHAIN};
+use strongroom_core::clock::SharedClock;
+use strongroom_core::detect::{Detector, Engine, Finding, Response, Rule};
+use strongroom_core::{CompanyId, UserKey};
+use strongroom_store::{AddressBlock, Store};
+use tokio::sync::{mpsc, Notify};
+
+/// Addresses refused per company (chain) or server-wide (chain 0).
+#[derive(Default)]
+pub struct Blocks {
+    map: RwLock<HashMap<(i64, IpAddr), DateTime<Utc>>>,
+}
+
+impl Blocks {
+    pub fn is_blocked(&self, chain: i64, ip: IpAddr, now: DateTime<Utc>) -> bool {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        [chain, SERVER_CHAIN]
+            .iter()
+            .any(|c| map.get(&(*c, ip)).is_some_and(|until| *until > now))
+    }
+
+    fn add(&self, chain: i64, ip: IpAddr, until: DateTime<Utc>) {
+        self.map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((chain, ip), until);
+    }
+
+    /// Replaces the in-memory view with the store's.
+    pub async fn reload(
+        &self,
+        store: &Store,
+        now: DateTime<Utc>,
+    ) -> strongroom_store::StoreResult<()> {
+        let mut fresh = HashMap::new();
+        for b in store.active_blocks(now).await? {
+            if let Ok(ip) = b.address.parse::<IpAddr>() {
+                fresh.insert((b.chain, ip), b.until);
+            }
+        }
+        *self.map.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+}
+
+enum Input {
+    Events(Vec<AuditEvent>),
+    Findings(Vec<Finding>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+    RulesChanged(i64),
+}
+
+/// The detectors' front door. Feeding never blocks a request: if the
+/// detectors fall far behind, events are dropped from detection (they are
+/// stored in the audit log regardless) and a warning is logged.
+#[derive(Clone)]
+pub struct Detection {
+    tx: mpsc::Sender<Input>,
+}
+
+/// Where alerts go.
+#[derive(Clone, Default)]
+pub struct AlertSettings {
+    pub webhook_url: Option<String>,
+    pub webhook_secret: Option<secrecy::SecretString>,
+}
+
+impl Detection {
+    pub fn start(
+        store: Store,
+        clock: SharedClock,
+        blocks: Arc<Blocks>,
+        alerts: AlertSettings,
+    ) -> Detection {
+        let (tx, rx) = mpsc::channel(16_384);
+        let notify = Arc::new(Notify::new());
+        tokio::spawn(detector_task(
+            store.clone(),
+            clock.clone(),
+            blocks,
+            rx,
+            notify.clone(),
+        ));
+        tokio::spawn(crate::detection::deliver_alerts(
+            store, clock, alerts, notify,
+        ));
+        Detection { tx }
+    }
+
+    /// Returns once everything fed before has been examined and responded
+    /// to (for tests and orderly shutdown).
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Input::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// A company's rules changed: use them from the next event on.
+    pub async fn rules_changed(&self, chain: i64) {
+        let _ = self.tx.send(Input::RulesChanged(chain)).await;
+    }
+
+    pub fn feed(&self, events: Vec<AuditEvent>) {
+        if self.tx.try_send(Input::Events(events)).is_err() {
+            tracing::warn!("intrusion detection is lagging; some events were not examined");
+        }
+    }
+
+    fn report(&self, findings: Vec<Finding>) {
+        if !findings.is_empty() && self.tx.try_send(Input::Findings(findings)).is_err() {
+            tracing::warn!("intrusion detection is lagging; a finding was dropped");
+        }
+    }
+
+    /// After a successful sign-in: a never-seen address, or an hour the user
+    /// never signs in at, is a finding.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn after_sign_in(
+        &self,
+        store: &Store,
+        company: CompanyId,
+        user: UserKey,
+        user_id: &str,
+        ip: IpAddr,
+        now: DateTime<Utc>,
+    ) -> strongroom_store::StoreResult<()> {
+        let (addr_seen, hour_seen, total) = store
+            .note_sign_in(company, user, &ip.to_string(), now.hour())
+            .await?;
+        let rules = store.detector_rules(company.0).await?;
+        let rule = |d| rules.iter().find(|r: &&Rule| r.detector == d && r.enabled);
+        let mut out = Vec::new();
+        let mk = |r: &Rule, summary: String| Finding {
+            chain: company.0,
+            detector: r.detector,
+            response: r.response,
+            subject: format!("user:{user_id}"),
+            client_ip: Some(ip.to_string()),
+            summary,
+            block_for: r.block_for,
+        };
+        if let Some(r) = rule(Detector::NewAddress) {
+            if total > 0 && addr_seen == 0 {
+                out.push(mk(
+                    r,
+                    format!("new_address: first sign-in of {user_id} from {ip}"),
+                ));
+            }
+        }
+        if let Some(r) = rule(Detector::OffHours) {
+            if total >= i64::from(r.threshold) && hour_seen == 0 {
+                out.push(mk(
+                    r,
+                    format!("off_hours: {user_id} signed in at {:02}:00 UTC, an hour never used in {total} sign-ins", now.hour()),
+                ));
+            }
+        }
+        self.report(out);
+        Ok(())
+    }
+}
+
+async fn detector_task(
+    store: Store,
+    clock: SharedClock,
+    blocks: Arc<Blocks>,
+    mut rx: mpsc::Receiver<Input>,
+    notify: Arc<Notify>,
+) {
+    let mut engine = Engine::default();
+    let mut rules: HashMap<i64, (Vec<Rule>, Instant)> = HashMap::new();
+    while let Some(input) = rx.recv().await {
+        let findings = match input {
+            Input::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+            Input::RulesChanged(chain) => {
+                rules.remove(&chain);
+                continue;
+            }
+            Input::Findings(f) => f,
+            Input::Events(events) => {
+                let mut found = Vec::new();
+                for e in events {
+                    let fresh = rules
+                        .get(&e.chain)
+                        .is_some_and(|(_, at)| at.elapsed().as_secs() < 30);
+                    if !fresh {
+                        match store.detector_rules(e.chain).await {
+                            Ok(r) => {
+                                rules.insert(e.chain, (r, Instant::now()));
+                            }
+                            Err(err) => {
+                                tracing::warn!(error = %err, "cannot load detector rules");
+                                continue;
+                            }
+                        }
+                    }
+                    let company_rules = rules.get(&e.chain).map(|r| r.0.as_slice()).unwrap_or(&[]);
+                    found.extend(engine.observe(&e, company_rules));
+                }
+                found
+            }
+        };
+        for f in findings {
+            if let Err(err) = respond(&store, &clock, &blocks, &f).await {
+                tracing::error!(error = %err, detector = f.detector.as_str(), "could not respond to a detection");
+            }
+            notify.notify_one();
+        }
+    }
+}
+
+/// Opens the incident, applies the response, records both, queues the alert.
+async fn respond(
+    store: &Store,
+    clock: &SharedClock,
+    blocks: &Blocks,
+    f: &Finding,
+) -> anyhow::Result<()> {
+    let now = clock.now();
+    let id = store
+        .open_incident(
+            f.chain,
+            f.detector.as_str(),
+            &f.subject,
+            &f.summary,
+            f.response.as_str(),
+            now,
+        )
+        .await?;
+    tracing::warn!(incident = id, chain = f.chain, detector = f.detector.as_str(), subject = %f.subject, "INTRUSION DETECTED: {}", f.summary);
+    let mut applied = f.response.as_str().to_owned();
+    match f.response {
+        Response::Alert => {}
+        Response::BlockAddress => {
+            if let Some(ip) = f
+                .client_ip
+                .as_deref()
+                .and_then(|s| s.parse::<IpAddr>().ok())
+            {
+                let until = now + f.block_for;
+                store
+                    .block_address(
+                        &AddressBlock {
+                            chain: f.chain,
+                            address: ip.to_string(),
+                            until,
+                            reason: format!("incident {id}: {}", f.detector.as_str()),
+                        },
+                        now,
+                    )
+                    .await?;
+                blocks.add(f.chain, ip, until);
+            }
+        }
+        Response::LockAccount | Response::EndSessions => {
+            let user = match f.subject.strip_prefix("user:") {
+                Some(u) if f.chain != SERVER_CHAIN => store.user(CompanyId(f.chain), u).await?,
+                _ => None,
+            };
+            match user {
+                Some(u) if f.response == Response::LockAccount => {
+                    store
+                        .lock_account(
+                            CompanyId(f.chain),
+                            u.key,
+                            now + f.block_for,
+                            &format!("incident {id}"),
+                        )
+                        .await?;
+                }
+                Some(u) => {
+                    store.end_sessions_of(CompanyId(f.chain), u.key).await?;
+                }
+                // The account does not exist (a guessed name): nothing to lock.
+                None => applied = "alert".into(),
+            }
+        }
+    }
+    let company = match f.chain {
+        SERVER_CHAIN => None,
+        c => store.company_code(CompanyId(c)).await?,
+    };
+    store
+        .append_audit(&[AuditEvent {
+            chain: f.chain,
+            at: now,
+            actor: "system".into(),
+            action: "incident.open".into(),
+            target: format!("incident/{id}"),
+            outcome: Outcome::Success,
+            reason: Some(f.detector.as_str().into()),
+            detail: serde_json::json!({
+                "subject": f.subject, "response": applied, "summary": f.summary,
+                "until": (applied == "block_address" || applied == "lock_account").then(|| now + f.block_for),
+            })
+            .to_string(),
+            session: None,
+            client_ip: f.client_ip.clone(),
+            user_agent: None,
+            request_id: None,
+        }])
+        .await?;
+    let payload = serde_json::json!({
+        "type": "strongroom.incident",
+        "incident": id,
+        "company": company,
+        "detector": f.detector.as_str(),
+        "subject": f.subject,
+        "client_ip": f.client_ip,
+        "summary": f.summary,
+        "response": applied,
+        "at": now,
+    });
+    store.enqueue_alert(&payload.to_string(), now).await?;
+    Ok(())
+}
+
+/// HMAC signatures for alert payloads.
+mod hmac_sig {
+    /// `sha256=<hex HMAC-SHA256(secret, body)>`.
+    pub fn sign_payload(secret: &[u8], body: &[u8]) -> String {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+        format!(
+            "sha256={}",
+            hex::encode(ring::hmac::sign(&key, body).as_ref())
+        )
+    }
+}
+
+/// Delivers queued alerts to the webhook, signed, retrying with
+/// exponential backoff (capped at an hour) until it answers 2xx.
+pub async fn deliver_alerts(
+    store: Store,
+    clock: SharedClock,
+    settings: AlertSettings,
+    notify: Arc<Notify>,
+) {
+    let Some(url) = settings.webhook_url.clone() else {
+        return;
+    };
+    let client = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the alert webhook client; alerts are not delivered");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = notify.notified() => {}
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        let now = clock.now();
+        let due = match store.due_alerts(now).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the alert outbox");
+                continue;
+            }
+        };
+        for item in due {
+            let mut req = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(item.payload.clone());
+            if let Some(secret) = &settings.webhook_secret {
+                use secrecy::ExposeSecret;
+                req = req.header(
+                    "x-strongroom-signature",
+                    sign_payload(secret.expose_secret().as_bytes(), item.payload.as_bytes()),
+                );
+            }
+            let result = match req.send().await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(format!("webhook answered {}", r.status())),
+                Err(e) => Err(format!("webhook unreachable: {e}")),
+            };
+            let stored = match result {
+                Ok(()) => store.alert_delivered(item.id, now).await,
+                Err(e) => {
+                    let backoff = 2i64
+                        .saturating_pow(item.attempts.clamp(0, 12) as u32)
+                        .min(3600);
+                    tracing::warn!(alert = item.id, attempt = item.attempts + 1, error = %e, "alert delivery failed; retrying in {backoff} s");
+                    store
+                        .alert_failed(item.id, now + chrono::Duration::seconds(backoff), &e)
+                        .await
+                }
+            };
+            if let Err(e) = stored {
+                tracing::warn!(error = %e, "cannot update the alert outbox");
+            }
+        }
+    }
+}

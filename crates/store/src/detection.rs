@@ -1,0 +1,438 @@
+//! Detector rules, address blocks, account locks, incidents, sign-in
+//! history and the alert outbox.
+
+use crate::{from_ts, get, opt_ts, ts, Store, StoreError, StoreResult};
+use chrono::{DateTime, Duration, Utc};
+use sqlx::any::AnyRow;
+use strongroom_core::detect::{default_rules, Detector, Response, Rule};
+use strongroom_core::{CompanyId, UserKey};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressBlock {
+    pub chain: i64,
+    pub address: String,
+    pub until: DateTime<Utc>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incident {
+    pub id: i64,
+    pub chain: i64,
+    pub opened_at: DateTime<Utc>,
+    pub detector: String,
+    pub subject: String,
+    pub summary: String,
+    pub response: String,
+    pub status: String,
+    /// JSON list of {at, by, text}.
+    pub notes: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub payload: String,
+    pub attempts: i64,
+}
+
+fn incident_from_row(r: &AnyRow) -> StoreResult<Incident> {
+    Ok(Incident {
+        id: get(r, "id")?,
+        chain: get(r, "chain")?,
+        opened_at: from_ts(get(r, "opened_at")?)?,
+        detector: get(r, "detector")?,
+        subject: get(r, "subject")?,
+        summary: get(r, "summary")?,
+        response: get(r, "response")?,
+        status: get(r, "status")?,
+        notes: get(r, "notes")?,
+        updated_at: from_ts(get(r, "updated_at")?)?,
+    })
+}
+
+impl Store {
+    /// A company's detector rules: its own settings over the defaults.
+    pub async fn detector_rules(&self, chain: i64) -> StoreResult<Vec<Rule>> {
+        let rows = sqlx::query(
+            "SELECT detector, enabled, threshold, window_secs, response, block_secs \
+             FROM detector_rules WHERE chain = $1",
+        )
+        .bind(chain)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut rules = default_rules();
+        for r in &rows {
+            let d: String = get(r, "detector")?;
+            let resp: String = get(r, "response")?;
+            let (Some(detector), Some(response)) = (Detector::parse(&d), Response::parse(&resp))
+            else {
+                return Err(StoreError::Corrupt(format!("detector rule {d}/{resp}")));
+            };
+            let rule = Rule {
+                detector,
+                enabled: get::<i64>(r, "enabled")? != 0,
+                threshold: u32::try_from(get::<i64>(r, "threshold")?).unwrap_or(u32::MAX),
+                window: Duration::seconds(get(r, "window_secs")?),
+                response,
+                block_for: Duration::seconds(get(r, "block_secs")?),
+            };
+            if let Some(slot) = rules.iter_mut().find(|x| x.detector == detector) {
+                *slot = rule;
+            }
+        }
+        Ok(rules)
+    }
+
+    pub async fn set_detector_rule(&self, chain: i64, rule: &Rule) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        sqlx::query("DELETE FROM detector_rules WHERE chain = $1 AND detector = $2")
+            .bind(chain)
+            .bind(rule.detector.as_str())
+            .execute(&mut *w.tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO detector_rules (chain, detector, enabled, threshold, window_secs, response, block_secs) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(chain)
+        .bind(rule.detector.as_str())
+        .bind(rule.enabled as i64)
+        .bind(i64::from(rule.threshold))
+        .bind(rule.window.num_seconds())
+        .bind(rule.response.as_str())
+        .bind(rule.block_for.num_seconds())
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await
+    }
+
+    /// Blocks an address for a company (or, with chain 0, the whole server).
+    pub async fn block_address(&self, b: &AddressBlock, now: DateTime<Utc>) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        sqlx::query("DELETE FROM address_blocks WHERE chain = $1 AND address = $2")
+            .bind(b.chain)
+            .bind(&b.address)
+            .execute(&mut *w.tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO address_blocks (chain, address, until, reason, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(b.chain)
+        .bind(&b.address)
+        .bind(ts(b.until))
+        .bind(&b.reason)
+        .bind(ts(now))
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await
+    }
+
+    pub async fn unblock_address(&self, chain: i64, address: &str) -> StoreResult<bool> {
+        let mut w = self.write_tx().await?;
+        let n = sqlx::query("DELETE FROM address_blocks WHERE chain = $1 AND address = $2")
+            .bind(chain)
+            .bind(address)
+            .execute(&mut *w.tx)
+            .await?
+            .rows_affected();
+        w.commit().await?;
+        Ok(n > 0)
+    }
+
+    /// Blocks still in force.
+    pub async fn active_blocks(&self, now: DateTime<Utc>) -> StoreResult<Vec<AddressBlock>> {
+        let rows = sqlx::query(
+            "SELECT chain, address, until, reason FROM address_blocks WHERE until > $1",
+        )
+        .bind(ts(now))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AddressBlock {
+                    chain: get(r, "chain")?,
+                    address: get(r, "address")?,
+                    until: from_ts(get(r, "until")?)?,
+                    reason: get(r, "reason")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Locks an account and ends its sessions, in one transaction.
+    pub async fn lock_account(
+        &self,
+        company: CompanyId,
+        user: UserKey,
+        until: DateTime<Utc>,
+        reason: &str,
+    ) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        sqlx::query("DELETE FROM account_locks WHERE company_id = $1 AND user_key = $2")
+            .bind(company.0)
+            .bind(user.0)
+            .execute(&mut *w.tx)
+            .await?;
+        sqlx::query("INSERT INTO account_locks (company_id, user_key, until, reason) VALUES ($1, $2, $3, $4)")
+            .bind(company.0)
+            .bind(user.0)
+            .bind(ts(until))
+            .bind(reason)
+            .execute(&mut *w.tx)
+            .await?;
+        crate::sessions::end_user_sessions(&mut w.tx, company, user).await?;
+        w.commit().await
+    }
+
+    /// Until when an account is locked, if it is.
+    pub async fn account_locked_until(
+        &self,
+        company: CompanyId,
+        user: UserKey,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<DateTime<Utc>>> {
+        let row = sqlx::query(
+            "SELECT until FROM account_locks WHERE company_id = $1 AND user_key = $2 AND until > $3",
+        )
+        .bind(company.0)
+        .bind(user.0)
+        .bind(ts(now))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| from_ts(get(&r, "until")?)).transpose()
+    }
+
+    pub async fn unlock_account(&self, company: CompanyId, user: UserKey) -> StoreResult<bool> {
+        let mut w = self.write_tx().await?;
+        let n = sqlx::query("DELETE FROM account_locks WHERE company_id = $1 AND user_key = $2")
+            .bind(company.0)
+            .bind(user.0)
+            .execute(&mut *w.tx)
+            .await?
+            .rows_affected();
+        w.commit().await?;
+        Ok(n > 0)
+    }
+
+    /// Ends every session of a user (a detector's response).
+    pub async fn end_sessions_of(&self, company: CompanyId, user: UserKey) -> StoreResult<u64> {
+        let mut w = self.write_tx().await?;
+        let n = crate::sessions::end_user_sessions(&mut w.tx, company, user).await?;
+        w.commit().await?;
+        Ok(n)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn open_incident(
+        &self,
+        chain: i64,
+        detector: &str,
+        subject: &str,
+        summary: &str,
+        response: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<i64> {
+        let mut w = self.write_tx().await?;
+        let row = sqlx::query(
+            "INSERT INTO incidents (chain, opened_at, detector, subject, summary, response, status, notes, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'open', '[]', $2) RETURNING id",
+        )
+        .bind(chain)
+        .bind(ts(now))
+        .bind(detector)
+        .bind(subject)
+        .bind(summary)
+        .bind(response)
+        .fetch_one(&mut *w.tx)
+        .await?;
+        let id = get(&row, "id")?;
+        w.commit().await?;
+        Ok(id)
+    }
+
+    pub async fn incidents(&self, chain: i64) -> StoreResult<Vec<Incident>> {
+        let rows = sqlx::query(
+            "SELECT id, chain, opened_at, detector, subject, summary, response, status, notes, updated_at \
+             FROM incidents WHERE chain = $1 ORDER BY id DESC LIMIT 1000",
+        )
+        .bind(chain)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(incident_from_row).collect()
+    }
+
+    /// Changes an incident's status and appends a note. Returns the incident.
+    pub async fn update_incident(
+        &self,
+        chain: i64,
+        id: i64,
+        status: &str,
+        note: Option<(&str, &str)>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Incident>> {
+        let mut w = self.write_tx().await?;
+        let Some(row) = sqlx::query(
+            "SELECT id, chain, opened_at, detector, subject, summary, response, status, notes, updated_at \
+             FROM incidents WHERE chain = $1 AND id = $2",
+        )
+        .bind(chain)
+        .bind(id)
+        .fetch_optional(&mut *w.tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let mut inc = incident_from_row(&row)?;
+        let mut notes: Vec<serde_json::Value> =
+            serde_json::from_str(&inc.notes).unwrap_or_default();
+        if let Some((by, text)) = note {
+            notes.push(serde_json::json!({ "at": now, "by": by, "text": text }));
+        }
+        inc.notes = serde_json::Value::Array(notes).to_string();
+        inc.status = status.to_owned();
+        inc.updated_at = now;
+        sqlx::query("UPDATE incidents SET status = $3, notes = $4, updated_at = $5 WHERE chain = $1 AND id = $2")
+            .bind(chain)
+            .bind(id)
+            .bind(&inc.status)
+            .bind(&inc.notes)
+            .bind(ts(now))
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await?;
+        Ok(Some(inc))
+    }
+
+    /// Records a successful sign-in's address and hour; returns how often
+    /// each was seen before, and how many sign-ins the user had before.
+    pub async fn note_sign_in(
+        &self,
+        company: CompanyId,
+        user: UserKey,
+        address: &str,
+        hour: u32,
+    ) -> StoreResult<(i64, i64, i64)> {
+        let mut w = self.write_tx().await?;
+        let mut before = Vec::new();
+        for (kind, value) in [
+            ("address", address.to_owned()),
+            ("hour", hour.to_string()),
+            ("total", String::new()),
+        ] {
+            let row = sqlx::query(
+                "SELECT seen FROM sign_in_history WHERE company_id = $1 AND user_key = $2 AND kind = $3 AND value = $4",
+            )
+            .bind(company.0)
+            .bind(user.0)
+            .bind(kind)
+            .bind(&value)
+            .fetch_optional(&mut *w.tx)
+            .await?;
+            let seen: i64 = match row {
+                Some(r) => get(&r, "seen")?,
+                None => 0,
+            };
+            before.push(seen);
+            if seen == 0 {
+                sqlx::query(
+                    "INSERT INTO sign_in_history (company_id, user_key, kind, value, seen) VALUES ($1, $2, $3, $4, 1)",
+                )
+                .bind(company.0)
+                .bind(user.0)
+                .bind(kind)
+                .bind(&value)
+                .execute(&mut *w.tx)
+                .await?;
+            } else {
+                sqlx::query(
+                    "UPDATE sign_in_history SET seen = seen + 1 \
+                     WHERE company_id = $1 AND user_key = $2 AND kind = $3 AND value = $4",
+                )
+                .bind(company.0)
+                .bind(user.0)
+                .bind(kind)
+                .bind(&value)
+                .execute(&mut *w.tx)
+                .await?;
+            }
+        }
+        w.commit().await?;
+        Ok((before[0], before[1], before[2]))
+    }
+
+    pub async fn enqueue_alert(&self, payload: &str, now: DateTime<Utc>) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        sqlx::query("INSERT INTO alert_outbox (payload, attempts, next_at) VALUES ($1, 0, $2)")
+            .bind(payload)
+            .bind(ts(now))
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await
+    }
+
+    pub async fn due_alerts(&self, now: DateTime<Utc>) -> StoreResult<Vec<OutboxItem>> {
+        let rows = sqlx::query(
+            "SELECT id, payload, attempts FROM alert_outbox WHERE delivered_at IS NULL AND next_at <= $1 \
+             ORDER BY id LIMIT 50",
+        )
+        .bind(ts(now))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OutboxItem {
+                    id: get(r, "id")?,
+                    payload: get(r, "payload")?,
+                    attempts: get(r, "attempts")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn alert_delivered(&self, id: i64, now: DateTime<Utc>) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        sqlx::query(
+            "UPDATE alert_outbox SET delivered_at = $2, attempts = attempts + 1 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(ts(now))
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await
+    }
+
+    pub async fn alert_failed(
+        &self,
+        id: i64,
+        next_at: DateTime<Utc>,
+        error: &str,
+    ) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        sqlx::query(
+            "UPDATE alert_outbox SET attempts = attempts + 1, next_at = $2, last_error = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(ts(next_at))
+        .bind(error)
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await
+    }
+
+    /// (attempts, delivered) of every alert, oldest first (for tests and status).
+    pub async fn alert_states(&self) -> StoreResult<Vec<(i64, bool)>> {
+        let rows = sqlx::query("SELECT attempts, delivered_at FROM alert_outbox ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    get(r, "attempts")?,
+                    opt_ts(get(r, "delivered_at")?)?.is_some(),
+                ))
+            })
+            .collect()
+    }
+}

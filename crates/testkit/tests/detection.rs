@@ -1,0 +1,401 @@
+//! Intrusion detection from the outside: each detector fires on its
+//! scenario and not on normal traffic, its response is applied (blocks,
+//! locks, ended sessions), incidents are registered, alerts are delivered
+//! signed. Runs over SQLite and PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use serde_json::{json, Value};
+use strongroom_proto::*;
+use strongroom_testkit::client::Client;
+use strongroom_testkit::{Options, TestServer, PASSWORD};
+use tokio::sync::mpsc;
+
+const SECRET: &str = "webhook-shared-secret";
+
+/// A webhook receiver on loopback: every POST body with its signature.
+async fn receiver() -> (String, mpsc::UnboundedReceiver<(String, Value)>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let tx = tx.clone();
+            async move {
+                let sig = headers
+                    .get("x-strongroom-signature")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                let _ = tx.send((sig, serde_json::from_str(&body).unwrap_or(Value::Null)));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/hook"), rx)
+}
+
+async fn server(webhook: &str) -> TestServer {
+    TestServer::start_with(Options {
+        env: vec![
+            ("TRUSTED_PROXIES".into(), "127.0.0.1".into()),
+            ("ALERT_WEBHOOK_URL".into(), webhook.into()),
+            ("ALERT_WEBHOOK_SECRET".into(), SECRET.into()),
+        ],
+    })
+    .await
+}
+
+async fn incidents(admin: &Client) -> Vec<Value> {
+    admin
+        .raw(
+            reqwest::Method::GET,
+            "/api/v1/security/incidents",
+            None,
+            vec![],
+        )
+        .await
+        .unwrap()
+        .json()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn signature(body: &Value) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
+    format!(
+        "sha256={}",
+        hex::encode(ring::hmac::sign(&key, body.to_string().as_bytes()).as_ref())
+    )
+}
+
+async fn next_alert(rx: &mut mpsc::UnboundedReceiver<(String, Value)>) -> (String, Value) {
+    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("an alert within 20 s")
+        .expect("receiver open")
+}
+
+#[tokio::test]
+async fn brute_force_locks_the_account_and_alerts() {
+    let (hook, mut alerts) = receiver().await;
+    let srv = server(&hook).await;
+    let admin = srv.company_master("ACME").await.forwarded_for("192.0.2.10");
+    admin
+        .create_user(&CreateUser {
+            user_id: "ann".into(),
+            display_name: "Ann".into(),
+            email: None,
+            department: None,
+            password: PASSWORD.into(),
+            is_admin: false,
+        })
+        .await
+        .unwrap();
+    let ann = srv
+        .client()
+        .forwarded_for("192.0.2.20")
+        .login("ACME", "ann", PASSWORD)
+        .await
+        .unwrap()
+        .0;
+    let attacker = srv.client().forwarded_for("198.51.100.9");
+    for _ in 0..5 {
+        assert!(attacker
+            .login("ACME", "ann", "not her password")
+            .await
+            .is_err());
+    }
+    srv.state.detection.flush().await;
+
+    // Locked: the right password no longer works, her session has ended.
+    let e = srv
+        .client()
+        .forwarded_for("192.0.2.20")
+        .login("ACME", "ann", PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::SignInFailed));
+    assert_eq!(ann.session().await.unwrap_err().status(), Some(401));
+    let list = incidents(&admin).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["detector"], "brute_force");
+    assert_eq!(list[0]["subject"], "user:ann");
+    assert_eq!(list[0]["response"], "lock_account");
+    let locked_event = srv
+        .audit_events("ACME")
+        .await
+        .into_iter()
+        .rev()
+        .find(|e| e.action == "auth.login")
+        .unwrap();
+    assert_eq!(locked_event.reason.as_deref(), Some("account_locked"));
+
+    // The alert arrives, signed.
+    let (sig, body) = next_alert(&mut alerts).await;
+    assert_eq!(body["detector"], "brute_force");
+    assert_eq!(body["company"], "ACME");
+    assert_eq!(sig, signature(&body), "bad HMAC signature");
+
+    // The incident is worked on and the account unlocked by an administrator.
+    let id = list[0]["id"].as_i64().unwrap();
+    let r = admin
+        .raw(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/security/incidents/{id}"),
+            Some("application/json"),
+            serde_json::to_vec(
+                &json!({"status": "resolved", "note": "Ann's ex-colleague; password changed"}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "resolved");
+    assert_eq!(r.json()["notes"][0]["by"], "user:master");
+    let r = admin
+        .raw(
+            reqwest::Method::POST,
+            "/api/v1/users/ann/unlock",
+            None,
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204);
+    srv.client()
+        .forwarded_for("192.0.2.20")
+        .login("ACME", "ann", PASSWORD)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn password_spraying_blocks_the_address_before_any_password_check() {
+    let (hook, _alerts) = receiver().await;
+    let srv = server(&hook).await;
+    let admin = srv.company_master("ACME").await.forwarded_for("192.0.2.10");
+    let other = srv.company_master("BETA").await;
+    let sprayer = srv.client().forwarded_for("203.0.113.66");
+    for i in 0..10 {
+        let _ = sprayer
+            .login("ACME", &format!("guess{i}"), "Summer2026!summer")
+            .await;
+    }
+    srv.state.detection.flush().await;
+
+    let before = srv.state.hashing.verifications();
+    let e = sprayer.login("ACME", "master", PASSWORD).await.unwrap_err();
+    assert_eq!(
+        e.status(),
+        Some(403),
+        "the right password from a blocked address must not help"
+    );
+    assert_eq!(
+        srv.state.hashing.verifications(),
+        before,
+        "no password was checked"
+    );
+    let blocks = admin
+        .raw(
+            reqwest::Method::GET,
+            "/api/v1/security/blocks",
+            None,
+            vec![],
+        )
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(blocks[0]["address"], "203.0.113.66");
+    // Other addresses and other companies are unaffected.
+    srv.client()
+        .forwarded_for("192.0.2.11")
+        .login("ACME", "master", PASSWORD)
+        .await
+        .unwrap();
+    other.session().await.unwrap();
+    srv.client()
+        .forwarded_for("203.0.113.66")
+        .login("BETA", "master", PASSWORD)
+        .await
+        .unwrap();
+    // Lifting the block lets the address in again.
+    let r = admin
+        .raw(
+            reqwest::Method::DELETE,
+            "/api/v1/security/blocks/203.0.113.66",
+            None,
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204);
+    sprayer.login("ACME", "master", PASSWORD).await.unwrap();
+}
+
+#[tokio::test]
+async fn mass_reads_end_the_readers_sessions_and_probing_blocks_the_address() {
+    let (hook, _alerts) = receiver().await;
+    let srv = server(&hook).await;
+    let admin = srv.company_master("ACME").await.forwarded_for("192.0.2.10");
+    for (detector, threshold, response) in [
+        ("mass_read", 5, "end_sessions"),
+        ("probing", 3, "block_address"),
+    ] {
+        let r = admin
+            .raw(
+                reqwest::Method::PUT,
+                &format!("/api/v1/security/detectors/{detector}"),
+                Some("application/json"),
+                serde_json::to_vec(
+                    &json!({"detector": detector, "enabled": true, "threshold": threshold,
+                    "window_seconds": 300, "response": response, "block_seconds": 600}),
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    admin
+        .create_user(&CreateUser {
+            user_id: "reader".into(),
+            display_name: "Reader".into(),
+            email: None,
+            department: None,
+            password: PASSWORD.into(),
+            is_admin: false,
+        })
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(
+            admin
+                .create_record(
+                    "customer",
+                    &CreateRecord {
+                        data: json!({"name": format!("C{i}")})
+                            .as_object()
+                            .unwrap()
+                            .clone(),
+                        department: None,
+                    },
+                )
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let reader = srv
+        .client()
+        .forwarded_for("192.0.2.30")
+        .login("ACME", "reader", PASSWORD)
+        .await
+        .unwrap()
+        .0;
+    for id in &ids[..5] {
+        reader.record("customer", id).await.unwrap();
+    }
+    srv.state.detection.flush().await;
+    assert_eq!(
+        reader.session().await.unwrap_err().status(),
+        Some(401),
+        "mass reader still signed in"
+    );
+
+    // Probing: three refusals (reveals it may not make) from one address.
+    let prober = srv
+        .client()
+        .forwarded_for("198.51.100.50")
+        .login("ACME", "reader", PASSWORD)
+        .await
+        .unwrap()
+        .0;
+    for id in &ids[..3] {
+        let r = prober
+            .raw(
+                reqwest::Method::GET,
+                &format!("/api/v1/records/customer/{id}?reveal=all"),
+                None,
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 403);
+    }
+    srv.state.detection.flush().await;
+    let r = prober
+        .raw(reqwest::Method::GET, "/api/v1/auth/session", None, vec![])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403, "a probing address must be blocked");
+    let detectors: Vec<String> = incidents(&admin)
+        .await
+        .iter()
+        .map(|i| i["detector"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        detectors.contains(&"mass_read".to_owned()) && detectors.contains(&"probing".to_owned()),
+        "{detectors:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_new_address_raises_an_alert_and_normal_work_raises_nothing() {
+    let (hook, mut alerts) = receiver().await;
+    let srv = server(&hook).await;
+    srv.company("ACME").await;
+    // A working day: sign-ins from the usual place, reads, writes, searches,
+    // a few typos in passwords.
+    let home = srv.client().forwarded_for("192.0.2.10");
+    let admin = home.login("ACME", "master", PASSWORD).await.unwrap().0;
+    for i in 0..3 {
+        let _ = home.login("ACME", "master", "typo in password").await;
+        let c = home.login("ACME", "master", PASSWORD).await.unwrap().0;
+        let r = c
+            .create_record(
+                "vendor",
+                &CreateRecord {
+                    data: json!({"name": format!("V{i}")})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                    department: None,
+                },
+            )
+            .await
+            .unwrap();
+        c.record("vendor", &r.id).await.unwrap();
+        c.list_records("vendor", &[("f.name", "V1")]).await.unwrap();
+    }
+    srv.state.detection.flush().await;
+    assert!(
+        incidents(&admin).await.is_empty(),
+        "normal traffic raised an incident"
+    );
+
+    // The same user from an address never seen before.
+    srv.client()
+        .forwarded_for("203.0.113.200")
+        .login("ACME", "master", PASSWORD)
+        .await
+        .unwrap();
+    srv.state.detection.flush().await;
+    let list = incidents(&admin).await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["detector"], "new_address");
+    assert_eq!(list[0]["response"], "alert");
+    let (_, body) = next_alert(&mut alerts).await;
+    assert_eq!(body["detector"], "new_address");
+    assert_eq!(body["client_ip"], "203.0.113.200");
+}
