@@ -125,6 +125,46 @@ enum AuditCommand {
         /// Only this company's chain (default: every chain).
         #[arg(long)]
         company: Option<String>,
+        /// Archive files of that company (from `audit archive`), oldest
+        /// first: verification then covers the chain from its start.
+        #[arg(long, value_name = "FILE", requires = "company")]
+        archive: Vec<PathBuf>,
+    },
+
+    /// Write audit events as JSON Lines, syslog (RFC 5424) or CEF lines, with
+    /// their chain hashes, for a SIEM.
+    ///
+    /// Example: strongroom audit export --company ACME --format cef --out acme.cef
+    Export {
+        /// Company code (default: every chain).
+        #[arg(long)]
+        company: Option<String>,
+        /// jsonl, syslog or cef.
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        /// Only events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// Output file (default: standard output).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+
+    /// Move a company's events older than a date to an archive file (JSON
+    /// Lines with hashes), then out of the live log. The file is written,
+    /// synced and re-verified before anything is removed; the live log keeps
+    /// an anchor, and `audit verify --archive FILE` spans both.
+    ///
+    /// Example: strongroom audit archive --company ACME --before 2026-01-01T00:00:00Z --out acme-2025.jsonl
+    Archive {
+        #[arg(long)]
+        company: String,
+        /// Archive events strictly older than this time (RFC 3339).
+        #[arg(long)]
+        before: chrono::DateTime<chrono::Utc>,
+        /// The archive file to create (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
 }
 
@@ -215,9 +255,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             say!("{} (version {})", h.status, h.version);
             Ok(())
         }
-        Command::Audit(AuditCommand::Verify { company }) => {
+        Command::Audit(AuditCommand::Verify { company, archive }) => {
             let (config, _) = load_config(cli.config.as_deref())?;
-            audit_verify(&config, company.as_deref()).await
+            audit_verify(&config, company.as_deref(), &archive).await
+        }
+        Command::Audit(AuditCommand::Export {
+            company,
+            format,
+            after,
+            out,
+        }) => {
+            let (config, _) = load_config(cli.config.as_deref())?;
+            audit_export(&config, company.as_deref(), &format, after, out.as_deref()).await
+        }
+        Command::Audit(AuditCommand::Archive {
+            company,
+            before,
+            out,
+        }) => {
+            let (config, _) = load_config(cli.config.as_deref())?;
+            audit_archive(&config, &company, before, &out).await
         }
         Command::Keys(k) => {
             let (config, _) = load_config(cli.config.as_deref())?;
@@ -527,7 +584,15 @@ async fn operator_event(
     Ok(())
 }
 
-async fn audit_verify(config: &Config, company: Option<&str>) -> anyhow::Result<()> {
+async fn audit_verify(
+    config: &Config,
+    company: Option<&str>,
+    archive: &[PathBuf],
+) -> anyhow::Result<()> {
+    let mut archived = Vec::new();
+    for f in archive {
+        archived.extend(read_archive(f)?);
+    }
     let store = strongroom_server::open_store(config).await?;
     store.migrate(SystemClock.now()).await?;
     let (provider, _) = strongroom_server::open_key_provider(config, &store).await?;
@@ -553,7 +618,8 @@ async fn audit_verify(config: &Config, company: Option<&str>) -> anyhow::Result<
             (Some(c), _) => c.clone(),
             (None, _) => format!("company #{chain} (deleted)"),
         };
-        let v = strongroom_server::audit::verify(&store, &ring, chain, code.is_some())
+        let arch = (!archive.is_empty()).then_some(archived.as_slice());
+        let v = strongroom_server::audit::verify(&store, &ring, chain, code.is_some(), arch)
             .await
             .map_err(|e| anyhow::anyhow!(e.message))?;
         match v.problem {
@@ -572,5 +638,195 @@ async fn audit_verify(config: &Config, company: Option<&str>) -> anyhow::Result<
     if bad > 0 {
         bail!("{bad} audit chain(s) failed verification");
     }
+    Ok(())
+}
+
+fn read_archive(path: &Path) -> anyhow::Result<Vec<strongroom_store::StoredEvent>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read archive {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let (seq, event, prev_hash, hash) = strongroom_core::export::parse_json_line(l)
+                .map_err(|e| anyhow::anyhow!("{} line {}: {e}", path.display(), i + 1))?;
+            Ok(strongroom_store::StoredEvent {
+                seq,
+                event,
+                prev_hash,
+                hash,
+            })
+        })
+        .collect()
+}
+
+/// The chains named by `--company`, or all of them.
+async fn chains_of(
+    store: &strongroom_store::Store,
+    company: Option<&str>,
+) -> anyhow::Result<Vec<i64>> {
+    match company {
+        Some(c) => {
+            let code = ident::company_code(c).context("--company")?;
+            let (id, _) = store
+                .company_by_code(&code)
+                .await?
+                .with_context(|| format!("there is no company {code}"))?;
+            Ok(vec![id.0])
+        }
+        None => Ok(store.audit_chains().await?),
+    }
+}
+
+async fn audit_export(
+    config: &Config,
+    company: Option<&str>,
+    format: &str,
+    after: i64,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let format = strongroom_core::export::Format::parse(format)
+        .with_context(|| format!("--format must be jsonl, syslog or cef, not {format}"))?;
+    let store = strongroom_server::open_store(config).await?;
+    store.migrate(SystemClock.now()).await?;
+    let mut sink: Box<dyn std::io::Write> = match out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+    };
+    let host = hostname();
+    let mut n = 0u64;
+    for chain in chains_of(&store, company).await? {
+        let code = store
+            .company_code(strongroom_core::CompanyId(chain))
+            .await?;
+        let mut cursor = after;
+        loop {
+            let page = store
+                .audit_events(
+                    chain,
+                    &strongroom_store::AuditQuery {
+                        after_seq: cursor,
+                        limit: 1000,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            let Some(last) = page.last().map(|e| e.seq) else {
+                break;
+            };
+            for e in &page {
+                let line = strongroom_core::export::line(
+                    format,
+                    &strongroom_core::export::ExportedEvent {
+                        company: code.as_deref(),
+                        seq: e.seq,
+                        event: &e.event,
+                        prev_hash: &e.prev_hash,
+                        hash: &e.hash,
+                    },
+                    &host,
+                );
+                writeln!(sink, "{line}")?;
+                n += 1;
+            }
+            cursor = last;
+        }
+    }
+    sink.flush()?;
+    store.close().await;
+    if out.is_some() {
+        say!("Exported {n} events.");
+    }
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "strongroom".into())
+}
+
+async fn audit_archive(
+    config: &Config,
+    company: &str,
+    before: chrono::DateTime<chrono::Utc>,
+    out: &Path,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let store = strongroom_server::open_store(config).await?;
+    store.migrate(SystemClock.now()).await?;
+    let chain = chains_of(&store, Some(company)).await?[0];
+    let code = store
+        .company_code(strongroom_core::CompanyId(chain))
+        .await?;
+    let start = store.audit_anchor(chain).await?.map(|a| a.0).unwrap_or(0);
+    let mut events = Vec::new();
+    let mut cursor = start;
+    'read: loop {
+        let page = store
+            .audit_events(
+                chain,
+                &strongroom_store::AuditQuery {
+                    after_seq: cursor,
+                    limit: 1000,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let Some(last) = page.last().map(|e| e.seq) else {
+            break;
+        };
+        for e in page {
+            if e.event.at >= before {
+                break 'read;
+            }
+            events.push(e);
+        }
+        cursor = last;
+    }
+    let Some(upto) = events.last().map(|e| e.seq) else {
+        say!("No events before {before}; nothing archived.");
+        return Ok(());
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", out.display()))?;
+    for e in &events {
+        let line = strongroom_core::export::line(
+            strongroom_core::export::Format::JsonLines,
+            &strongroom_core::export::ExportedEvent {
+                company: code.as_deref(),
+                seq: e.seq,
+                event: &e.event,
+                prev_hash: &e.prev_hash,
+                hash: &e.hash,
+            },
+            "",
+        );
+        writeln!(f, "{line}")?;
+    }
+    f.sync_all()?;
+    // Nothing leaves the live log unless the file reads back identical.
+    let back = read_archive(out)?;
+    anyhow::ensure!(
+        back == events,
+        "the archive {} did not read back intact; nothing was removed",
+        out.display()
+    );
+    store.archive_prefix(chain, upto, SystemClock.now()).await?;
+    operator_event(
+        &store,
+        "audit.archive",
+        &format!("events {}..{upto}", start + 1),
+        chain,
+    )
+    .await?;
+    store.close().await;
+    say!("Archived events {}..{upto} to {}; keep the file: `audit verify --company {company} --archive FILE` checks it with the live log.", start + 1, out.display());
     Ok(())
 }

@@ -343,3 +343,108 @@ fn keys_status_rotate_and_company_deletion() {
         text(&o)
     );
 }
+
+#[test]
+fn audit_export_and_archive() {
+    let s = Setup::new();
+    let pw = s.password_file("correct horse battery staple");
+    let o = s.run(&[
+        "init",
+        "--company",
+        "ACME",
+        "--company-name",
+        "Acme",
+        "--admin-password-file",
+        &pw,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(s
+        .run(&["keys", "rotate", "--company", "ACME"])
+        .status
+        .success());
+
+    for (format, starts) in [
+        ("jsonl", "{"),
+        ("syslog", "<110>1 "),
+        ("cef", "CEF:0|Strongroom|"),
+    ] {
+        let o = s.run(&["audit", "export", "--company", "ACME", "--format", format]);
+        assert!(o.status.success(), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert!(
+            lines.iter().all(|l| l.starts_with(starts)),
+            "{format}: {out}"
+        );
+    }
+    let o = s.run(&["audit", "export", "--format", "xml"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("jsonl, syslog or cef"));
+
+    // Archive everything so far; the live log keeps an anchor.
+    let o = s.run(&[
+        "audit",
+        "archive",
+        "--company",
+        "ACME",
+        "--before",
+        "2999-01-01T00:00:00Z",
+        "--out",
+        "acme.jsonl",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("Archived events 1..2"), "{}", text(&o));
+    let o = s.run(&[
+        "audit",
+        "archive",
+        "--company",
+        "ACME",
+        "--before",
+        "2999-01-01T00:00:00Z",
+        "--out",
+        "acme.jsonl",
+    ]);
+    assert!(
+        !o.status.success(),
+        "an existing archive must never be overwritten"
+    );
+    let o = s.run(&["audit", "verify", "--company", "ACME"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = s.run(&[
+        "audit",
+        "verify",
+        "--company",
+        "ACME",
+        "--archive",
+        "acme.jsonl",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("ACME: 3 events"),
+        "archive and live together: {}",
+        text(&o)
+    );
+
+    // A changed archive is caught.
+    let path = s.path("acme.jsonl");
+    let tampered =
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replacen("company.create", "company.creatE", 1);
+    std::fs::write(&path, tampered).unwrap();
+    let o = s.run(&[
+        "audit",
+        "verify",
+        "--company",
+        "ACME",
+        "--archive",
+        "acme.jsonl",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("in the archive: event 1 was changed"),
+        "{}",
+        text(&o)
+    );
+}

@@ -8,6 +8,7 @@ pub mod catalogue;
 pub mod clock;
 pub mod detect;
 pub mod error;
+pub mod export;
 pub mod ident;
 pub mod password;
 pub mod pii;

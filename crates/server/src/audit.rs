@@ -264,15 +264,60 @@ pub struct Verification {
     pub problem: Option<String>,
 }
 
+/// Walks a chain segment, checking sequence, links and hashes.
+struct Walker {
+    prev: Vec<u8>,
+    next_seq: i64,
+    events: i64,
+    hashes: std::collections::HashMap<i64, Vec<u8>>,
+    want: std::collections::HashSet<i64>,
+}
+
+impl Walker {
+    fn step(&mut self, e: &strongroom_store::StoredEvent) -> Result<(), String> {
+        if e.seq != self.next_seq {
+            return Err(if e.seq > self.next_seq {
+                format!(
+                    "event {} is missing (next stored is {})",
+                    self.next_seq, e.seq
+                )
+            } else {
+                format!("event {} is out of order", e.seq)
+            });
+        }
+        if e.prev_hash != self.prev {
+            return Err(format!(
+                "event {} does not follow event {}: the chain is broken (an event was removed, inserted or reordered)",
+                e.seq,
+                e.seq - 1
+            ));
+        }
+        let h = chain_hash(&self.prev, &e.event.canonical(e.seq)).to_vec();
+        if h != e.hash {
+            return Err(format!("event {} was changed after it was written", e.seq));
+        }
+        if self.want.contains(&e.seq) {
+            self.hashes.insert(e.seq, h.clone());
+        }
+        self.prev = h;
+        self.next_seq += 1;
+        self.events += 1;
+        Ok(())
+    }
+}
+
 /// Recomputes every hash of a chain, checks the head and every checkpoint
 /// signature (against the company's own signing key, not the public key
 /// stored beside the signature), and that no event after the latest
-/// checkpoint is missing.
+/// checkpoint is missing. Archived events (from `audit archive`) can be
+/// given to verify the chain from its very start; without them the live
+/// log is verified from its archive anchor.
 pub async fn verify(
     store: &Store,
     keys: &KeyRing,
     chain: i64,
     check_signatures: bool,
+    archive: Option<&[strongroom_store::StoredEvent]>,
 ) -> Result<Verification, ApiError> {
     let mut out = Verification {
         chain,
@@ -280,12 +325,41 @@ pub async fn verify(
         checkpoints: 0,
         problem: None,
     };
-    let mut prev = genesis(chain).to_vec();
-    let mut expect_seq = 1;
-    let mut hashes: std::collections::HashMap<i64, Vec<u8>> = std::collections::HashMap::new();
     let checkpoints = store.checkpoints(chain).await?;
-    let cp_seqs: std::collections::HashSet<i64> = checkpoints.iter().map(|c| c.seq).collect();
-    let mut after = 0;
+    let anchor = store.audit_anchor(chain).await?;
+    let mut w = Walker {
+        prev: genesis(chain).to_vec(),
+        next_seq: 1,
+        events: 0,
+        hashes: std::collections::HashMap::new(),
+        want: checkpoints.iter().map(|c| c.seq).collect(),
+    };
+    match (archive, &anchor) {
+        (Some(arch), _) => {
+            for e in arch {
+                if let Err(p) = w.step(e) {
+                    out.problem = Some(format!("in the archive: {p}"));
+                    return Ok(out);
+                }
+            }
+            if let Some((seq, hash)) = &anchor {
+                if w.next_seq - 1 != *seq || &w.prev != hash {
+                    out.problem = Some(format!(
+                        "the archive ends at event {} but the live log continues from event {seq}",
+                        w.next_seq - 1
+                    ));
+                    return Ok(out);
+                }
+            }
+        }
+        (None, Some((seq, hash))) => {
+            w.prev = hash.clone();
+            w.next_seq = seq + 1;
+        }
+        (None, None) => {}
+    }
+    let verified_from = w.next_seq - w.events;
+    let mut after = w.next_seq - 1;
     'pages: loop {
         let page = store
             .audit_events(
@@ -301,48 +375,35 @@ pub async fn verify(
             break;
         }
         for e in &page {
-            if e.seq != expect_seq {
-                out.problem = Some(if e.seq > expect_seq {
-                    format!("event {expect_seq} is missing (next stored is {})", e.seq)
-                } else {
-                    format!("event {} is out of order", e.seq)
-                });
+            if let Err(p) = w.step(e) {
+                out.problem = Some(p);
                 break 'pages;
             }
-            if e.prev_hash != prev {
-                out.problem = Some(format!("event {} does not follow event {}: the chain is broken (an event was removed, inserted or reordered)", e.seq, e.seq - 1));
-                break 'pages;
-            }
-            let h = chain_hash(&prev, &e.event.canonical(e.seq)).to_vec();
-            if h != e.hash {
-                out.problem = Some(format!("event {} was changed after it was written", e.seq));
-                break 'pages;
-            }
-            if cp_seqs.contains(&e.seq) {
-                hashes.insert(e.seq, h.clone());
-            }
-            prev = h;
-            expect_seq += 1;
-            out.events += 1;
         }
         after = page.last().map(|e| e.seq).unwrap_or(after);
     }
+    out.events = w.events;
+    let last = w.next_seq - 1;
     if out.problem.is_none() {
         match store.audit_head(chain).await? {
-            Some((seq, hash)) if seq == out.events && hash == prev => {}
-            Some((seq, _)) if seq > out.events => {
+            Some((seq, hash)) if seq == last && hash == w.prev => {}
+            Some((seq, _)) if seq > last => {
                 out.problem = Some(format!(
                     "events {}..{seq} are missing: the log was truncated",
-                    out.events + 1
+                    last + 1
                 ))
             }
             Some(_) => out.problem = Some("the chain head does not match the last event".into()),
-            None if out.events == 0 => {}
+            None if last == 0 => {}
             None => out.problem = Some("the chain head is missing".into()),
         }
     }
     if out.problem.is_none() && chain != SERVER_CHAIN {
         for c in &checkpoints {
+            if c.seq < verified_from {
+                // Vouches for archived events that were not given.
+                continue;
+            }
             let message = checkpoint_message(chain, c.seq, &c.hash, c.at);
             let bad_signature = if check_signatures {
                 let key = keys
@@ -367,14 +428,14 @@ pub async fn verify(
                 ));
                 break;
             }
-            if c.seq > out.events {
+            if c.seq > last {
                 out.problem = Some(format!(
-                    "the log ends at event {} but a signed checkpoint vouches for event {}: the log was truncated",
-                    out.events, c.seq
+                    "the log ends at event {last} but a signed checkpoint vouches for event {}: the log was truncated",
+                    c.seq
                 ));
                 break;
             }
-            if hashes.get(&c.seq) != Some(&c.hash) {
+            if w.hashes.get(&c.seq) != Some(&c.hash) {
                 out.problem = Some(format!(
                     "event {} does not match its signed checkpoint",
                     c.seq

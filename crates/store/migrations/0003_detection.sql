@@ -63,3 +63,18 @@ CREATE TABLE alert_outbox (
   delivered_at BIGINT,
   last_error TEXT
 );
+
+-- How far each chain has been forwarded to the syslog receiver.
+CREATE TABLE forward_cursors (
+  chain BIGINT PRIMARY KEY,
+  seq BIGINT NOT NULL
+);
+
+-- Where each chain's live log begins after archiving: the last archived
+-- event's sequence number and hash (verification continues from here).
+CREATE TABLE audit_anchors (
+  chain BIGINT PRIMARY KEY,
+  seq BIGINT NOT NULL,
+  hash {blob} NOT NULL,
+  archived_at BIGINT NOT NULL
+);

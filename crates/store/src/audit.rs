@@ -244,3 +244,78 @@ impl Store {
         rows.iter().map(checkpoint_from_row).collect()
     }
 }
+
+impl Store {
+    pub async fn forward_cursor(&self, chain: i64) -> StoreResult<i64> {
+        let row = sqlx::query("SELECT seq FROM forward_cursors WHERE chain = $1")
+            .bind(chain)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => get(&r, "seq")?,
+            None => 0,
+        })
+    }
+
+    pub async fn set_forward_cursor(&self, chain: i64, seq: i64) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        sqlx::query("DELETE FROM forward_cursors WHERE chain = $1")
+            .bind(chain)
+            .execute(&mut *w.tx)
+            .await?;
+        sqlx::query("INSERT INTO forward_cursors (chain, seq) VALUES ($1, $2)")
+            .bind(chain)
+            .bind(seq)
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await
+    }
+
+    /// Where a chain's live log starts after archiving: (seq, hash) of the
+    /// last archived event.
+    pub async fn audit_anchor(&self, chain: i64) -> StoreResult<Option<(i64, Vec<u8>)>> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_anchors WHERE chain = $1")
+            .bind(chain)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((get(&r, "seq")?, get(&r, "hash")?)))
+            .transpose()
+    }
+
+    /// Removes a chain's events up to `upto` (already written to an archive
+    /// by the caller) and records the anchor the live log continues from.
+    pub async fn archive_prefix(
+        &self,
+        chain: i64,
+        upto: i64,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        let row = sqlx::query("SELECT hash FROM audit_events WHERE chain = $1 AND seq = $2")
+            .bind(chain)
+            .bind(upto)
+            .fetch_optional(&mut *w.tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("event {upto} is not in the live log")))?;
+        let hash: Vec<u8> = get(&row, "hash")?;
+        sqlx::query("DELETE FROM audit_anchors WHERE chain = $1")
+            .bind(chain)
+            .execute(&mut *w.tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO audit_anchors (chain, seq, hash, archived_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(chain)
+        .bind(upto)
+        .bind(hash)
+        .bind(ts(now))
+        .execute(&mut *w.tx)
+        .await?;
+        sqlx::query("DELETE FROM audit_events WHERE chain = $1 AND seq <= $2")
+            .bind(chain)
+            .bind(upto)
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await
+    }
+}

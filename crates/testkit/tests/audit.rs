@@ -427,7 +427,7 @@ async fn signed_chain(n: usize) -> (TestServer, i64) {
 }
 
 async fn verify(srv: &TestServer, chain: i64) -> strongroom_server::audit::Verification {
-    strongroom_server::audit::verify(srv.store(), &srv.state.keys, chain, true)
+    strongroom_server::audit::verify(srv.store(), &srv.state.keys, chain, true, None)
         .await
         .unwrap()
 }
