@@ -183,6 +183,44 @@ fn cef(e: &ExportedEvent<'_>) -> String {
     )
 }
 
+/// Reads back one JSON Lines event (as written by [`line`]): (seq, event,
+/// prev hash, hash).
+pub fn parse_json_line(s: &str) -> Result<(i64, AuditEvent, Vec<u8>, Vec<u8>), String> {
+    let v: serde_json::Value = serde_json::from_str(s).map_err(|e| format!("not JSON: {e}"))?;
+    let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+    let need = |k: &str| text(k).ok_or_else(|| format!("missing {k}"));
+    let hexed =
+        |k: &str| need(k).and_then(|h| hex::decode(h).map_err(|_| format!("{k} is not hex")));
+    let at = need("at")?
+        .parse::<chrono::DateTime<chrono::Utc>>()
+        .map_err(|_| "bad time".to_owned())?;
+    let outcome = match need("outcome")?.as_str() {
+        "success" => Outcome::Success,
+        "denied" => Outcome::Denied,
+        "failed" => Outcome::Failed,
+        o => return Err(format!("bad outcome {o}")),
+    };
+    let event = AuditEvent {
+        chain: v
+            .get("chain")
+            .and_then(|x| x.as_i64())
+            .ok_or("missing chain")?,
+        at,
+        actor: need("actor")?,
+        action: need("action")?,
+        target: need("target")?,
+        outcome,
+        reason: text("reason"),
+        detail: need("detail")?,
+        session: text("session"),
+        client_ip: text("client_ip"),
+        user_agent: text("user_agent"),
+        request_id: text("request_id"),
+    };
+    let seq = v.get("seq").and_then(|x| x.as_i64()).ok_or("missing seq")?;
+    Ok((seq, event, hexed("prev_hash")?, hexed("hash")?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,42 +286,4 @@ mod tests {
         );
         assert_eq!(v["hash"], hex::encode([2u8; 32]));
     }
-}
-
-/// Reads back one JSON Lines event (as written by [`line`]): (seq, event,
-/// prev hash, hash).
-pub fn parse_json_line(s: &str) -> Result<(i64, AuditEvent, Vec<u8>, Vec<u8>), String> {
-    let v: serde_json::Value = serde_json::from_str(s).map_err(|e| format!("not JSON: {e}"))?;
-    let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
-    let need = |k: &str| text(k).ok_or_else(|| format!("missing {k}"));
-    let hexed =
-        |k: &str| need(k).and_then(|h| hex::decode(h).map_err(|_| format!("{k} is not hex")));
-    let at = need("at")?
-        .parse::<chrono::DateTime<chrono::Utc>>()
-        .map_err(|_| "bad time".to_owned())?;
-    let outcome = match need("outcome")?.as_str() {
-        "success" => Outcome::Success,
-        "denied" => Outcome::Denied,
-        "failed" => Outcome::Failed,
-        o => return Err(format!("bad outcome {o}")),
-    };
-    let event = AuditEvent {
-        chain: v
-            .get("chain")
-            .and_then(|x| x.as_i64())
-            .ok_or("missing chain")?,
-        at,
-        actor: need("actor")?,
-        action: need("action")?,
-        target: need("target")?,
-        outcome,
-        reason: text("reason"),
-        detail: need("detail")?,
-        session: text("session"),
-        client_ip: text("client_ip"),
-        user_agent: text("user_agent"),
-        request_id: text("request_id"),
-    };
-    let seq = v.get("seq").and_then(|x| x.as_i64()).ok_or("missing seq")?;
-    Ok((seq, event, hexed("prev_hash")?, hexed("hash")?))
 }

@@ -94,6 +94,9 @@ pub struct Config {
     /// Longest time one request may take, reading its body included.
     #[serde(default = "d_timeout")]
     pub request_timeout_seconds: u64,
+    /// `host:port` of a syslog receiver (TCP) that gets every audit event.
+    #[serde(default)]
+    pub syslog_forward: Option<String>,
     /// Where intrusion alerts are POSTed (JSON); none means incidents only.
     #[serde(default)]
     pub alert_webhook_url: Option<String>,
@@ -219,6 +222,7 @@ impl Config {
             login_rate_per_ip_per_minute: d_rate_login(),
             max_in_flight: d_in_flight(),
             request_timeout_seconds: d_timeout(),
+            syslog_forward: None,
             alert_webhook_url: None,
             alert_webhook_secret: None,
             alert_webhook_secret_file: None,
@@ -368,6 +372,21 @@ impl Config {
         )?;
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(cerr("log_format must be \"text\" or \"json\""));
+        }
+        if let Some(u) = &self.alert_webhook_url {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                return Err(cerr("alert_webhook_url must be an http:// or https:// URL"));
+            }
+        }
+        if let Some(t) = &self.syslog_forward {
+            let ok = t
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !ok {
+                return Err(cerr(format!(
+                    "syslog_forward: '{t}' is not host:port, such as siem.internal:6514"
+                )));
+            }
         }
         match self.key_provider.as_str() {
             "file" => {}
@@ -554,6 +573,7 @@ fn defaults_table() -> toml::Table {
     t.insert("session_lifetime_hours".into(), i(0));
     t.insert("login_concurrency".into(), i(0));
     t.insert("alert_webhook_url".into(), s(""));
+    t.insert("syslog_forward".into(), s(""));
     t.insert("alert_webhook_secret".into(), s(""));
     t.insert("rate_limit_ip_per_second".into(), i(0));
     t.insert("rate_limit_company_per_second".into(), i(0));

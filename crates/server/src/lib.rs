@@ -9,6 +9,7 @@ pub mod config;
 pub mod detection;
 pub mod error;
 pub mod extract;
+pub mod forward;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
@@ -64,6 +65,7 @@ pub struct Prepared {
     tls: Arc<rustls::ServerConfig>,
     router: Router,
     max_connections: usize,
+    syslog_forward: Option<String>,
 }
 
 /// Opens the key store, the TLS certificate and the database (migrating
@@ -164,6 +166,7 @@ pub async fn prepare(
         tls,
         router,
         max_connections: config.max_connections,
+        syslog_forward: config.syslog_forward.clone(),
     })
 }
 
@@ -212,6 +215,7 @@ pub async fn serve(
         tls,
         router,
         max_connections,
+        syslog_forward,
         ..
     } = prepared;
     let acceptor = TlsAcceptor::from(tls);
@@ -223,6 +227,9 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10));
     let housekeeping = tokio::spawn(housekeeping(state.clone()));
+    if let Some(target) = syslog_forward {
+        forward::start(state.store.clone(), target, state.clock.clone());
+    }
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {

@@ -632,3 +632,51 @@ async fn settings_and_user_changes_are_recorded() {
         .iter()
         .any(|e| e.detail.contains("another fine passphrase") || e.detail.contains(PASSWORD)));
 }
+
+#[tokio::test]
+async fn events_are_forwarded_to_a_syslog_receiver() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let srv = TestServer::start_with(strongroom_testkit::Options {
+        env: vec![("SYSLOG_FORWARD".into(), addr.to_string())],
+    })
+    .await;
+    let c = srv.company_master("ACME").await;
+    let r = c
+        .create_record(
+            "customer",
+            &CreateRecord {
+                data: json!({"name": "Forwarded"}).as_object().unwrap().clone(),
+                department: None,
+            },
+        )
+        .await
+        .unwrap();
+    let (mut sock, _) = tokio::time::timeout(std::time::Duration::from_secs(20), listener.accept())
+        .await
+        .expect("the server connects within 20 s")
+        .unwrap();
+    let mut got = String::new();
+    let want = format!("target=\"customer/{}\"", r.id);
+    let read = async {
+        let mut buf = [0u8; 4096];
+        while !got.contains(&want) {
+            let n = sock.read(&mut buf).await.unwrap();
+            assert!(n > 0, "receiver closed");
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), read)
+        .await
+        .expect("the event arrives within 20 s");
+    // Octet-counted RFC 5424 frames, with the chain hashes.
+    let first = got.split_once(' ').unwrap();
+    let len: usize = first.0.parse().unwrap();
+    assert!(first.1.starts_with("<110>1 "), "{got}");
+    assert!(first.1.len() >= len);
+    assert!(
+        got.contains("record.create") && got.contains("hash=\""),
+        "{got}"
+    );
+}
