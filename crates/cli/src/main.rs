@@ -108,6 +108,32 @@ enum Command {
         yes_delete_everything: bool,
     },
 
+    /// Refuse an address: for the whole server, or for one company. Running
+    /// servers apply it within a minute.
+    ///
+    /// Example: strongroom block-address --address 203.0.113.9 --minutes 1440
+    BlockAddress {
+        /// IPv4 or IPv6 address.
+        #[arg(long)]
+        address: std::net::IpAddr,
+        /// Only for this company (default: the whole server).
+        #[arg(long)]
+        company: Option<String>,
+        /// How long (default one day).
+        #[arg(long, default_value_t = 1440)]
+        minutes: i64,
+    },
+
+    /// Lift a block made by `block-address` or by a detector.
+    ///
+    /// Example: strongroom unblock-address --address 203.0.113.9
+    UnblockAddress {
+        #[arg(long)]
+        address: std::net::IpAddr,
+        #[arg(long)]
+        company: Option<String>,
+    },
+
     /// Print the OpenAPI document of this version's API.
     ///
     /// Example: strongroom openapi > openapi.json
@@ -306,6 +332,57 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?;
             store.close().await;
             say!("Deleted company {code}; its keys are destroyed. Restart running servers to drop cached keys.");
+            Ok(())
+        }
+        Command::BlockAddress {
+            address,
+            company,
+            minutes,
+        } => {
+            let (config, _) = load_config(cli.config.as_deref())?;
+            if !(1..=525_600).contains(&minutes) {
+                bail!("--minutes must be from 1 to 525600 (a year)");
+            }
+            let store = strongroom_server::open_store(&config).await?;
+            store.migrate(SystemClock.now()).await?;
+            let chain = match company.as_deref() {
+                Some(c) => chains_of(&store, Some(c)).await?[0],
+                None => SERVER_CHAIN,
+            };
+            let now = SystemClock.now();
+            store
+                .block_address(
+                    &strongroom_store::AddressBlock {
+                        chain,
+                        address: address.to_string(),
+                        until: now + chrono::Duration::minutes(minutes),
+                        reason: "operator".into(),
+                    },
+                    now,
+                )
+                .await?;
+            operator_event(&store, "block.create", &format!("address/{address}"), chain).await?;
+            store.close().await;
+            say!(
+                "Blocked {address} for {minutes} minutes ({}).",
+                company.as_deref().unwrap_or("whole server")
+            );
+            Ok(())
+        }
+        Command::UnblockAddress { address, company } => {
+            let (config, _) = load_config(cli.config.as_deref())?;
+            let store = strongroom_server::open_store(&config).await?;
+            store.migrate(SystemClock.now()).await?;
+            let chain = match company.as_deref() {
+                Some(c) => chains_of(&store, Some(c)).await?[0],
+                None => SERVER_CHAIN,
+            };
+            if !store.unblock_address(chain, &address.to_string()).await? {
+                bail!("{address} is not blocked there");
+            }
+            operator_event(&store, "block.delete", &format!("address/{address}"), chain).await?;
+            store.close().await;
+            say!("Unblocked {address}.");
             Ok(())
         }
         Command::Openapi => {

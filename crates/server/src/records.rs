@@ -304,6 +304,30 @@ fn decode_cursor(s: &str) -> ApiResult<i64> {
         .ok_or_else(bad)
 }
 
+/// The record `id` of the caller's company, or a recorded refusal: ids
+/// that do not exist (or belong to another company) are what probing looks
+/// like, so they reach the audit log and the detectors.
+async fn found(
+    state: &AppState,
+    caller: &Caller,
+    client: &ClientInfo,
+    action: &str,
+    rt: &StoredRecordType,
+    id: &str,
+) -> ApiResult<StoredRecord> {
+    match find_record(state, caller.principal.company, rt, id).await {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            let target = format!(
+                "{}/{}",
+                rt.view.key,
+                id.chars().take(64).collect::<String>()
+            );
+            Err(audit::refused(state, caller, client, action, &target, e).await)
+        }
+    }
+}
+
 /// Opens a stored record and shapes it for the caller.
 async fn shown(
     state: &AppState,
@@ -471,7 +495,7 @@ pub async fn get(
     }
     let p = &caller.principal;
     let rt = record_type(&state, p.company, &type_key).await?;
-    let rec = find_record(&state, p.company, &rt, &id).await?;
+    let rec = found(&state, &caller, &client, "record.read", &rt, &id).await?;
     if rec.view.deleted_at.is_some() && !include_deleted {
         return Err(ApiError::new(
             ErrorCode::NotFound,
@@ -526,7 +550,7 @@ pub async fn update(
 ) -> ApiResult<Json<RecordView>> {
     let p = &caller.principal;
     let rt = record_type(&state, p.company, &type_key).await?;
-    let rec = find_record(&state, p.company, &rt, &id).await?;
+    let rec = found(&state, &caller, &client, "record.update", &rt, &id).await?;
     if rec.view.deleted_at.is_some() {
         return Err(ApiError::new(
             ErrorCode::Conflict,
@@ -627,7 +651,7 @@ pub async fn delete(
 ) -> ApiResult<Json<RecordView>> {
     let p = &caller.principal;
     let rt = record_type(&state, p.company, &type_key).await?;
-    let rec = find_record(&state, p.company, &rt, &id).await?;
+    let rec = found(&state, &caller, &client, "record.delete", &rt, &id).await?;
     if rec.view.deleted_at.is_some() {
         return Err(ApiError::new(
             ErrorCode::NotFound,
@@ -667,7 +691,7 @@ pub async fn history(
 ) -> ApiResult<Json<Vec<RecordVersionView>>> {
     let p = &caller.principal;
     let rt = record_type(&state, p.company, &type_key).await?;
-    let rec = find_record(&state, p.company, &rt, &id).await?;
+    let rec = found(&state, &caller, &client, "record.history", &rt, &id).await?;
     let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
     let mut out = Vec::new();
     for mut v in state.store.record_history(p.company, &rec).await? {
@@ -709,7 +733,7 @@ pub async fn restore(
 ) -> ApiResult<Json<RecordView>> {
     let p = &caller.principal;
     let rt = record_type(&state, p.company, &type_key).await?;
-    let rec = find_record(&state, p.company, &rt, &id).await?;
+    let rec = found(&state, &caller, &client, "record.restore", &rt, &id).await?;
     let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
     match req.version {
         None => {

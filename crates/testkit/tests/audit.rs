@@ -24,6 +24,10 @@ fn request_id(r: &RawResponse) -> String {
     r.headers["x-request-id"].to_str().unwrap().to_owned()
 }
 
+fn uuid_like() -> String {
+    "00000000-0000-4000-8000-000000000001".to_owned()
+}
+
 async fn last_event(srv: &TestServer) -> AuditEvent {
     srv.audit_events("ACME").await.pop().expect("an event")
 }
@@ -145,6 +149,21 @@ async fn every_record_endpoint_writes_its_event_before_answering() {
     let d: Value = serde_json::from_str(&e.detail).unwrap();
     assert!(d["returned"].as_array().unwrap().contains(&json!("name")));
     assert_eq!(d["masked"], json!(["national_id"]));
+    // Ids that do not exist are recorded as failures (probing shows up).
+    let ghost = uuid_like();
+    let r = call(
+        &c,
+        Method::GET,
+        &format!("/api/v1/records/customer/{ghost}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    let e = last_event(&srv).await;
+    assert_eq!(
+        (e.action.as_str(), e.outcome, e.reason.as_deref()),
+        ("record.read", Outcome::Failed, Some("not_found"))
+    );
     // Searches name the fields searched, never the value.
     call(
         &c,

@@ -399,3 +399,59 @@ async fn a_new_address_raises_an_alert_and_normal_work_raises_nothing() {
     assert_eq!(body["detector"], "new_address");
     assert_eq!(body["client_ip"], "203.0.113.200");
 }
+
+#[tokio::test]
+async fn an_operator_block_refuses_an_address_on_every_path() {
+    use strongroom_core::clock::Clock;
+    let (hook, _alerts) = receiver().await;
+    let srv = server(&hook).await;
+    let c = srv
+        .company_master("ACME")
+        .await
+        .forwarded_for("203.0.113.44");
+    let now = srv.clock.now();
+    srv.store()
+        .block_address(
+            &strongroom_store::AddressBlock {
+                chain: strongroom_core::audit::SERVER_CHAIN,
+                address: "203.0.113.44".into(),
+                until: now + chrono::Duration::hours(1),
+                reason: "operator".into(),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    srv.state.blocks.reload(srv.store(), now).await.unwrap();
+    for path in [
+        "/healthz",
+        "/api/v1/auth/session",
+        "/api/v1/records/customer",
+        "/api/v1/openapi.json",
+    ] {
+        let r = c
+            .raw(reqwest::Method::GET, path, None, vec![])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 403, "{path}");
+    }
+    let e = srv
+        .client()
+        .forwarded_for("203.0.113.44")
+        .login("ACME", "master", PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(403));
+    // Others pass; and the block ends on time.
+    srv.client()
+        .forwarded_for("203.0.113.45")
+        .login("ACME", "master", PASSWORD)
+        .await
+        .unwrap();
+    srv.clock.advance(chrono::Duration::minutes(61));
+    srv.client()
+        .forwarded_for("203.0.113.44")
+        .login("ACME", "master", PASSWORD)
+        .await
+        .unwrap();
+}
