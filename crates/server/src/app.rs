@@ -26,7 +26,7 @@ use crate::{admin, audit, auth, records, security};
         description = "Secure records server for business applications. Errors carry a stable `code`, a `message` and a `request_id`.",
     ),
     paths(
-        health,
+        health, live,
         auth::login, auth::logout, auth::current_session,
         admin::company,
         admin::list_departments, admin::create_department, admin::update_department, admin::delete_department,
@@ -70,6 +70,7 @@ pub fn router(state: AppState, trusted: TrustedProxies, max_body_bytes: usize) -
     let limits = state.limits.clone();
     let api = Router::new()
         .route("/healthz", get(health))
+        .route("/livez", get(live))
         .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/auth/login", post(auth::login))
@@ -232,6 +233,13 @@ async fn method_not_allowed() -> ApiError {
         ErrorCode::MethodNotAllowed,
         "this endpoint does not take that HTTP method; see /api/v1/openapi.json",
     )
+}
+
+/// Liveness only: answers without touching anything (no store, no
+/// authentication). Also the benchmarks' bare endpoint.
+#[utoipa::path(get, path = "/livez", tag = "operations", responses((status = 200, description = "alive")))]
+async fn live() -> &'static str {
+    "ok"
 }
 
 /// Liveness and store reachability. No authentication.

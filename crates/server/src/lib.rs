@@ -76,6 +76,17 @@ pub async fn prepare(
     resolved: &Resolved,
     clock: SharedClock,
 ) -> anyhow::Result<Prepared> {
+    prepare_with(config, resolved, clock, false).await
+}
+
+/// [`prepare`], with auditing of reads switched off when `bench_no_audit`:
+/// for the benchmark that measures what auditing costs, and nothing else.
+pub async fn prepare_with(
+    config: &Config,
+    resolved: &Resolved,
+    clock: SharedClock,
+    bench_no_audit: bool,
+) -> anyhow::Result<Prepared> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -127,12 +138,19 @@ pub async fn prepare(
         hashing: HashPool::new(hasher, concurrency),
         metrics: Arc::new(metrics::Metrics::new()),
         metrics_allow: Arc::new(resolved.metrics_allow.clone()),
-        audit: audit::AuditLog::start(
-            store.clone(),
-            keys.clone(),
-            clock.clone(),
-            detection.clone(),
-        ),
+        audit: {
+            let log = audit::AuditLog::start(
+                store.clone(),
+                keys.clone(),
+                clock.clone(),
+                detection.clone(),
+            );
+            if bench_no_audit {
+                log.discarding()
+            } else {
+                log
+            }
+        },
         detection,
         blocks: blocks.clone(),
         limits: Arc::new(limits::Limits::new(
