@@ -24,6 +24,18 @@ pub use strongroom_client as client;
 
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
+/// A request for a plain account with the standard test password.
+pub fn new_user(user_id: &str, is_admin: bool) -> strongroom_proto::CreateUser {
+    strongroom_proto::CreateUser {
+        user_id: user_id.into(),
+        display_name: format!("User {user_id}"),
+        email: None,
+        department: None,
+        password: PASSWORD.into(),
+        is_admin,
+    }
+}
+
 /// The password every helper-made account gets.
 pub const PASSWORD: &str = "correct horse battery staple";
 

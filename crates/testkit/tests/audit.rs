@@ -182,14 +182,7 @@ async fn sign_in_decisions_are_recorded_with_their_reasons() {
     let srv = TestServer::start().await;
     let admin = srv.company_master("ACME").await;
     admin
-        .create_user(&CreateUser {
-            user_id: "gone".into(),
-            display_name: "Gone".into(),
-            email: None,
-            department: None,
-            password: PASSWORD.into(),
-            is_admin: false,
-        })
+        .create_user(&strongroom_testkit::new_user("gone", false))
         .await
         .unwrap();
     admin
@@ -346,14 +339,7 @@ async fn the_log_is_read_by_administrators_and_reading_is_recorded() {
     let srv = TestServer::start().await;
     let admin = srv.company_master("ACME").await;
     admin
-        .create_user(&CreateUser {
-            user_id: "clerk".into(),
-            display_name: "Clerk".into(),
-            email: None,
-            department: None,
-            password: PASSWORD.into(),
-            is_admin: false,
-        })
+        .create_user(&strongroom_testkit::new_user("clerk", false))
         .await
         .unwrap();
     let clerk = srv.sign_in("ACME", "clerk").await;

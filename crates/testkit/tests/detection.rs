@@ -90,14 +90,7 @@ async fn brute_force_locks_the_account_and_alerts() {
     let srv = server(&hook).await;
     let admin = srv.company_master("ACME").await.forwarded_for("192.0.2.10");
     admin
-        .create_user(&CreateUser {
-            user_id: "ann".into(),
-            display_name: "Ann".into(),
-            email: None,
-            department: None,
-            password: PASSWORD.into(),
-            is_admin: false,
-        })
+        .create_user(&strongroom_testkit::new_user("ann", false))
         .await
         .unwrap();
     let ann = srv
@@ -267,14 +260,7 @@ async fn mass_reads_end_the_readers_sessions_and_probing_blocks_the_address() {
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     }
     admin
-        .create_user(&CreateUser {
-            user_id: "reader".into(),
-            display_name: "Reader".into(),
-            email: None,
-            department: None,
-            password: PASSWORD.into(),
-            is_admin: false,
-        })
+        .create_user(&strongroom_testkit::new_user("reader", false))
         .await
         .unwrap();
     let mut ids = Vec::new();

@@ -12,7 +12,7 @@ use strongroom_crypto::provider::KeyProvider;
 use serde_json::{json, Value};
 use strongroom_proto::*;
 use strongroom_testkit::client::Client;
-use strongroom_testkit::{captured_logs, Backend, TestServer, PASSWORD};
+use strongroom_testkit::{captured_logs, Backend, TestServer};
 
 fn data(v: Value) -> RecordData {
     v.as_object().unwrap().clone()
@@ -120,14 +120,7 @@ async fn admins_reveal_on_request_and_the_reveal_is_audited() {
     let srv = TestServer::start().await;
     let admin = srv.company_master("ACME").await;
     admin
-        .create_user(&CreateUser {
-            user_id: "clerk".into(),
-            display_name: "Clerk".into(),
-            email: None,
-            department: None,
-            password: PASSWORD.into(),
-            is_admin: false,
-        })
+        .create_user(&strongroom_testkit::new_user("clerk", false))
         .await
         .unwrap();
     let clerk = srv.sign_in("ACME", "clerk").await;
