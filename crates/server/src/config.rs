@@ -13,7 +13,12 @@ pub const ENV_PREFIX: &str = "STRONGROOM_";
 
 /// Keys whose values are secrets: they may be given as `KEY_FILE`, and are
 /// never printed.
-const SECRET_KEYS: &[&str] = &["database_url", "pkcs11_pin", "alert_webhook_secret"];
+const SECRET_KEYS: &[&str] = &[
+    "database_url",
+    "pkcs11_pin",
+    "alert_webhook_secret",
+    "smtp_url",
+];
 
 /// Largest configuration file read.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -94,6 +99,18 @@ pub struct Config {
     /// Longest time one request may take, reading its body included.
     #[serde(default = "d_timeout")]
     pub request_timeout_seconds: u64,
+    /// Mail server for e-mail alerts: `smtps://user:pass@host:465` or
+    /// `smtp://user:pass@host:587?tls=required` (a secret).
+    #[serde(default)]
+    smtp_url: Option<SecretString>,
+    #[serde(default)]
+    smtp_url_file: Option<PathBuf>,
+    /// Sender of e-mail alerts, e.g. `Strongroom <strongroom@example.com>`.
+    #[serde(default)]
+    pub smtp_from: Option<String>,
+    /// Recipients of e-mail alerts.
+    #[serde(default)]
+    pub smtp_to: Vec<String>,
     /// `host:port` of a syslog receiver (TCP) that gets every audit event.
     #[serde(default)]
     pub syslog_forward: Option<String>,
@@ -222,6 +239,10 @@ impl Config {
             login_rate_per_ip_per_minute: d_rate_login(),
             max_in_flight: d_in_flight(),
             request_timeout_seconds: d_timeout(),
+            smtp_url: None,
+            smtp_url_file: None,
+            smtp_from: None,
+            smtp_to: Vec::new(),
             syslog_forward: None,
             alert_webhook_url: None,
             alert_webhook_secret: None,
@@ -288,12 +309,17 @@ impl Config {
             &mut self.pkcs11_pin,
             self.pkcs11_pin_file.take(),
         )?;
+        resolve_secret("smtp_url", &mut self.smtp_url, self.smtp_url_file.take())?;
         resolve_secret(
             "alert_webhook_secret",
             &mut self.alert_webhook_secret,
             self.alert_webhook_secret_file.take(),
         )?;
         Ok(())
+    }
+
+    pub fn smtp_url(&self) -> Option<SecretString> {
+        self.smtp_url.clone()
     }
 
     pub fn alert_webhook_secret(&self) -> Option<SecretString> {
@@ -574,6 +600,9 @@ fn defaults_table() -> toml::Table {
     t.insert("login_concurrency".into(), i(0));
     t.insert("alert_webhook_url".into(), s(""));
     t.insert("syslog_forward".into(), s(""));
+    t.insert("smtp_url".into(), s(""));
+    t.insert("smtp_from".into(), s(""));
+    t.insert("smtp_to".into(), a());
     t.insert("alert_webhook_secret".into(), s(""));
     t.insert("rate_limit_ip_per_second".into(), i(0));
     t.insert("rate_limit_company_per_second".into(), i(0));

@@ -78,6 +78,23 @@ pub struct Detection {
 pub struct AlertSettings {
     pub webhook_url: Option<String>,
     pub webhook_secret: Option<secrecy::SecretString>,
+    /// `smtps://user:pass@host:465`, `smtp://host:587?tls=required`, ... (a secret).
+    pub smtp_url: Option<secrecy::SecretString>,
+    pub smtp_from: Option<String>,
+    pub smtp_to: Vec<String>,
+}
+
+impl AlertSettings {
+    fn channels(&self) -> Vec<&'static str> {
+        let mut c = Vec::new();
+        if self.webhook_url.is_some() {
+            c.push("webhook");
+        }
+        if self.smtp_url.is_some() && self.smtp_from.is_some() && !self.smtp_to.is_empty() {
+            c.push("email");
+        }
+        c
+    }
 }
 
 impl Detection {
@@ -95,6 +112,7 @@ impl Detection {
             blocks,
             rx,
             notify.clone(),
+            alerts.channels(),
         ));
         tokio::spawn(crate::detection::deliver_alerts(
             store, clock, alerts, notify,
@@ -182,6 +200,7 @@ async fn detector_task(
     blocks: Arc<Blocks>,
     mut rx: mpsc::Receiver<Input>,
     notify: Arc<Notify>,
+    channels: Vec<&'static str>,
 ) {
     let mut engine = Engine::default();
     let mut rules: HashMap<i64, (Vec<Rule>, Instant)> = HashMap::new();
@@ -220,7 +239,7 @@ async fn detector_task(
             }
         };
         for f in findings {
-            if let Err(err) = respond(&store, &clock, &blocks, &f).await {
+            if let Err(err) = respond(&store, &clock, &blocks, &f, &channels).await {
                 tracing::error!(error = %err, detector = f.detector.as_str(), "could not respond to a detection");
             }
             notify.notify_one();
@@ -234,6 +253,7 @@ async fn respond(
     clock: &SharedClock,
     blocks: &Blocks,
     f: &Finding,
+    channels: &[&'static str],
 ) -> anyhow::Result<()> {
     let now = clock.now();
     let id = store
@@ -330,7 +350,12 @@ async fn respond(
         "response": applied,
         "at": now,
     });
-    store.enqueue_alert(&payload.to_string(), now).await?;
+    // One outbox entry per channel, so each is retried on its own.
+    for channel in channels {
+        let mut p = payload.clone();
+        p["channel"] = serde_json::Value::from(*channel);
+        store.enqueue_alert(&p.to_string(), now).await?;
+    }
     Ok(())
 }
 
@@ -346,26 +371,41 @@ mod hmac_sig {
     }
 }
 
-/// Delivers queued alerts to the webhook, signed, retrying with
-/// exponential backoff (capped at an hour) until it answers 2xx.
+/// Delivers queued alerts (webhook and e-mail), retrying each with
+/// exponential backoff (capped at an hour) until it is accepted.
 pub async fn deliver_alerts(
     store: Store,
     clock: SharedClock,
     settings: AlertSettings,
     notify: Arc<Notify>,
 ) {
-    let Some(url) = settings.webhook_url.clone() else {
+    if settings.channels().is_empty() {
         return;
-    };
-    let client = match reqwest::Client::builder()
+    }
+    let http = match reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
         .build()
     {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "cannot build the alert webhook client; alerts are not delivered");
+            tracing::error!(error = %e, "cannot build the alert HTTP client; alerts are not delivered");
             return;
         }
+    };
+    let mailer = match &settings.smtp_url {
+        Some(url) => {
+            use secrecy::ExposeSecret;
+            match lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(
+                url.expose_secret(),
+            ) {
+                Ok(b) => Some(b.timeout(Some(std::time::Duration::from_secs(20))).build()),
+                Err(e) => {
+                    tracing::error!(error = %e, "smtp_url is not usable; e-mail alerts are not sent");
+                    None
+                }
+            }
+        }
+        None => None,
     };
     loop {
         tokio::select! {
@@ -381,21 +421,11 @@ pub async fn deliver_alerts(
             }
         };
         for item in due {
-            let mut req = client
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(item.payload.clone());
-            if let Some(secret) = &settings.webhook_secret {
-                use secrecy::ExposeSecret;
-                req = req.header(
-                    "x-strongroom-signature",
-                    sign_payload(secret.expose_secret().as_bytes(), item.payload.as_bytes()),
-                );
-            }
-            let result = match req.send().await {
-                Ok(r) if r.status().is_success() => Ok(()),
-                Ok(r) => Err(format!("webhook answered {}", r.status())),
-                Err(e) => Err(format!("webhook unreachable: {e}")),
+            let payload: serde_json::Value =
+                serde_json::from_str(&item.payload).unwrap_or_default();
+            let result = match payload.get("channel").and_then(|c| c.as_str()) {
+                Some("email") => send_email(mailer.as_ref(), &settings, &payload).await,
+                _ => send_webhook(&http, &settings, &item.payload).await,
             };
             let stored = match result {
                 Ok(()) => store.alert_delivered(item.id, now).await,
@@ -414,4 +444,70 @@ pub async fn deliver_alerts(
             }
         }
     }
+}
+
+async fn send_webhook(
+    http: &reqwest::Client,
+    settings: &AlertSettings,
+    body: &str,
+) -> Result<(), String> {
+    let Some(url) = &settings.webhook_url else {
+        return Err("no webhook configured".into());
+    };
+    let mut req = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(secret) = &settings.webhook_secret {
+        use secrecy::ExposeSecret;
+        req = req.header(
+            "x-strongroom-signature",
+            sign_payload(secret.expose_secret().as_bytes(), body.as_bytes()),
+        );
+    }
+    match req.send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(format!("webhook answered {}", r.status())),
+        Err(e) => Err(format!("webhook unreachable: {e}")),
+    }
+}
+
+async fn send_email(
+    mailer: Option<&lettre::AsyncSmtpTransport<lettre::Tokio1Executor>>,
+    settings: &AlertSettings,
+    payload: &serde_json::Value,
+) -> Result<(), String> {
+    use lettre::AsyncTransport;
+    let Some(mailer) = mailer else {
+        return Err("no usable smtp_url".into());
+    };
+    let from = settings.smtp_from.as_deref().unwrap_or_default();
+    let mut msg = lettre::Message::builder()
+        .from(from.parse().map_err(|e| format!("smtp_from: {e}"))?)
+        .subject(format!(
+            "[Strongroom] incident {}: {} ({})",
+            payload["incident"],
+            payload["detector"].as_str().unwrap_or("?"),
+            payload["company"].as_str().unwrap_or("server")
+        ));
+    for to in &settings.smtp_to {
+        msg = msg.to(to.parse().map_err(|e| format!("smtp_to {to}: {e}"))?);
+    }
+    let body = format!(
+        "{}\n\nSubject: {}\nAddress: {}\nResponse: {}\nAt: {}\n\n{}\n",
+        payload["summary"].as_str().unwrap_or(""),
+        payload["subject"].as_str().unwrap_or(""),
+        payload["client_ip"].as_str().unwrap_or("-"),
+        payload["response"].as_str().unwrap_or(""),
+        payload["at"].as_str().unwrap_or(""),
+        payload
+    );
+    let email = msg
+        .body(body)
+        .map_err(|e| format!("cannot build the e-mail: {e}"))?;
+    mailer
+        .send(email)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("SMTP: {e}"))
 }

@@ -119,6 +119,9 @@ pub async fn prepare_with(
         detection::AlertSettings {
             webhook_url: config.alert_webhook_url.clone(),
             webhook_secret: config.alert_webhook_secret(),
+            smtp_url: config.smtp_url(),
+            smtp_from: config.smtp_from.clone(),
+            smtp_to: config.smtp_to.clone(),
         },
     );
     let hasher = PasswordHasher::new(HashParams::default())?;

@@ -441,3 +441,78 @@ async fn an_operator_block_refuses_an_address_on_every_path() {
         .await
         .unwrap();
 }
+
+/// A minimal SMTP receiver on loopback: hands over each message's DATA.
+async fn smtp_receiver() -> (String, mpsc::UnboundedReceiver<String>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (tx, rx) = mpsc::unbounded_channel();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = sock.into_split();
+                let mut lines = BufReader::new(r).lines();
+                let _ = w.write_all(b"220 test ESMTP\r\n").await;
+                let mut data: Option<String> = None;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(d) = data.as_mut() {
+                        if line == "." {
+                            let _ = tx.send(data.take().unwrap_or_default());
+                            let _ = w.write_all(b"250 queued\r\n").await;
+                        } else {
+                            d.push_str(&line);
+                            d.push('\n');
+                        }
+                        continue;
+                    }
+                    let cmd = line.to_ascii_uppercase();
+                    let reply: &[u8] = if cmd.starts_with("EHLO") {
+                        b"250-test\r\n250 OK\r\n"
+                    } else if cmd.starts_with("DATA") {
+                        data = Some(String::new());
+                        b"354 go on\r\n"
+                    } else if cmd.starts_with("QUIT") {
+                        let _ = w.write_all(b"221 bye\r\n").await;
+                        break;
+                    } else {
+                        b"250 OK\r\n"
+                    };
+                    let _ = w.write_all(reply).await;
+                }
+            });
+        }
+    });
+    (format!("smtp://{addr}"), rx)
+}
+
+#[tokio::test]
+async fn alerts_also_go_by_email_when_smtp_is_configured() {
+    let (smtp, mut mails) = smtp_receiver().await;
+    let srv = TestServer::start_with(Options {
+        env: vec![
+            ("TRUSTED_PROXIES".into(), "127.0.0.1".into()),
+            ("SMTP_URL".into(), smtp),
+            ("SMTP_FROM".into(), "Strongroom <alerts@example.com>".into()),
+            ("SMTP_TO".into(), "security@example.com".into()),
+        ],
+    })
+    .await;
+    srv.company("ACME").await;
+    let attacker = srv.client().forwarded_for("198.51.100.9");
+    for _ in 0..5 {
+        let _ = attacker.login("ACME", "master", "not the password").await;
+    }
+    srv.state.detection.flush().await;
+    let mail = tokio::time::timeout(Duration::from_secs(20), mails.recv())
+        .await
+        .expect("an e-mail within 20 s")
+        .unwrap();
+    assert!(
+        mail.contains("Subject: [Strongroom] incident") && mail.contains("brute_force"),
+        "{mail}"
+    );
+    assert!(mail.contains("To: security@example.com"), "{mail}");
+    assert!(!mail.contains("not the password"));
+}
