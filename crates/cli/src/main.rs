@@ -781,31 +781,12 @@ async fn audit_export(
             .await?;
         let mut cursor = after;
         loop {
-            let page = store
-                .audit_events(
-                    chain,
-                    &strongroom_store::AuditQuery {
-                        after_seq: cursor,
-                        limit: 1000,
-                        ..Default::default()
-                    },
-                )
-                .await?;
+            let page = store.audit_after(chain, cursor, 1000).await?;
             let Some(last) = page.last().map(|e| e.seq) else {
                 break;
             };
             for e in &page {
-                let line = strongroom_core::export::line(
-                    format,
-                    &strongroom_core::export::ExportedEvent {
-                        company: code.as_deref(),
-                        seq: e.seq,
-                        event: &e.event,
-                        prev_hash: &e.prev_hash,
-                        hash: &e.hash,
-                    },
-                    &host,
-                );
+                let line = strongroom_server::audit::export_line(format, code.as_deref(), e, &host);
                 writeln!(sink, "{line}")?;
                 n += 1;
             }
@@ -843,16 +824,7 @@ async fn audit_archive(
     let mut events = Vec::new();
     let mut cursor = start;
     'read: loop {
-        let page = store
-            .audit_events(
-                chain,
-                &strongroom_store::AuditQuery {
-                    after_seq: cursor,
-                    limit: 1000,
-                    ..Default::default()
-                },
-            )
-            .await?;
+        let page = store.audit_after(chain, cursor, 1000).await?;
         let Some(last) = page.last().map(|e| e.seq) else {
             break;
         };
@@ -874,15 +846,10 @@ async fn audit_archive(
         .open(out)
         .with_context(|| format!("cannot create {} (it must not exist yet)", out.display()))?;
     for e in &events {
-        let line = strongroom_core::export::line(
+        let line = strongroom_server::audit::export_line(
             strongroom_core::export::Format::JsonLines,
-            &strongroom_core::export::ExportedEvent {
-                company: code.as_deref(),
-                seq: e.seq,
-                event: &e.event,
-                prev_hash: &e.prev_hash,
-                hash: &e.hash,
-            },
+            code.as_deref(),
+            e,
             "",
         );
         writeln!(f, "{line}")?;

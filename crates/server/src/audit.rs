@@ -374,16 +374,7 @@ pub async fn verify(
     let verified_from = w.next_seq - w.events;
     let mut after = w.next_seq - 1;
     'pages: loop {
-        let page = store
-            .audit_events(
-                chain,
-                &AuditQuery {
-                    after_seq: after,
-                    limit: 1000,
-                    ..Default::default()
-                },
-            )
-            .await?;
+        let page = store.audit_after(chain, after, 1000).await?;
         if page.is_empty() {
             break;
         }
@@ -606,4 +597,24 @@ pub async fn require_admin(
         Ok(a) => Ok(a),
         Err(e) => Err(refused(state, caller, client, action, target, e.into()).await),
     }
+}
+
+/// One stored event as a line in `format` (JSON Lines, syslog, CEF).
+pub fn export_line(
+    format: strongroom_core::export::Format,
+    company: Option<&str>,
+    e: &strongroom_store::StoredEvent,
+    host: &str,
+) -> String {
+    strongroom_core::export::line(
+        format,
+        &strongroom_core::export::ExportedEvent {
+            company,
+            seq: e.seq,
+            event: &e.event,
+            prev_hash: &e.prev_hash,
+            hash: &e.hash,
+        },
+        host,
+    )
 }

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use strongroom_core::clock::SharedClock;
-use strongroom_core::export::{line, ExportedEvent, Format};
-use strongroom_store::{AuditQuery, Store};
+use strongroom_core::export::Format;
+use strongroom_store::Store;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -56,32 +56,13 @@ async fn forward_all(
             .company_code(strongroom_core::CompanyId(chain))
             .await?;
         loop {
-            let page = store
-                .audit_events(
-                    chain,
-                    &AuditQuery {
-                        after_seq: cursor,
-                        limit: 500,
-                        ..Default::default()
-                    },
-                )
-                .await?;
+            let page = store.audit_after(chain, cursor, 500).await?;
             let Some(last) = page.last().map(|e| e.seq) else {
                 break;
             };
             let mut buf = Vec::new();
             for e in &page {
-                let msg = line(
-                    Format::Syslog,
-                    &ExportedEvent {
-                        company: code.as_deref(),
-                        seq: e.seq,
-                        event: &e.event,
-                        prev_hash: &e.prev_hash,
-                        hash: &e.hash,
-                    },
-                    host,
-                );
+                let msg = crate::audit::export_line(Format::Syslog, code.as_deref(), e, host);
                 buf.extend_from_slice(format!("{} {msg}", msg.len()).as_bytes());
             }
             conn.write_all(&buf).await?;

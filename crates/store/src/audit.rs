@@ -319,3 +319,23 @@ impl Store {
         w.commit().await
     }
 }
+
+impl Store {
+    /// The next page of a chain after `after_seq`, oldest first (no filters).
+    pub async fn audit_after(
+        &self,
+        chain: i64,
+        after_seq: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        self.audit_events(
+            chain,
+            &AuditQuery {
+                after_seq,
+                limit,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+}
