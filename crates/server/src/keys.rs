@@ -121,6 +121,18 @@ impl KeyRing {
         self.key(company, purpose, v).await
     }
 
+    /// The current data and index keys, looked up together.
+    pub async fn current_data_and_index(
+        &self,
+        company: CompanyId,
+    ) -> Result<(Arc<SecretKey>, Arc<SecretKey>), KeyError> {
+        let (d, i) = self.store.current_data_and_index_versions(company).await?;
+        Ok((
+            self.key(company, KeyPurpose::Data, d).await?,
+            self.key(company, KeyPurpose::Index, i).await?,
+        ))
+    }
+
     fn unwrap(&self, stored: &WrappedKey) -> Result<SecretKey, KeyError> {
         let ctx = wrap_context(&stored.company_code, stored.purpose, stored.version);
         let raw = self

@@ -92,11 +92,12 @@ impl<'a> Sealer<'a> {
         company_code: &'a str,
         record_type: &'a RecordTypeView,
     ) -> Result<Sealer<'a>, ApiError> {
+        let (data_key, index_key) = keys.current_data_and_index(company).await?;
         Ok(Sealer {
             company_code,
             record_type,
-            data_key: keys.current(company, KeyPurpose::Data).await?,
-            index_key: keys.current(company, KeyPurpose::Index).await?,
+            data_key,
+            index_key,
         })
     }
 

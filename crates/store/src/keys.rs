@@ -188,6 +188,36 @@ impl Store {
             .ok_or_else(|| StoreError::Corrupt(format!("company has no {} key", purpose.as_str())))
     }
 
+    /// The current data and index key versions of a company, in one query
+    /// (every record request needs both).
+    pub async fn current_data_and_index_versions(
+        &self,
+        company: CompanyId,
+    ) -> StoreResult<(i64, i64)> {
+        let rows = sqlx::query(
+            "SELECT purpose, MAX(version) AS v FROM company_keys \
+             WHERE company_id = $1 AND purpose IN ('data', 'index') GROUP BY purpose",
+        )
+        .bind(company.0)
+        .fetch_all(&self.pool)
+        .await?;
+        let (mut data, mut index) = (None, None);
+        for r in &rows {
+            let p: String = get(r, "purpose")?;
+            let v: i64 = get(r, "v")?;
+            match p.as_str() {
+                "data" => data = Some(v),
+                _ => index = Some(v),
+            }
+        }
+        match (data, index) {
+            (Some(d), Some(i)) => Ok((d, i)),
+            _ => Err(StoreError::Corrupt(
+                "company lacks a data or index key".into(),
+            )),
+        }
+    }
+
     /// Adds a new key version; for data keys, also records a re-encryption
     /// to it. Older versions of the purpose become `retiring`.
     pub async fn add_key_version(

@@ -190,38 +190,45 @@ impl Store {
         Ok(out)
     }
 
+    /// A record type with its fields, in one query (every record request
+    /// needs it).
     pub async fn record_type(
         &self,
         company: CompanyId,
         key: &str,
     ) -> StoreResult<Option<StoredRecordType>> {
-        let Some(t) = sqlx::query(
-            "SELECT id, type_key, name, classification, built_in FROM record_types \
-             WHERE company_id = $1 AND type_key = $2",
+        let rows = sqlx::query(
+            "SELECT t.id, t.type_key, t.name, t.classification, t.built_in, \
+               f.field_key, f.label, f.field_type, f.classification AS field_classification, \
+               f.pii_kind, f.required \
+             FROM record_types t \
+             LEFT JOIN record_fields f ON f.record_type_id = t.id AND f.company_id = t.company_id \
+             WHERE t.company_id = $1 AND t.type_key = $2 ORDER BY f.position",
         )
         .bind(company.0)
         .bind(key)
-        .fetch_optional(&self.pool)
-        .await?
-        else {
-            return Ok(None);
-        };
-        let id: i64 = get(&t, "id")?;
-        let fields = sqlx::query(
-            "SELECT field_key, label, field_type, classification, pii_kind, required \
-             FROM record_fields WHERE company_id = $1 AND record_type_id = $2 ORDER BY position",
-        )
-        .bind(company.0)
-        .bind(id)
         .fetch_all(&self.pool)
         .await?;
-        let fs = fields
-            .iter()
-            .map(field_from_row)
-            .collect::<StoreResult<_>>()?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let mut fields = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if get::<Option<String>>(r, "field_key")?.is_none() {
+                continue;
+            }
+            fields.push(FieldDef {
+                key: get(r, "field_key")?,
+                label: get(r, "label")?,
+                field_type: enum_col(r, "field_type", FieldType::parse)?,
+                classification: enum_col(r, "field_classification", Classification::parse)?,
+                pii_kind: enum_col(r, "pii_kind", PiiKind::parse)?,
+                required: flag(r, "required")?,
+            });
+        }
         Ok(Some(StoredRecordType {
-            id,
-            view: type_view(&t, fs)?,
+            id: get(first, "id")?,
+            view: type_view(first, fields)?,
         }))
     }
 
