@@ -230,3 +230,54 @@ mod tests {
         assert_eq!(mask(&field(PiiKind::Salary), "123456"), "****");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use strongroom_proto::FieldType;
+
+    fn field(kind: PiiKind) -> FieldDef {
+        FieldDef {
+            key: "f".into(),
+            label: "F".into(),
+            field_type: FieldType::Text,
+            classification: Classification::Restricted,
+            pii_kind: kind,
+            required: false,
+        }
+    }
+
+    proptest! {
+        /// What is accepted is already in normal form: normalising again
+        /// changes nothing, so stored values and search values always agree.
+        #[test]
+        fn normalisation_is_idempotent(raw in "[0-9A-Za-z .-]{0,40}", kind in 0usize..3) {
+            let f = field([PiiKind::CardNumber, PiiKind::BankAccount, PiiKind::NationalId][kind]);
+            if let Ok(n) = normalise(&f, &raw) {
+                let again = normalise(&f, &n);
+                prop_assert_eq!(again, Ok(n));
+            }
+        }
+
+        /// A mask shows at most the last 4 characters and never the rest.
+        #[test]
+        fn masks_hide_all_but_the_tail(value in "[0-9]{5,19}", kind in 0usize..4) {
+            let f = field([PiiKind::CardNumber, PiiKind::BankAccount, PiiKind::NationalId, PiiKind::Salary][kind]);
+            let m = mask(&f, &value);
+            let shown: String = m.chars().filter(|c| *c != '*').collect();
+            prop_assert!(shown.len() <= 4);
+            prop_assert!(value.ends_with(&shown));
+        }
+
+        /// Card numbers that pass are Luhn-valid digit strings of 12 to 19.
+        #[test]
+        fn accepted_cards_are_well_formed(raw in "[0-9 -]{10,24}") {
+            if let Ok(n) = normalise(&field(PiiKind::CardNumber), &raw) {
+                prop_assert!((12..=19).contains(&n.len()));
+                prop_assert!(n.bytes().all(|b| b.is_ascii_digit()));
+                prop_assert!(luhn_ok(&n));
+            }
+        }
+    }
+}

@@ -268,3 +268,27 @@ mod tests {
         assert_eq!(a.len(), 3 + 2 * BLIND_INDEX_BYTES);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Any value comes back from its own place, and from nowhere else.
+        #[test]
+        fn round_trip_only_in_place(value in ".{0,200}", id in "[a-f0-9-]{1,36}", other in "[a-f0-9-]{1,36}") {
+            let k = SecretKey::generate(1).unwrap();
+            let ctx = FieldContext { company: "ACME", record_type: "customer", record_id: &id, field: "national_id" };
+            let sealed = encrypt_field(&k, ctx, &value).unwrap();
+            let back = decrypt_field(&k, ctx, &sealed).unwrap();
+            prop_assert_eq!(back.as_str(), value.as_str());
+            if other != id {
+                let elsewhere = FieldContext { record_id: &other, ..ctx };
+                prop_assert!(decrypt_field(&k, elsewhere, &sealed).is_err());
+            }
+        }
+    }
+}

@@ -213,3 +213,32 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use axum::http::HeaderValue;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A peer that is not a trusted proxy is always the client, whatever
+        /// X-Forwarded-For it sends.
+        #[test]
+        fn untrusted_peers_cannot_choose_their_address(a in any::<[u8; 4]>(), xff in "[0-9a-f.:, ]{0,60}") {
+            let peer = IpAddr::from(a);
+            let proxies = TrustedProxies(vec!["10.0.0.0/8".parse().unwrap()]);
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                h.insert("x-forwarded-for", v);
+            }
+            let got = proxies.client_ip(peer, &h);
+            if !proxies.0[0].contains(&peer) {
+                prop_assert_eq!(got, peer);
+            } else {
+                // Through a trusted proxy the answer is never another trusted hop,
+                // unless nothing better is known (the proxy itself).
+                prop_assert!(!proxies.0[0].contains(&got) || got == peer);
+            }
+        }
+    }
+}
