@@ -10,6 +10,7 @@ pub mod detect;
 pub mod error;
 pub mod export;
 pub mod ident;
+pub mod ip_policy;
 pub mod password;
 pub mod pii;
 pub mod record;

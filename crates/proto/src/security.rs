@@ -52,3 +52,25 @@ pub struct AddressBlockView {
     pub until: DateTime<Utc>,
     pub reason: String,
 }
+
+/// One entry of an IP allow or block list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IpRuleView {
+    /// `allow` or `block`.
+    pub kind: String,
+    /// An address (`192.0.2.7`, `2001:db8::1`) or a CIDR range (`10.0.0.0/8`).
+    pub network: String,
+    #[serde(default)]
+    pub label: String,
+}
+
+/// Replaces an IP list. Refused with `conflict` if it would shut out the
+/// administrator saving it, unless `force` is set.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetIpRules {
+    pub rules: Vec<IpRuleView>,
+    #[serde(default)]
+    pub force: bool,
+}

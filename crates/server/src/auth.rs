@@ -66,9 +66,13 @@ impl FromRequestParts<AppState> for Caller {
         let session = state.store.session(&hash).await?.ok_or_else(expired)?;
         state.limits.check_company(session.company.0)?;
         let client = ClientInfo::from_request_parts(parts, state).await?;
-        if state
-            .blocks
-            .is_blocked(session.company.0, client.ip, state.clock.now())
+        let ip_refused =
+            crate::ip_rules::check(state, session.company, Some(session.user), client.ip).await?
+                != strongroom_core::ip_policy::IpDecision::Allowed;
+        if ip_refused
+            || state
+                .blocks
+                .is_blocked(session.company.0, client.ip, state.clock.now())
         {
             // The session is not at fault, but it may not be used from here.
             state.store.end_session(&hash).await?;
@@ -174,13 +178,32 @@ pub async fn login(
     };
     // A blocked address is refused before the password is looked at, so it
     // learns nothing about it.
-    let blocked = state.blocks.is_blocked(chain, client.ip, state.clock.now());
+    let detector_block = state.blocks.is_blocked(chain, client.ip, state.clock.now());
+    // The company's own IP lists refuse before the password too; a user's
+    // own list refuses like a wrong password (it must not tell whether the
+    // user exists).
+    let company_ip_denied = chain != SERVER_CHAIN
+        && crate::ip_rules::check(&state, strongroom_core::CompanyId(chain), None, client.ip)
+            .await?
+            != strongroom_core::ip_policy::IpDecision::Allowed;
+    let user_ip_denied = match &account {
+        Some(a) if !company_ip_denied => {
+            crate::ip_rules::check(&state, a.company, Some(a.key), client.ip).await?
+                != strongroom_core::ip_policy::IpDecision::Allowed
+        }
+        _ => false,
+    };
+    let blocked = detector_block || company_ip_denied;
     // The hash is checked even when the account is unknown or disabled, so
     // all failures take the same time.
     let password_ok = if blocked {
         false
     } else {
-        let stored = account.as_ref().map(|a| a.password_hash.clone());
+        // A user-level refusal still costs one (dummy) hash, like any failure.
+        let stored = account
+            .as_ref()
+            .filter(|_| !user_ip_denied)
+            .map(|a| a.password_hash.clone());
         state.hashing.verify(password, stored).await?
     };
     let locked = match &account {
@@ -192,7 +215,9 @@ pub async fn login(
         _ => false,
     };
     let reason = match &account {
-        _ if blocked => Some("address_blocked"),
+        _ if detector_block => Some("address_blocked"),
+        _ if company_ip_denied => Some("ip_not_allowed"),
+        Some(_) if user_ip_denied => Some("ip_not_allowed"),
         None if chain == SERVER_CHAIN => Some("unknown_company"),
         None => Some("unknown_user"),
         Some(_) if !password_ok => Some("bad_password"),

@@ -436,3 +436,82 @@ impl Store {
             .collect()
     }
 }
+
+impl Store {
+    /// IP rules of a company (`user` None) or of one user.
+    pub async fn ip_rules(
+        &self,
+        company: CompanyId,
+        user: Option<UserKey>,
+    ) -> StoreResult<Vec<strongroom_core::ip_policy::IpRule>> {
+        let rows = match user {
+            None => sqlx::query(
+                "SELECT kind, network, label FROM ip_rules WHERE company_id = $1 AND user_key IS NULL ORDER BY id",
+            )
+            .bind(company.0)
+            .fetch_all(&self.pool)
+            .await?,
+            Some(u) => sqlx::query(
+                "SELECT kind, network, label FROM ip_rules WHERE company_id = $1 AND user_key = $2 ORDER BY id",
+            )
+            .bind(company.0)
+            .bind(u.0)
+            .fetch_all(&self.pool)
+            .await?,
+        };
+        rows.iter()
+            .map(|r| {
+                let kind: String = get(r, "kind")?;
+                let net: String = get(r, "network")?;
+                Ok(strongroom_core::ip_policy::IpRule {
+                    kind: strongroom_core::ip_policy::RuleKind::parse(&kind)
+                        .ok_or_else(|| StoreError::Corrupt(format!("ip rule kind {kind}")))?,
+                    network: strongroom_core::ip_policy::parse_network(&net)
+                        .ok_or_else(|| StoreError::Corrupt(format!("ip rule network {net}")))?,
+                    label: get(r, "label")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Replaces a company's (or a user's) IP rules.
+    pub async fn set_ip_rules(
+        &self,
+        company: CompanyId,
+        user: Option<UserKey>,
+        rules: &[strongroom_core::ip_policy::IpRule],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        match user {
+            None => {
+                sqlx::query("DELETE FROM ip_rules WHERE company_id = $1 AND user_key IS NULL")
+                    .bind(company.0)
+                    .execute(&mut *w.tx)
+                    .await?
+            }
+            Some(u) => {
+                sqlx::query("DELETE FROM ip_rules WHERE company_id = $1 AND user_key = $2")
+                    .bind(company.0)
+                    .bind(u.0)
+                    .execute(&mut *w.tx)
+                    .await?
+            }
+        };
+        for r in rules {
+            sqlx::query(
+                "INSERT INTO ip_rules (company_id, user_key, kind, network, label, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(company.0)
+            .bind(user.map(|u| u.0))
+            .bind(r.kind.as_str())
+            .bind(r.network.to_string())
+            .bind(&r.label)
+            .bind(ts(now))
+            .execute(&mut *w.tx)
+            .await?;
+        }
+        w.commit().await
+    }
+}

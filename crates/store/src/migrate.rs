@@ -27,10 +27,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "detector rules, blocks, locks, incidents, sign-in history, alert outbox",
         sql: include_str!("../migrations/0003_detection.sql"),
     },
+    Migration {
+        version: 4,
+        name: "IP allow and block lists",
+        sql: include_str!("../migrations/0004_ip_rules.sql"),
+    },
 ];
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationReport {

@@ -1242,3 +1242,192 @@ async fn a_slow_sender_is_cut_off_at_the_request_time_limit() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["code"], "busy");
 }
+
+// ----- IP rules ----------------------------------------------------------------
+
+async fn set_rules(
+    c: &Client,
+    path: &str,
+    rules: Value,
+    force: bool,
+) -> strongroom_testkit::client::RawResponse {
+    c.raw(
+        Method::PUT,
+        path,
+        Some("application/json"),
+        serde_json::to_vec(&json!({"rules": rules, "force": force})).unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn company_ip_lists_apply_before_the_password_and_on_every_request() {
+    let srv = TestServer::start_with(opts(&[("TRUSTED_PROXIES", "127.0.0.1")])).await;
+    srv.company("ACME").await;
+    let office = srv.client().forwarded_for("192.0.2.10");
+    let admin = office.login("ACME", "master", PASSWORD).await.unwrap().0;
+    let roaming = srv
+        .client()
+        .forwarded_for("198.51.100.7")
+        .login("ACME", "master", PASSWORD)
+        .await
+        .unwrap()
+        .0;
+
+    // A list that would shut out the admin saving it is refused...
+    let r = set_rules(
+        &roaming,
+        "/api/v1/security/ip-rules",
+        json!([{"kind": "allow", "network": "192.0.2.0/24", "label": "office"}]),
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("198.51.100.7"));
+    // ...unless saved from inside, or forced.
+    let r = set_rules(
+        &admin,
+        "/api/v1/security/ip-rules",
+        json!([
+            {"kind": "allow", "network": "192.0.2.0/24", "label": "office"},
+            {"kind": "block", "network": "192.0.2.66", "label": "kiosk"},
+            {"kind": "allow", "network": "2001:db8:abcd::/48", "label": "office v6"}
+        ]),
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    // The roaming session ends on its next request.
+    assert_eq!(roaming.session().await.unwrap_err().status(), Some(403));
+    assert_eq!(
+        roaming
+            .forwarded_for("192.0.2.10")
+            .session()
+            .await
+            .unwrap_err()
+            .status(),
+        Some(401),
+        "the session was ended"
+    );
+
+    // Sign-in: refused outside the list before any password check, range edges exact.
+    let hashing = &srv.state.hashing;
+    for (ip, ok) in [
+        ("192.0.2.0", true),
+        ("192.0.2.255", true),
+        ("192.0.3.0", false),
+        ("192.0.1.255", false),
+        ("192.0.2.66", false),
+        ("2001:db8:abcd:ffff::1", true),
+        ("2001:db8:abce::1", false),
+    ] {
+        let before = hashing.verifications();
+        let r = srv
+            .client()
+            .forwarded_for(ip)
+            .login("ACME", "master", PASSWORD)
+            .await;
+        assert_eq!(r.is_ok(), ok, "{ip}");
+        if !ok {
+            assert_eq!(r.unwrap_err().status(), Some(403), "{ip}");
+            assert_eq!(
+                hashing.verifications(),
+                before,
+                "{ip}: a refused address must not reach the password"
+            );
+        }
+    }
+    let e = srv
+        .audit_events("ACME")
+        .await
+        .into_iter()
+        .rev()
+        .find(|e| e.action == "auth.login")
+        .unwrap();
+    assert_eq!(e.reason.as_deref(), Some("ip_not_allowed"));
+}
+
+#[tokio::test]
+async fn user_ip_lists_refuse_like_a_wrong_password() {
+    let srv = TestServer::start_with(opts(&[("TRUSTED_PROXIES", "127.0.0.1")])).await;
+    srv.company("ACME").await;
+    let admin = srv
+        .client()
+        .forwarded_for("192.0.2.10")
+        .login("ACME", "master", PASSWORD)
+        .await
+        .unwrap()
+        .0;
+    admin.create_user(&user("night")).await.unwrap();
+    let r = set_rules(
+        &admin,
+        "/api/v1/users/night/ip-rules",
+        json!([{"kind": "allow", "network": "203.0.113.0/24"}]),
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let before = srv.state.hashing.verifications();
+    let e = srv
+        .client()
+        .forwarded_for("192.0.2.10")
+        .login("ACME", "night", PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code(&e),
+        ErrorCode::SignInFailed,
+        "must not reveal that the user exists"
+    );
+    assert_eq!(
+        srv.state.hashing.verifications(),
+        before + 1,
+        "same cost as any failure"
+    );
+    srv.client()
+        .forwarded_for("203.0.113.9")
+        .login("ACME", "night", PASSWORD)
+        .await
+        .unwrap();
+    let rules = admin
+        .raw(Method::GET, "/api/v1/users/night/ip-rules", None, vec![])
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(rules[0]["network"], "203.0.113.0/24");
+    let bad = set_rules(
+        &admin,
+        "/api/v1/users/night/ip-rules",
+        json!([{"kind": "allow", "network": "10.1"}]),
+        false,
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["code"], "validation_failed");
+}
+
+#[tokio::test]
+async fn a_forwarded_header_from_an_untrusted_peer_cannot_get_past_ip_rules() {
+    let srv = TestServer::start().await; // no trusted proxies
+    let admin = srv.company_master("ACME").await;
+    let r = set_rules(
+        &admin,
+        "/api/v1/security/ip-rules",
+        json!([{"kind": "block", "network": "127.0.0.0/8"}]),
+        true,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let e = srv
+        .client()
+        .forwarded_for("192.0.2.10")
+        .login("ACME", "master", PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(403));
+}
