@@ -9,6 +9,7 @@ pub mod clock;
 pub mod detect;
 pub mod error;
 pub mod export;
+pub mod hours;
 pub mod ident;
 pub mod ip_policy;
 pub mod password;

@@ -74,3 +74,39 @@ pub struct SetIpRules {
     #[serde(default)]
     pub force: bool,
 }
+
+/// One weekly window: `day` is mon..sun, `start`/`end` are `HH:MM` in the
+/// company's time zone; an `end` at or before `start` runs overnight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessWindowView {
+    pub day: String,
+    pub start: String,
+    pub end: String,
+}
+
+/// The company's access hours: its IANA time zone and default windows (no
+/// windows: any time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompanyAccessHours {
+    pub timezone: String,
+    pub windows: Vec<AccessWindowView>,
+    /// Save even if it ends the saving administrator's own access now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+}
+
+/// A user's own windows (replacing the company's when non-empty) and the
+/// account's validity dates (`YYYY-MM-DD`, in the company's time zone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserAccessHours {
+    pub windows: Vec<AccessWindowView>,
+    #[serde(default)]
+    pub valid_from: Option<chrono::NaiveDate>,
+    #[serde(default)]
+    pub valid_until: Option<chrono::NaiveDate>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+}

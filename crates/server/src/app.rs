@@ -17,7 +17,7 @@ use crate::error::{ApiError, REQUEST_ID};
 use crate::extract::{ClientInfo, TrustedProxies};
 use crate::metrics::RequestLabels;
 use crate::state::AppState;
-use crate::{admin, audit, auth, ip_rules, records, security};
+use crate::{admin, audit, auth, hours, ip_rules, records, security};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -38,6 +38,7 @@ use crate::{admin, audit, auth, ip_rules, records, security};
         security::incidents, security::update_incident, security::detectors, security::set_detector,
         security::blocks, security::unblock, security::unlock,
         ip_rules::company_rules, ip_rules::set_company_rules, ip_rules::user_rules, ip_rules::set_user_rules,
+        hours::company_hours, hours::set_company_hours, hours::set_user_hours,
     ),
     components(schemas(strongroom_proto::ErrorCode, strongroom_proto::ErrorBody)),
     modifiers(&BearerAuth),
@@ -125,6 +126,14 @@ pub fn router(state: AppState, trusted: TrustedProxies, max_body_bytes: usize) -
             post(records::restore),
         )
         .route("/api/v1/audit/events", get(audit::list_events))
+        .route(
+            "/api/v1/security/access-hours",
+            get(hours::company_hours).put(hours::set_company_hours),
+        )
+        .route(
+            "/api/v1/users/{user_id}/access-hours",
+            axum::routing::put(hours::set_user_hours),
+        )
         .route("/api/v1/security/incidents", get(security::incidents))
         .route(
             "/api/v1/security/ip-rules",

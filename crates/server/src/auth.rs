@@ -66,6 +66,31 @@ impl FromRequestParts<AppState> for Caller {
         let session = state.store.session(&hash).await?.ok_or_else(expired)?;
         state.limits.check_company(session.company.0)?;
         let client = ClientInfo::from_request_parts(parts, state).await?;
+        // Access hours: a session ends when its window closes.
+        let hours = crate::hours::check(state, session.company, session.user).await?;
+        if hours != strongroom_core::hours::HoursDecision::Allowed {
+            state.store.end_session(&hash).await?;
+            state
+                .audit
+                .write(vec![AuditEvent {
+                    chain: session.company.0,
+                    at: state.clock.now(),
+                    actor: "system".into(),
+                    action: "session.end".into(),
+                    target: format!("user/{}", session.user_id),
+                    outcome: Outcome::Success,
+                    reason: Some(crate::hours::reason(hours).into()),
+                    detail: "{}".into(),
+                    session: Some(crate::audit::session_ref(&hash)),
+                    client_ip: Some(client.ip.to_string()),
+                    user_agent: None,
+                    request_id: Some(crate::error::current_request_id()),
+                }])
+                .await?;
+            return Err(ApiError::unauthenticated(
+                "your access hours have ended (or your account is not valid today); the session is closed",
+            ));
+        }
         let ip_refused =
             crate::ip_rules::check(state, session.company, Some(session.user), client.ip).await?
                 != strongroom_core::ip_policy::IpDecision::Allowed;
@@ -214,6 +239,11 @@ pub async fn login(
             .is_some(),
         _ => false,
     };
+    let hours = match &account {
+        Some(a) if password_ok => Some(crate::hours::check(&state, a.company, a.key).await?),
+        _ => None,
+    }
+    .filter(|d| *d != strongroom_core::hours::HoursDecision::Allowed);
     let reason = match &account {
         _ if detector_block => Some("address_blocked"),
         _ if company_ip_denied => Some("ip_not_allowed"),
@@ -223,6 +253,7 @@ pub async fn login(
         Some(_) if !password_ok => Some("bad_password"),
         Some(a) if a.status != UserStatus::Active => Some("account_disabled"),
         Some(_) if locked => Some("account_locked"),
+        Some(_) if hours.is_some() => hours.map(crate::hours::reason),
         Some(_) => None,
     };
     let now = state.clock.now();

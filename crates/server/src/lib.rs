@@ -10,6 +10,7 @@ pub mod detection;
 pub mod error;
 pub mod extract;
 pub mod forward;
+pub mod hours;
 pub mod ip_rules;
 pub mod keys;
 pub mod limits;

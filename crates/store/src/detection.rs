@@ -515,3 +515,152 @@ impl Store {
         w.commit().await
     }
 }
+
+/// What the access-hours rule needs for one user.
+#[derive(Debug, Clone)]
+pub struct HoursSettings {
+    pub timezone: String,
+    /// The user's own windows if any, else the company's.
+    pub windows: Vec<strongroom_core::hours::AccessWindow>,
+    pub valid_from: Option<chrono::NaiveDate>,
+    pub valid_until: Option<chrono::NaiveDate>,
+}
+
+fn windows_from(rows: &[AnyRow]) -> StoreResult<Vec<strongroom_core::hours::AccessWindow>> {
+    rows.iter()
+        .map(|r| {
+            let d: String = get(r, "weekday")?;
+            Ok(strongroom_core::hours::AccessWindow {
+                day: d
+                    .parse::<chrono::Weekday>()
+                    .map_err(|_| StoreError::Corrupt(format!("weekday {d}")))?,
+                start: u16::try_from(get::<i64>(r, "start_min")?).unwrap_or(0),
+                end: u16::try_from(get::<i64>(r, "end_min")?).unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+fn date_col(v: Option<String>) -> StoreResult<Option<chrono::NaiveDate>> {
+    v.map(|s| {
+        chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d")
+            .map_err(|_| StoreError::Corrupt(format!("date {s}")))
+    })
+    .transpose()
+}
+
+impl Store {
+    /// The company's windows (`user` None) or a user's own.
+    pub async fn access_windows(
+        &self,
+        company: CompanyId,
+        user: Option<UserKey>,
+    ) -> StoreResult<Vec<strongroom_core::hours::AccessWindow>> {
+        let rows = match user {
+            None => sqlx::query("SELECT weekday, start_min, end_min FROM access_windows WHERE company_id = $1 AND user_key IS NULL ORDER BY id")
+                .bind(company.0)
+                .fetch_all(&self.pool)
+                .await?,
+            Some(u) => sqlx::query("SELECT weekday, start_min, end_min FROM access_windows WHERE company_id = $1 AND user_key = $2 ORDER BY id")
+                .bind(company.0)
+                .bind(u.0)
+                .fetch_all(&self.pool)
+                .await?,
+        };
+        windows_from(&rows)
+    }
+
+    /// Everything the access-hours check needs for a user.
+    pub async fn hours_settings(
+        &self,
+        company: CompanyId,
+        user: UserKey,
+    ) -> StoreResult<HoursSettings> {
+        let row = sqlx::query(
+            "SELECT c.timezone, u.valid_from, u.valid_until FROM companies c JOIN users u ON u.company_id = c.id \
+             WHERE c.id = $1 AND u.id = $2",
+        )
+        .bind(company.0)
+        .bind(user.0)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound("no such user".into()))?;
+        let mut windows = self.access_windows(company, Some(user)).await?;
+        if windows.is_empty() {
+            windows = self.access_windows(company, None).await?;
+        }
+        Ok(HoursSettings {
+            timezone: get(&row, "timezone")?,
+            windows,
+            valid_from: date_col(get(&row, "valid_from")?)?,
+            valid_until: date_col(get(&row, "valid_until")?)?,
+        })
+    }
+
+    pub async fn company_timezone(&self, company: CompanyId) -> StoreResult<String> {
+        let row = sqlx::query("SELECT timezone FROM companies WHERE id = $1")
+            .bind(company.0)
+            .fetch_one(&self.pool)
+            .await?;
+        get(&row, "timezone")
+    }
+
+    /// Replaces windows (company's or a user's); for the company, also its
+    /// time zone; for a user, also the validity dates.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn set_access_hours(
+        &self,
+        company: CompanyId,
+        user: Option<UserKey>,
+        timezone: Option<&str>,
+        windows: &[strongroom_core::hours::AccessWindow],
+        valid: Option<(Option<chrono::NaiveDate>, Option<chrono::NaiveDate>)>,
+    ) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        match user {
+            None => {
+                sqlx::query("DELETE FROM access_windows WHERE company_id = $1 AND user_key IS NULL")
+                    .bind(company.0)
+                    .execute(&mut *w.tx)
+                    .await?
+            }
+            Some(u) => {
+                sqlx::query("DELETE FROM access_windows WHERE company_id = $1 AND user_key = $2")
+                    .bind(company.0)
+                    .bind(u.0)
+                    .execute(&mut *w.tx)
+                    .await?
+            }
+        };
+        for win in windows {
+            sqlx::query(
+                "INSERT INTO access_windows (company_id, user_key, weekday, start_min, end_min) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(company.0)
+            .bind(user.map(|u| u.0))
+            .bind(win.day.to_string().to_ascii_lowercase())
+            .bind(i64::from(win.start))
+            .bind(i64::from(win.end))
+            .execute(&mut *w.tx)
+            .await?;
+        }
+        if let Some(tz) = timezone {
+            sqlx::query("UPDATE companies SET timezone = $2 WHERE id = $1")
+                .bind(company.0)
+                .bind(tz)
+                .execute(&mut *w.tx)
+                .await?;
+        }
+        if let (Some(u), Some((from, until))) = (user, valid) {
+            let fmt = |d: Option<chrono::NaiveDate>| d.map(|d| d.format("%Y-%m-%d").to_string());
+            sqlx::query("UPDATE users SET valid_from = $3, valid_until = $4 WHERE company_id = $1 AND id = $2")
+                .bind(company.0)
+                .bind(u.0)
+                .bind(fmt(from))
+                .bind(fmt(until))
+                .execute(&mut *w.tx)
+                .await?;
+        }
+        w.commit().await
+    }
+}

@@ -32,10 +32,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "IP allow and block lists",
         sql: include_str!("../migrations/0004_ip_rules.sql"),
     },
+    Migration {
+        version: 5,
+        name: "access hours and account validity",
+        sql: include_str!("../migrations/0005_access_hours.sql"),
+    },
 ];
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationReport {

@@ -1431,3 +1431,130 @@ async fn a_forwarded_header_from_an_untrusted_peer_cannot_get_past_ip_rules() {
         .unwrap_err();
     assert_eq!(e.status(), Some(403));
 }
+
+// ----- access hours ----------------------------------------------------------------
+
+async fn put_json(c: &Client, path: &str, body: Value) -> strongroom_testkit::client::RawResponse {
+    c.raw(
+        Method::PUT,
+        path,
+        Some("application/json"),
+        serde_json::to_vec(&body).unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn access_hours_apply_at_sign_in_and_end_sessions_when_the_window_closes() {
+    let srv = TestServer::start().await;
+    let admin = srv.company_master("ACME").await;
+    admin.create_user(&user("clerk")).await.unwrap();
+    // The test clock starts at 2026-01-01 10:00 UTC: Thursday 17:00 in Ho Chi Minh City.
+    let r = put_json(
+        &admin,
+        "/api/v1/security/access-hours",
+        json!({"timezone": "Asia/Ho_Chi_Minh",
+        "windows": [{"day": "fri", "start": "08:00", "end": "09:00"}]}),
+    )
+    .await;
+    assert_eq!(
+        r.status, 409,
+        "hours that shut out the admin saving them are refused"
+    );
+    let r = put_json(&admin, "/api/v1/security/access-hours", json!({"timezone": "Asia/Ho_Chi_Minh",
+        "windows": [{"day": "thu", "start": "08:00", "end": "17:30"}, {"day": "fri", "start": "22:00", "end": "06:00"}]})).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let bad = put_json(
+        &admin,
+        "/api/v1/security/access-hours",
+        json!({"timezone": "Mars/Olympus", "windows": []}),
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    let bad = put_json(
+        &admin,
+        "/api/v1/security/access-hours",
+        json!({"timezone": "UTC", "windows": [{"day": "thu", "start": "25:00", "end": "26:00"}]}),
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+
+    let clerk = srv.sign_in("ACME", "clerk").await;
+    srv.clock.advance(chrono::Duration::minutes(29)); // 17:29
+    clerk.session().await.expect("inside the window");
+    srv.clock.advance(chrono::Duration::minutes(2)); // 17:31
+    let e = clerk.session().await.unwrap_err();
+    assert_eq!(
+        e.status(),
+        Some(401),
+        "the session ends when the window closes"
+    );
+    let ended = srv
+        .audit_events("ACME")
+        .await
+        .into_iter()
+        .rev()
+        .find(|e| e.action == "session.end")
+        .unwrap();
+    assert_eq!(ended.reason.as_deref(), Some("outside_access_hours"));
+    let e = srv
+        .client()
+        .login("ACME", "clerk", PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), ErrorCode::SignInFailed);
+    let attempt = srv
+        .audit_events("ACME")
+        .await
+        .into_iter()
+        .rev()
+        .find(|e| e.action == "auth.login")
+        .unwrap();
+    assert_eq!(attempt.reason.as_deref(), Some("outside_access_hours"));
+
+    // Friday 22:00 local (15:00 UTC) starts an overnight window.
+    srv.clock.set("2026-01-02T15:00:00Z".parse().unwrap());
+    srv.client()
+        .login("ACME", "clerk", PASSWORD)
+        .await
+        .expect("overnight window open");
+    srv.clock.set("2026-01-02T22:59:00Z".parse().unwrap()); // Sat 05:59
+    srv.client()
+        .login("ACME", "clerk", PASSWORD)
+        .await
+        .expect("still open before 06:00");
+
+    // An account past its valid-until date.
+    let r = put_json(
+        &admin.clone(),
+        "/api/v1/users/clerk/access-hours",
+        json!({"windows": [], "valid_until": "2026-01-01"}),
+    )
+    .await;
+    // The admin itself is outside hours now (Saturday morning): its session ended.
+    assert_eq!(r.status, 401);
+    srv.clock.set("2026-01-08T01:00:00Z".parse().unwrap()); // Thursday 08:00 local
+    let admin = srv.sign_in("ACME", "master").await;
+    let r = put_json(
+        &admin,
+        "/api/v1/users/clerk/access-hours",
+        json!({"windows": [], "valid_until": "2026-01-01"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let e = srv
+        .client()
+        .login("ACME", "clerk", PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), ErrorCode::SignInFailed);
+    let attempt = srv
+        .audit_events("ACME")
+        .await
+        .into_iter()
+        .rev()
+        .find(|e| e.action == "auth.login")
+        .unwrap();
+    assert_eq!(attempt.reason.as_deref(), Some("account_expired"));
+}
