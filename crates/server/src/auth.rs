@@ -66,27 +66,31 @@ impl FromRequestParts<AppState> for Caller {
         let session = state.store.session(&hash).await?.ok_or_else(expired)?;
         state.limits.check_company(session.company.0)?;
         let client = ClientInfo::from_request_parts(parts, state).await?;
+        let now = state.clock.now();
+        let live = session.user_status == UserStatus::Active
+            && state.sessions.state(&session.times, now) == SessionState::Live;
+        if !live {
+            let reason = if session.user_status != UserStatus::Active {
+                "account_disabled"
+            } else if now >= session.times.expires_at {
+                "lifetime_reached"
+            } else {
+                "idle_timeout"
+            };
+            end_session(state, &session, &hash, reason, Some(&client)).await?;
+            return Err(expired());
+        }
         // Access hours: a session ends when its window closes.
         let hours = crate::hours::check(state, session.company, session.user).await?;
         if hours != strongroom_core::hours::HoursDecision::Allowed {
-            state.store.end_session(&hash).await?;
-            state
-                .audit
-                .write(vec![AuditEvent {
-                    chain: session.company.0,
-                    at: state.clock.now(),
-                    actor: "system".into(),
-                    action: "session.end".into(),
-                    target: format!("user/{}", session.user_id),
-                    outcome: Outcome::Success,
-                    reason: Some(crate::hours::reason(hours).into()),
-                    detail: "{}".into(),
-                    session: Some(crate::audit::session_ref(&hash)),
-                    client_ip: Some(client.ip.to_string()),
-                    user_agent: None,
-                    request_id: Some(crate::error::current_request_id()),
-                }])
-                .await?;
+            end_session(
+                state,
+                &session,
+                &hash,
+                crate::hours::reason(hours),
+                Some(&client),
+            )
+            .await?;
             return Err(ApiError::unauthenticated(
                 "your access hours have ended (or your account is not valid today); the session is closed",
             ));
@@ -100,42 +104,11 @@ impl FromRequestParts<AppState> for Caller {
                 .is_blocked(session.company.0, client.ip, state.clock.now())
         {
             // The session is not at fault, but it may not be used from here.
-            state.store.end_session(&hash).await?;
+            end_session(state, &session, &hash, "ip_not_allowed", Some(&client)).await?;
             return Err(ApiError::new(
                 ErrorCode::Forbidden,
                 "access from your address is blocked; contact your administrator",
             ));
-        }
-        let now = state.clock.now();
-        let live = session.user_status == UserStatus::Active
-            && state.sessions.state(&session.times, now) == SessionState::Live;
-        if !live {
-            state.store.end_session(&hash).await?;
-            let reason = if session.user_status != UserStatus::Active {
-                "account_disabled"
-            } else if now >= session.times.expires_at {
-                "lifetime_reached"
-            } else {
-                "idle_timeout"
-            };
-            state
-                .audit
-                .write(vec![AuditEvent {
-                    chain: session.company.0,
-                    at: now,
-                    actor: "system".into(),
-                    action: "session.end".into(),
-                    target: format!("user/{}", session.user_id),
-                    outcome: Outcome::Success,
-                    reason: Some(reason.into()),
-                    detail: "{}".into(),
-                    session: Some(crate::audit::session_ref(&hash)),
-                    client_ip: None,
-                    user_agent: None,
-                    request_id: Some(crate::error::current_request_id()),
-                }])
-                .await?;
-            return Err(expired());
         }
         let mut session = session;
         if state.sessions.should_touch(&session.times, now) {
@@ -156,6 +129,34 @@ impl FromRequestParts<AppState> for Caller {
             session,
         })
     }
+}
+
+/// Ends a session and records why, before the refusal is answered.
+async fn end_session(
+    state: &AppState,
+    session: &strongroom_store::SessionRecord,
+    hash: &[u8; 32],
+    reason: &str,
+    client: Option<&ClientInfo>,
+) -> Result<(), ApiError> {
+    state.store.end_session(hash).await?;
+    state
+        .audit
+        .write(vec![AuditEvent {
+            chain: session.company.0,
+            at: state.clock.now(),
+            actor: "system".into(),
+            action: "session.end".into(),
+            target: format!("user/{}", session.user_id),
+            outcome: Outcome::Success,
+            reason: Some(reason.into()),
+            detail: "{}".into(),
+            session: Some(crate::audit::session_ref(hash)),
+            client_ip: client.map(|c| c.ip.to_string()),
+            user_agent: None,
+            request_id: Some(crate::error::current_request_id()),
+        }])
+        .await
 }
 
 fn sign_in_failed() -> ApiError {
