@@ -110,3 +110,28 @@ pub struct UserAccessHours {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
 }
+
+/// A session, as its user or an administrator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SessionInfo {
+    /// A reference to the session (not its token).
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// The session this request came with.
+    pub current: bool,
+}
+
+/// How many sessions one user may hold at once, and what a new sign-in
+/// does when that many are open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionPolicyView {
+    /// 0: no limit.
+    pub max_sessions_per_user: u32,
+    /// `refuse_new` or `end_oldest`.
+    pub when_full: String,
+}

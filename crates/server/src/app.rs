@@ -17,7 +17,7 @@ use crate::error::{ApiError, REQUEST_ID};
 use crate::extract::{ClientInfo, TrustedProxies};
 use crate::metrics::RequestLabels;
 use crate::state::AppState;
-use crate::{admin, audit, auth, hours, ip_rules, records, security};
+use crate::{admin, audit, auth, hours, ip_rules, records, security, session_admin};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -39,6 +39,8 @@ use crate::{admin, audit, auth, hours, ip_rules, records, security};
         security::blocks, security::unblock, security::unlock,
         ip_rules::company_rules, ip_rules::set_company_rules, ip_rules::user_rules, ip_rules::set_user_rules,
         hours::company_hours, hours::set_company_hours, hours::set_user_hours,
+        session_admin::own, session_admin::end_own, session_admin::of_user, session_admin::end_of_user,
+        session_admin::policy, session_admin::set_policy,
     ),
     components(schemas(strongroom_proto::ErrorCode, strongroom_proto::ErrorBody)),
     modifiers(&BearerAuth),
@@ -126,6 +128,19 @@ pub fn router(state: AppState, trusted: TrustedProxies, max_body_bytes: usize) -
             post(records::restore),
         )
         .route("/api/v1/audit/events", get(audit::list_events))
+        .route("/api/v1/auth/sessions", get(session_admin::own))
+        .route(
+            "/api/v1/auth/sessions/{id}",
+            axum::routing::delete(session_admin::end_own),
+        )
+        .route(
+            "/api/v1/users/{user_id}/sessions",
+            get(session_admin::of_user).delete(session_admin::end_of_user),
+        )
+        .route(
+            "/api/v1/security/session-policy",
+            get(session_admin::policy).put(session_admin::set_policy),
+        )
         .route(
             "/api/v1/security/access-hours",
             get(hours::company_hours).put(hours::set_company_hours),

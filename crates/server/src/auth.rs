@@ -293,8 +293,19 @@ pub async fn login(
             return Err(sign_in_failed());
         }
     };
-    let new = token::new_token()?;
     let mut attempt = attempt;
+    if let Some(reason) =
+        crate::session_admin::make_room(&state, account.company, account.key).await?
+    {
+        attempt.outcome = Outcome::Denied;
+        attempt.reason = Some(reason.into());
+        state.audit.write(vec![attempt]).await?;
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "you already have as many sessions as your company allows; sign out elsewhere, or ask an administrator to end one",
+        ));
+    }
+    let new = token::new_token()?;
     attempt.session = Some(crate::audit::session_ref(&new.hash));
     state.audit.write(vec![attempt]).await?;
     let times = state.sessions.start(now);

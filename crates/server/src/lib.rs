@@ -19,6 +19,7 @@ pub mod records;
 pub mod reencrypt;
 pub mod sealing;
 pub mod security;
+pub mod session_admin;
 pub mod state;
 pub mod tls;
 

@@ -507,6 +507,9 @@ impl Store {
             "record_fields",
             "record_types",
             "sessions",
+            "ip_rules",
+            "access_windows",
+            "company_settings",
             "users",
             "departments",
         ] {

@@ -37,10 +37,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "access hours and account validity",
         sql: include_str!("../migrations/0005_access_hours.sql"),
     },
+    Migration {
+        version: 6,
+        name: "session policy",
+        sql: include_str!("../migrations/0006_session_policy.sql"),
+    },
 ];
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationReport {

@@ -162,3 +162,80 @@ pub(crate) async fn end_user_sessions(
             .rows_affected(),
     )
 }
+
+/// One of a user's sessions, as listed to the user or an administrator.
+#[derive(Debug, Clone)]
+pub struct SessionEntry {
+    pub token_hash: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl Store {
+    /// A user's sessions still within their lifetime, oldest first.
+    pub async fn user_sessions(
+        &self,
+        company: CompanyId,
+        user: UserKey,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<SessionEntry>> {
+        let rows = sqlx::query(
+            "SELECT token_hash, created_at, last_seen_at, expires_at, client_ip, user_agent FROM sessions \
+             WHERE company_id = $1 AND user_key = $2 AND expires_at > $3 ORDER BY created_at, token_hash",
+        )
+        .bind(company.0)
+        .bind(user.0)
+        .bind(ts(now))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SessionEntry {
+                    token_hash: get(r, "token_hash")?,
+                    created_at: from_ts(get(r, "created_at")?)?,
+                    last_seen_at: from_ts(get(r, "last_seen_at")?)?,
+                    expires_at: from_ts(get(r, "expires_at")?)?,
+                    client_ip: get(r, "client_ip")?,
+                    user_agent: get(r, "user_agent")?,
+                })
+            })
+            .collect()
+    }
+
+    /// (max sessions per user, when_full); (0, "refuse_new") when unset.
+    pub async fn session_policy(&self, company: CompanyId) -> StoreResult<(i64, String)> {
+        let row = sqlx::query(
+            "SELECT max_sessions, when_full FROM company_settings WHERE company_id = $1",
+        )
+        .bind(company.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => (get(&r, "max_sessions")?, get(&r, "when_full")?),
+            None => (0, "refuse_new".into()),
+        })
+    }
+
+    pub async fn set_session_policy(
+        &self,
+        company: CompanyId,
+        max: i64,
+        when_full: &str,
+    ) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        sqlx::query("DELETE FROM company_settings WHERE company_id = $1")
+            .bind(company.0)
+            .execute(&mut *w.tx)
+            .await?;
+        sqlx::query("INSERT INTO company_settings (company_id, max_sessions, when_full) VALUES ($1, $2, $3)")
+            .bind(company.0)
+            .bind(max)
+            .bind(when_full)
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await
+    }
+}

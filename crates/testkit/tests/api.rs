@@ -1558,3 +1558,109 @@ async fn access_hours_apply_at_sign_in_and_end_sessions_when_the_window_closes()
         .unwrap();
     assert_eq!(attempt.reason.as_deref(), Some("account_expired"));
 }
+
+// ----- sessions ----------------------------------------------------------------
+
+#[tokio::test]
+async fn users_and_admins_see_and_end_sessions_and_the_company_limits_them() {
+    let srv = TestServer::start().await;
+    let admin = srv.company_master("ACME").await;
+    admin.create_user(&user("ann")).await.unwrap();
+    let a1 = srv.sign_in("ACME", "ann").await;
+    let a2 = srv.sign_in("ACME", "ann").await;
+
+    let mine = a1
+        .raw(Method::GET, "/api/v1/auth/sessions", None, vec![])
+        .await
+        .unwrap()
+        .json();
+    let list = mine.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list.iter().filter(|s| s["current"] == true).count(), 1);
+    assert!(
+        !mine.to_string().contains(a1.token().unwrap()),
+        "tokens are never listed"
+    );
+    let other = list.iter().find(|s| s["current"] == false).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = a1
+        .raw(
+            Method::DELETE,
+            &format!("/api/v1/auth/sessions/{other}"),
+            None,
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204);
+    assert_eq!(a2.session().await.unwrap_err().status(), Some(401));
+    a1.session().await.unwrap();
+
+    // Administrators see anyone's and end them all.
+    let seen = admin
+        .raw(Method::GET, "/api/v1/users/ann/sessions", None, vec![])
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(seen.as_array().unwrap().len(), 1);
+    let r = admin
+        .raw(Method::DELETE, "/api/v1/users/ann/sessions", None, vec![])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204);
+    assert_eq!(a1.session().await.unwrap_err().status(), Some(401));
+
+    // At most two sessions: refuse the third, or end the oldest.
+    let put = |body: Value| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .raw(
+                    Method::PUT,
+                    "/api/v1/security/session-policy",
+                    Some("application/json"),
+                    serde_json::to_vec(&body).unwrap(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        put(json!({"max_sessions_per_user": 2, "when_full": "refuse_new"}))
+            .await
+            .status,
+        200
+    );
+    let first = srv.sign_in("ACME", "ann").await;
+    srv.clock.advance(chrono::Duration::seconds(1));
+    let second = srv.sign_in("ACME", "ann").await;
+    let e = srv
+        .client()
+        .login("ACME", "ann", PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), ErrorCode::Conflict);
+    assert_eq!(
+        put(json!({"max_sessions_per_user": 2, "when_full": "end_oldest"}))
+            .await
+            .status,
+        200
+    );
+    srv.clock.advance(chrono::Duration::seconds(1));
+    let third = srv.sign_in("ACME", "ann").await;
+    assert_eq!(
+        first.session().await.unwrap_err().status(),
+        Some(401),
+        "the oldest was ended"
+    );
+    second.session().await.unwrap();
+    third.session().await.unwrap();
+    assert_eq!(
+        put(json!({"max_sessions_per_user": 2, "when_full": "sometimes"}))
+            .await
+            .status,
+        400
+    );
+}
