@@ -85,7 +85,7 @@ enum Command {
         ca_cert: Option<PathBuf>,
     },
 
-    /// The audit log: verify its hash chains and signed checkpoints.
+    /// The audit log: verify its hash chains and checkpoints, export it for a SIEM, archive old events.
     #[command(subcommand)]
     Audit(AuditCommand),
 
