@@ -135,3 +135,31 @@ pub struct SessionPolicyView {
     /// `refuse_new` or `end_oldest`.
     pub when_full: String,
 }
+
+/// A company's password rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordRulesView {
+    /// 12 to 128.
+    pub min_length: u32,
+    /// zxcvbn strength 0 to 4 (0: not checked).
+    pub min_score: u8,
+    /// How many of lower case, upper case, digits, other characters must appear (0 to 4).
+    pub require_classes: u8,
+    /// How many earlier passwords may not be reused (0 to 24).
+    pub history: u8,
+}
+
+/// `POST /api/v1/auth/password`: change your own password.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+impl std::fmt::Debug for ChangePassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChangePassword { .. }")
+    }
+}

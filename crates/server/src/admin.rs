@@ -214,7 +214,19 @@ async fn new_user(
         .as_deref()
         .map(|e| ident::email("email", e))
         .transpose()?;
-    password::check_baseline(&password)?;
+    let company_code = state.store.company_code(company).await?.unwrap_or_default();
+    crate::passwords::check_new(
+        state,
+        company,
+        None,
+        password::Owner {
+            user_id: &user_id,
+            display_name: &display_name,
+            company_code: &company_code,
+        },
+        &password,
+    )
+    .await?;
     let department = match &req.department {
         Some(code) => Some(department_id(state, company, code).await?),
         None => None,
@@ -352,7 +364,18 @@ pub async fn set_password(
         ));
     }
     let password = Zeroizing::new(req.password);
-    password::check_baseline(&password)?;
+    crate::passwords::check_new(
+        &state,
+        auth.company(),
+        Some(target.key),
+        password::Owner {
+            user_id: &target.view.user_id,
+            display_name: &target.view.display_name,
+            company_code: &caller.principal.company_code,
+        },
+        &password,
+    )
+    .await?;
     let hash = state.hashing.hash(password).await?;
     state
         .store

@@ -17,7 +17,7 @@ use crate::error::{ApiError, REQUEST_ID};
 use crate::extract::{ClientInfo, TrustedProxies};
 use crate::metrics::RequestLabels;
 use crate::state::AppState;
-use crate::{admin, audit, auth, hours, ip_rules, records, security, session_admin};
+use crate::{admin, audit, auth, hours, ip_rules, passwords, records, security, session_admin};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -41,6 +41,7 @@ use crate::{admin, audit, auth, hours, ip_rules, records, security, session_admi
         hours::company_hours, hours::set_company_hours, hours::set_user_hours,
         session_admin::own, session_admin::end_own, session_admin::of_user, session_admin::end_of_user,
         session_admin::policy, session_admin::set_policy,
+        passwords::change_own, passwords::rules, passwords::set_rules,
     ),
     components(schemas(strongroom_proto::ErrorCode, strongroom_proto::ErrorBody)),
     modifiers(&BearerAuth),
@@ -129,6 +130,11 @@ pub fn router(state: AppState, trusted: TrustedProxies, max_body_bytes: usize) -
         )
         .route("/api/v1/audit/events", get(audit::list_events))
         .route("/api/v1/auth/sessions", get(session_admin::own))
+        .route("/api/v1/auth/password", post(passwords::change_own))
+        .route(
+            "/api/v1/security/password-rules",
+            get(passwords::rules).put(passwords::set_rules),
+        )
         .route(
             "/api/v1/auth/sessions/{id}",
             axum::routing::delete(session_admin::end_own),

@@ -15,6 +15,7 @@ pub mod ip_rules;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
+pub mod passwords;
 pub mod records;
 pub mod reencrypt;
 pub mod sealing;
@@ -374,7 +375,16 @@ pub async fn init_company(
     let name = ident::display_text("company name", req.name, 200)?;
     let admin = ident::user_id(req.admin).context("master user ID")?;
     let admin_name = ident::display_text("master display name", req.admin_name, 200)?;
-    password::check_baseline(req.password).context("master account password")?;
+    password::check(
+        req.password,
+        &password::PasswordRules::default(),
+        password::Owner {
+            user_id: &admin,
+            display_name: &admin_name,
+            company_code: &code,
+        },
+    )
+    .context("master account password")?;
     let hasher = PasswordHasher::new(HashParams::default())?;
     let password = zeroize::Zeroizing::new(req.password.to_owned());
     let password_hash = tokio::task::spawn_blocking(move || hasher.hash(&password)).await??;

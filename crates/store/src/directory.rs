@@ -433,6 +433,16 @@ impl Store {
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
         let mut w = self.write_tx().await?;
+        // The password being replaced joins the history (for the reuse rule).
+        sqlx::query(
+            "INSERT INTO password_history (company_id, user_key, password_hash, changed_at) \
+             SELECT company_id, id, password_hash, $3 FROM users WHERE company_id = $1 AND id = $2",
+        )
+        .bind(company.0)
+        .bind(key.0)
+        .bind(ts(now))
+        .execute(&mut *w.tx)
+        .await?;
         let n = sqlx::query(
             "UPDATE users SET password_hash = $3, password_changed_at = $4, updated_at = $4 \
              WHERE company_id = $1 AND id = $2",

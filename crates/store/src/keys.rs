@@ -510,6 +510,8 @@ impl Store {
             "ip_rules",
             "access_windows",
             "company_settings",
+            "password_history",
+            "password_rules",
             "users",
             "departments",
         ] {

@@ -42,10 +42,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "session policy",
         sql: include_str!("../migrations/0006_session_policy.sql"),
     },
+    Migration {
+        version: 7,
+        name: "password rules and history",
+        sql: include_str!("../migrations/0007_password_rules.sql"),
+    },
 ];
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationReport {

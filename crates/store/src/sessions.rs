@@ -239,3 +239,84 @@ impl Store {
         w.commit().await
     }
 }
+
+impl Store {
+    pub async fn password_rules(
+        &self,
+        company: CompanyId,
+    ) -> StoreResult<strongroom_core::password::PasswordRules> {
+        let row = sqlx::query(
+            "SELECT min_length, min_score, require_classes, history FROM password_rules WHERE company_id = $1",
+        )
+        .bind(company.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else {
+            return Ok(Default::default());
+        };
+        let n = |c: &str| -> StoreResult<i64> { get(&r, c) };
+        Ok(strongroom_core::password::PasswordRules {
+            min_length: usize::try_from(n("min_length")?).unwrap_or(12),
+            min_score: u8::try_from(n("min_score")?).unwrap_or(3),
+            require_classes: u8::try_from(n("require_classes")?).unwrap_or(0),
+            history: u8::try_from(n("history")?).unwrap_or(0),
+        })
+    }
+
+    pub async fn set_password_rules(
+        &self,
+        company: CompanyId,
+        r: &strongroom_core::password::PasswordRules,
+    ) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        sqlx::query("DELETE FROM password_rules WHERE company_id = $1")
+            .bind(company.0)
+            .execute(&mut *w.tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO password_rules (company_id, min_length, min_score, require_classes, history) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(company.0)
+        .bind(r.min_length as i64)
+        .bind(i64::from(r.min_score))
+        .bind(i64::from(r.require_classes))
+        .bind(i64::from(r.history))
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await
+    }
+
+    /// The user's current password hash and up to `n` earlier ones, newest first.
+    pub async fn recent_password_hashes(
+        &self,
+        company: CompanyId,
+        user: UserKey,
+        n: i64,
+    ) -> StoreResult<Vec<String>> {
+        let mut out = Vec::new();
+        let cur = sqlx::query("SELECT password_hash FROM users WHERE company_id = $1 AND id = $2")
+            .bind(company.0)
+            .bind(user.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(r) = cur {
+            out.push(get(&r, "password_hash")?);
+        }
+        if n > 0 {
+            let rows = sqlx::query(
+                "SELECT password_hash FROM password_history WHERE company_id = $1 AND user_key = $2 \
+                 ORDER BY changed_at DESC LIMIT $3",
+            )
+            .bind(company.0)
+            .bind(user.0)
+            .bind(n)
+            .fetch_all(&self.pool)
+            .await?;
+            for r in &rows {
+                out.push(get(r, "password_hash")?);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1664,3 +1664,110 @@ async fn users_and_admins_see_and_end_sessions_and_the_company_limits_them() {
         400
     );
 }
+
+// ----- password rules ----------------------------------------------------------------
+
+#[tokio::test]
+async fn password_rules_apply_wherever_a_password_is_set() {
+    let srv = TestServer::start().await;
+    let admin = srv.company_master("ACME").await;
+    let mut weak = user("bob");
+    weak.password = "password1234".into();
+    let e = admin.create_user(&weak).await.unwrap_err();
+    assert_eq!(code(&e), ErrorCode::ValidationFailed);
+    assert!(e.to_string().contains("too easy"), "{e}");
+    weak.password = "bob-acme-and-the-sea".into();
+    assert!(admin
+        .create_user(&weak)
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("user ID, name or company code"));
+
+    let r = put_json(
+        &admin,
+        "/api/v1/security/password-rules",
+        json!({"min_length": 16, "min_score": 3, "require_classes": 3, "history": 2}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let bad = put_json(
+        &admin,
+        "/api/v1/security/password-rules",
+        json!({"min_length": 8, "min_score": 3, "require_classes": 0, "history": 0}),
+    )
+    .await;
+    assert_eq!(bad.status, 400, "below the 12-character floor");
+    let mut u = user("carol");
+    let e = admin.create_user(&u).await.unwrap_err();
+    assert!(e.to_string().contains("mix at least 3"), "{e}");
+    u.password = "Correct horse battery staple 9".into();
+    admin.create_user(&u).await.unwrap();
+
+    // Changing one's own password: the current one is required, reuse is refused.
+    let carol = srv
+        .client()
+        .login("ACME", "carol", "Correct horse battery staple 9")
+        .await
+        .unwrap()
+        .0;
+    let change = |current: &str, new: &str| {
+        let carol = carol.clone();
+        let body =
+            serde_json::to_vec(&json!({"current_password": current, "new_password": new})).unwrap();
+        async move {
+            carol
+                .raw(
+                    Method::POST,
+                    "/api/v1/auth/password",
+                    Some("application/json"),
+                    body,
+                )
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        change("not my password at all", "Another Strong Phrase 77")
+            .await
+            .status,
+        403
+    );
+    let r = change(
+        "Correct horse battery staple 9",
+        "Correct horse battery staple 9",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("used recently"));
+    assert_eq!(
+        change("Correct horse battery staple 9", "Another Strong Phrase 77")
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        carol.session().await.unwrap_err().status(),
+        Some(401),
+        "sessions end after a change"
+    );
+    let carol = srv
+        .client()
+        .login("ACME", "carol", "Another Strong Phrase 77")
+        .await
+        .unwrap()
+        .0;
+    let r = carol
+        .raw(Method::POST, "/api/v1/auth/password", Some("application/json"),
+            serde_json::to_vec(&json!({"current_password": "Another Strong Phrase 77", "new_password": "Correct horse battery staple 9"})).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "the previous password is in the history");
+    let events = srv.audit_events("ACME").await;
+    assert!(events.iter().any(|e| e.action == "user.change_password"
+        && e.outcome == strongroom_core::audit::Outcome::Success));
+    assert!(events.iter().any(|e| e.action == "password_rules.update"));
+}
