@@ -246,7 +246,8 @@ async fn new_user(
     ))
 }
 
-async fn target_user(
+/// The user `user_id` of the administrator's company, or 404.
+pub(crate) async fn target_user(
     state: &AppState,
     auth: &AdminAuthority,
     user_id: &str,

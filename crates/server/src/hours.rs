@@ -6,7 +6,7 @@ use axum::Json;
 use strongroom_core::hours::{
     decide, format_time, parse_day, parse_time, parse_tz, AccessWindow, HoursDecision,
 };
-use strongroom_core::{ident, CompanyId, UserKey};
+use strongroom_core::{CompanyId, UserKey};
 use strongroom_proto::{
     AccessWindowView, CompanyAccessHours, ErrorBody, ErrorCode, UserAccessHours,
 };
@@ -181,12 +181,7 @@ pub async fn set_user_hours(
         user_id.chars().take(64).collect::<String>()
     );
     let auth = audit::require_admin(&state, &caller, &client, "access_hours.update", &what).await?;
-    let id = ident::user_id(&user_id).map_err(|_| ApiError::not_found("user"))?;
-    let user = state
-        .store
-        .user(auth.company(), &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
+    let user = crate::admin::target_user(&state, &auth, &user_id).await?;
     let windows = parse(&req.windows)?;
     if let (Some(f), Some(u)) = (req.valid_from, req.valid_until) {
         if f > u {

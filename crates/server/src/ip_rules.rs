@@ -151,12 +151,7 @@ pub async fn user_rules(
         user_id.chars().take(64).collect::<String>()
     );
     let auth = audit::require_admin(&state, &caller, &client, "ip_rules.read", &what).await?;
-    let id = ident::user_id(&user_id).map_err(|_| ApiError::not_found("user"))?;
-    let user = state
-        .store
-        .user(auth.company(), &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
+    let user = crate::admin::target_user(&state, &auth, &user_id).await?;
     Ok(Json(views(
         &state.store.ip_rules(auth.company(), Some(user.key)).await?,
     )))
@@ -182,12 +177,7 @@ pub async fn set_user_rules(
         user_id.chars().take(64).collect::<String>()
     );
     let auth = audit::require_admin(&state, &caller, &client, "ip_rules.update", &what).await?;
-    let id = ident::user_id(&user_id).map_err(|_| ApiError::not_found("user"))?;
-    let user = state
-        .store
-        .user(auth.company(), &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
+    let user = crate::admin::target_user(&state, &auth, &user_id).await?;
     let rules = parse(&req)?;
     if user.key == caller.principal.user && !req.force {
         let company = state.store.ip_rules(auth.company(), None).await?;

@@ -271,12 +271,7 @@ pub async fn unlock(
 ) -> ApiResult<StatusCode> {
     let what = format!("user/{}", user_id.chars().take(64).collect::<String>());
     let auth = audit::require_admin(&state, &caller, &client, "user.unlock", &what).await?;
-    let id = ident::user_id(&user_id).map_err(|_| ApiError::not_found("user"))?;
-    let user = state
-        .store
-        .user(auth.company(), &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
+    let user = crate::admin::target_user(&state, &auth, &user_id).await?;
     if !state.store.unlock_account(auth.company(), user.key).await? {
         return Err(ApiError::new(
             ErrorCode::Conflict,

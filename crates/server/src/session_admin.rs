@@ -4,7 +4,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use strongroom_core::{ident, CompanyId, UserKey};
+use strongroom_core::{CompanyId, UserKey};
 use strongroom_proto::{ErrorBody, ErrorCode, SessionInfo, SessionPolicyView};
 
 use crate::audit::{self, session_ref};
@@ -93,16 +93,6 @@ pub async fn end_own(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn target(state: &AppState, company: CompanyId, user_id: &str) -> ApiResult<UserKey> {
-    let id = ident::user_id(user_id).map_err(|_| ApiError::not_found("user"))?;
-    Ok(state
-        .store
-        .user(company, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user"))?
-        .key)
-}
-
 /// A user's sessions (administrators).
 #[utoipa::path(get, path = "/api/v1/users/{user_id}/sessions", tag = "users",
     params(("user_id" = String, Path)),
@@ -119,7 +109,9 @@ pub async fn of_user(
         user_id.chars().take(64).collect::<String>()
     );
     let auth = audit::require_admin(&state, &caller, &client, "session.list", &what).await?;
-    let key = target(&state, auth.company(), &user_id).await?;
+    let key = crate::admin::target_user(&state, &auth, &user_id)
+        .await?
+        .key;
     let out = list(&state, auth.company(), key, &caller.token_hash).await?;
     audit::record(
         &state,
@@ -149,7 +141,9 @@ pub async fn end_of_user(
         user_id.chars().take(64).collect::<String>()
     );
     let auth = audit::require_admin(&state, &caller, &client, "session.end_all", &what).await?;
-    let key = target(&state, auth.company(), &user_id).await?;
+    let key = crate::admin::target_user(&state, &auth, &user_id)
+        .await?
+        .key;
     let n = state.store.end_sessions_of(auth.company(), key).await?;
     audit::record(
         &state,
