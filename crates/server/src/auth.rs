@@ -29,19 +29,21 @@ pub struct Caller {
     pub session: strongroom_store::SessionRecord,
 }
 
-fn token_from(headers: &HeaderMap) -> Option<String> {
+/// The session token and whether it came in the cookie (which a browser
+/// attaches on its own, so cookie requests need the CSRF check).
+fn token_from(headers: &HeaderMap) -> Option<(String, bool)> {
     if let Some(v) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let (scheme, rest) = v.split_once(' ')?;
         return scheme
             .eq_ignore_ascii_case("bearer")
-            .then(|| rest.trim().to_owned());
+            .then(|| (rest.trim().to_owned(), false));
     }
     for v in headers.get_all(COOKIE) {
         let Ok(s) = v.to_str() else { continue };
         for pair in s.split(';') {
             if let Some((name, value)) = pair.trim().split_once('=') {
                 if name == SESSION_COOKIE {
-                    return Some(value.to_owned());
+                    return Some((value.to_owned(), true));
                 }
             }
         }
@@ -53,11 +55,17 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = token_from(&parts.headers).ok_or_else(|| {
+        let (token, by_cookie) = token_from(&parts.headers).ok_or_else(|| {
             ApiError::unauthenticated(
                 "sign in first: POST /api/v1/auth/login, then send the token as 'Authorization: Bearer <token>'",
             )
         })?;
+        if by_cookie && !same_origin(parts) {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "a cross-site request with the session cookie was refused; send the token as 'Authorization: Bearer <token>' or make the request from the same origin",
+            ));
+        }
         let expired = || ApiError::unauthenticated("the session has ended; sign in again");
         if !token::looks_like_token(&token) {
             return Err(expired());
@@ -157,6 +165,34 @@ async fn end_session(
             request_id: Some(crate::error::current_request_id()),
         }])
         .await
+}
+
+/// Cross-site request forgery guard for cookie-authenticated requests that
+/// change state: besides the SameSite=Strict cookie, the browser must say
+/// the request is same-origin (`Sec-Fetch-Site`) or send a matching `Origin`.
+fn same_origin(parts: &Parts) -> bool {
+    let h = &parts.headers;
+    if matches!(
+        parts.method,
+        axum::http::Method::GET | axum::http::Method::HEAD
+    ) {
+        return true;
+    }
+    if let Some(site) = h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return site == "same-origin";
+    }
+    let host = h
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+    match (
+        h.get(axum::http::header::ORIGIN)
+            .and_then(|v| v.to_str().ok()),
+        host,
+    ) {
+        (Some(origin), Some(host)) => origin == format!("https://{host}"),
+        _ => false,
+    }
 }
 
 fn sign_in_failed() -> ApiError {

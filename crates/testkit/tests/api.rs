@@ -1771,3 +1771,59 @@ async fn password_rules_apply_wherever_a_password_is_set() {
         && e.outcome == strongroom_core::audit::Outcome::Success));
     assert!(events.iter().any(|e| e.action == "password_rules.update"));
 }
+
+#[tokio::test]
+async fn cookie_sessions_refuse_cross_site_writes() {
+    let srv = TestServer::start().await;
+    let c = srv.company_master("ACME").await;
+    let r = new_record(&c, "customer", json!({"name": "Target"})).await;
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&srv.cert_pem).unwrap())
+        .build()
+        .unwrap();
+    let cookie = format!("__Host-strongroom_session={}", c.token().unwrap());
+    let url = format!("{}/api/v1/records/customer/{}", srv.base_url, r.id);
+    let delete = |extra: Option<(&'static str, String)>| {
+        let mut rb = http.delete(&url).header("cookie", &cookie);
+        if let Some((k, v)) = extra {
+            rb = rb.header(k, v);
+        }
+        rb.send()
+    };
+    // A browser on another site: no Origin we trust, or says so.
+    assert_eq!(delete(None).await.unwrap().status(), 403);
+    assert_eq!(
+        delete(Some(("sec-fetch-site", "cross-site".into())))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        delete(Some(("origin", "https://evil.example".into())))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert!(
+        c.record("customer", &r.id).await.is_ok(),
+        "nothing was deleted"
+    );
+    // Reads with the cookie, and Bearer tokens, are unaffected.
+    assert_eq!(
+        http.get(&url)
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // The same origin may write.
+    let origin = srv.base_url.clone();
+    assert_eq!(
+        delete(Some(("origin", origin))).await.unwrap().status(),
+        200
+    );
+}
