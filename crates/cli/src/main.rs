@@ -773,7 +773,7 @@ async fn audit_export(
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout())),
     };
-    let host = hostname();
+    let host = strongroom_server::forward::host_name();
     let mut n = 0u64;
     for chain in chains_of(&store, company).await? {
         let code = store
@@ -799,12 +799,6 @@ async fn audit_export(
         say!("Exported {n} events.");
     }
     Ok(())
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "strongroom".into())
 }
 
 async fn audit_archive(

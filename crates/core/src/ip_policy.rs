@@ -50,7 +50,8 @@ pub enum IpDecision {
     NotAllowed,
 }
 
-fn canonical(ip: IpAddr) -> IpAddr {
+/// IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`) are IPv4 addresses.
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6
             .to_ipv4_mapped()

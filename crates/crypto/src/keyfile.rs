@@ -44,12 +44,6 @@ fn key_id(key: &[u8; 32]) -> String {
     format!("file:{}", &hex::encode(h.finalize())[..16])
 }
 
-fn wrap_aad(context: &str) -> Vec<u8> {
-    let mut aad = b"strongroom/wrap/v1\0".to_vec();
-    aad.extend_from_slice(context.as_bytes());
-    aad
-}
-
 impl FileKeyProvider {
     pub fn path(&self) -> &Path {
         &self.path
@@ -90,7 +84,7 @@ impl crate::provider::KeyProvider for FileKeyProvider {
     fn wrap(&self, secret: &[u8], context: &str) -> Result<Vec<u8>, CryptoError> {
         let id = self.current_key_id();
         self.with_key(&id, |k| {
-            crate::envelope::seal_raw(k, &wrap_aad(context), secret)
+            crate::envelope::seal_raw(k, &crate::provider::wrap_aad(context), secret)
         })
         .unwrap_or_else(|| Err(err("the key file holds no key".into())))
     }
@@ -102,7 +96,7 @@ impl crate::provider::KeyProvider for FileKeyProvider {
         context: &str,
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let open = |k: &crate::envelope::SecretKey| {
-            crate::envelope::open_raw(k, &wrap_aad(context), wrapped)
+            crate::envelope::open_raw(k, &crate::provider::wrap_aad(context), wrapped)
         };
         if let Some(r) = self.with_key(key_id, open) {
             return r;

@@ -95,12 +95,6 @@ fn context(module: &Path) -> Result<Pkcs11, CryptoError> {
     Ok(ctx)
 }
 
-fn wrap_aad(context: &str) -> Vec<u8> {
-    let mut aad = b"strongroom/wrap/v1\0".to_vec();
-    aad.extend_from_slice(context.as_bytes());
-    aad
-}
-
 impl Pkcs11KeyProvider {
     /// Logs in to the token and finds the master key. With `may_create`
     /// (a store holding no wrapped keys yet) a missing key is generated in
@@ -308,7 +302,7 @@ impl KeyProvider for Pkcs11KeyProvider {
             .map(|k| k.1)
             .ok_or_else(|| err("no master key in the token"))?;
         let mut iv = crate::token::random_bytes::<IV_LEN>()?;
-        let aad = wrap_aad(context);
+        let aad = crate::provider::wrap_aad(context);
         let params = GcmParams::new(&mut iv, &aad, 128.into()).map_err(p11("GCM parameters"))?;
         let ct = self
             .lock_session()
@@ -342,7 +336,7 @@ impl KeyProvider for Pkcs11KeyProvider {
         }
         let mut iv = [0u8; IV_LEN];
         iv.copy_from_slice(&wrapped[..IV_LEN]);
-        let aad = wrap_aad(context);
+        let aad = crate::provider::wrap_aad(context);
         let params = GcmParams::new(&mut iv, &aad, 128.into()).map_err(p11("GCM parameters"))?;
         self.lock_session()
             .decrypt(&Mechanism::AesGcm(params), key, &wrapped[IV_LEN..])

@@ -6,6 +6,13 @@ use zeroize::Zeroizing;
 
 use crate::CryptoError;
 
+/// The associated data every provider binds a wrapped key to.
+pub(crate) fn wrap_aad(context: &str) -> Vec<u8> {
+    let mut aad = b"strongroom/wrap/v1\0".to_vec();
+    aad.extend_from_slice(context.as_bytes());
+    aad
+}
+
 pub trait KeyProvider: Send + Sync + 'static {
     /// Where the master key lives, for operators.
     fn describe(&self) -> String;

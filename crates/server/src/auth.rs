@@ -244,16 +244,21 @@ pub async fn login(
     // The company's own IP lists refuse before the password too; a user's
     // own list refuses like a wrong password (it must not tell whether the
     // user exists).
-    let company_ip_denied = chain != SERVER_CHAIN
-        && crate::ip_rules::check(&state, strongroom_core::CompanyId(chain), None, client.ip)
-            .await?
-            != strongroom_core::ip_policy::IpDecision::Allowed;
-    let user_ip_denied = match &account {
-        Some(a) if !company_ip_denied => {
-            crate::ip_rules::check(&state, a.company, Some(a.key), client.ip).await?
-                != strongroom_core::ip_policy::IpDecision::Allowed
-        }
-        _ => false,
+    let (company_ip_denied, user_ip_denied) = if chain == SERVER_CHAIN {
+        (false, false)
+    } else {
+        use strongroom_core::ip_policy::IpDecision::Allowed;
+        let (by_company, by_both) = crate::ip_rules::decisions(
+            &state,
+            strongroom_core::CompanyId(chain),
+            account.as_ref().map(|a| a.key),
+            client.ip,
+        )
+        .await?;
+        (
+            by_company != Allowed,
+            by_company == Allowed && by_both != Allowed,
+        )
     };
     let blocked = detector_block || company_ip_denied;
     // The hash is checked even when the account is unknown or disabled, so

@@ -463,10 +463,7 @@ fn range(key: &str, v: i64, min: i64, max: i64) -> Result<(), ConfigError> {
 /// An address (`10.0.0.1`) or a network (`10.0.0.0/8`), parsed as a network,
 /// never compared as a string prefix.
 pub fn parse_net(s: &str) -> Option<IpNet> {
-    let s = s.trim();
-    s.parse::<IpNet>()
-        .ok()
-        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+    strongroom_core::ip_policy::parse_network(s)
 }
 
 fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {

@@ -9,6 +9,7 @@ use axum::http::HeaderMap;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use std::net::{IpAddr, SocketAddr};
+use strongroom_core::ip_policy::canonical;
 use strongroom_proto::ErrorCode;
 
 use crate::error::ApiError;
@@ -127,16 +128,6 @@ impl TrustedProxies {
             .rev()
             .find(|ip| !self.trusts(*ip))
             .unwrap_or(peer)
-    }
-}
-
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
     }
 }
 

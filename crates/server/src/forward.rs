@@ -11,14 +11,19 @@ use strongroom_store::Store;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+/// This machine's name, for syslog headers.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "strongroom".into())
+}
+
 pub fn start(store: Store, target: String, clock: SharedClock) {
     tokio::spawn(run(store, target, clock));
 }
 
 async fn run(store: Store, target: String, _clock: SharedClock) {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "strongroom".into());
+    let host = host_name();
     let mut conn: Option<TcpStream> = None;
     let mut backoff = 1u64;
     loop {

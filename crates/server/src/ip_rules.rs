@@ -17,6 +17,21 @@ use crate::state::AppState;
 
 const MAX_RULES: usize = 500;
 
+/// The decisions for an address: by the company's lists alone, and by the
+/// company's and the user's together (one query for both).
+pub async fn decisions(
+    state: &AppState,
+    company: CompanyId,
+    user: Option<UserKey>,
+    ip: IpAddr,
+) -> ApiResult<(IpDecision, IpDecision)> {
+    let (company_rules, user_rules) = state.store.ip_rules_for(company, user).await?;
+    Ok((
+        decide(ip, &company_rules, &[]),
+        decide(ip, &company_rules, &user_rules),
+    ))
+}
+
 /// The decision for an address, for a company and (if known) a user.
 pub async fn check(
     state: &AppState,
@@ -24,12 +39,7 @@ pub async fn check(
     user: Option<UserKey>,
     ip: IpAddr,
 ) -> ApiResult<IpDecision> {
-    let company_rules = state.store.ip_rules(company, None).await?;
-    let user_rules = match user {
-        Some(u) => state.store.ip_rules(company, Some(u)).await?,
-        None => Vec::new(),
-    };
-    Ok(decide(ip, &company_rules, &user_rules))
+    Ok(decisions(state, company, user, ip).await?.1)
 }
 
 fn views(rules: &[IpRule]) -> Vec<IpRuleView> {

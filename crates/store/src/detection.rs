@@ -444,34 +444,44 @@ impl Store {
         company: CompanyId,
         user: Option<UserKey>,
     ) -> StoreResult<Vec<strongroom_core::ip_policy::IpRule>> {
-        let rows = match user {
-            None => sqlx::query(
-                "SELECT kind, network, label FROM ip_rules WHERE company_id = $1 AND user_key IS NULL ORDER BY id",
-            )
-            .bind(company.0)
+        let sql = format!(
+            "SELECT kind, network, label, user_key FROM ip_rules WHERE company_id = $1 AND {} ORDER BY id",
+            scope(user)
+        );
+        let rows = scoped(sqlx::query(&sql), company, user)
             .fetch_all(&self.pool)
-            .await?,
-            Some(u) => sqlx::query(
-                "SELECT kind, network, label FROM ip_rules WHERE company_id = $1 AND user_key = $2 ORDER BY id",
-            )
-            .bind(company.0)
-            .bind(u.0)
-            .fetch_all(&self.pool)
-            .await?,
-        };
-        rows.iter()
-            .map(|r| {
-                let kind: String = get(r, "kind")?;
-                let net: String = get(r, "network")?;
-                Ok(strongroom_core::ip_policy::IpRule {
-                    kind: strongroom_core::ip_policy::RuleKind::parse(&kind)
-                        .ok_or_else(|| StoreError::Corrupt(format!("ip rule kind {kind}")))?,
-                    network: strongroom_core::ip_policy::parse_network(&net)
-                        .ok_or_else(|| StoreError::Corrupt(format!("ip rule network {net}")))?,
-                    label: get(r, "label")?,
-                })
-            })
-            .collect()
+            .await?;
+        rows.iter().map(ip_rule_from_row).collect()
+    }
+
+    /// The company's IP rules and a user's own, in one query (every
+    /// authenticated request needs both).
+    pub async fn ip_rules_for(
+        &self,
+        company: CompanyId,
+        user: Option<UserKey>,
+    ) -> StoreResult<(
+        Vec<strongroom_core::ip_policy::IpRule>,
+        Vec<strongroom_core::ip_policy::IpRule>,
+    )> {
+        let rows = sqlx::query(
+            "SELECT kind, network, label, user_key FROM ip_rules \
+             WHERE company_id = $1 AND (user_key IS NULL OR user_key = $2) ORDER BY id",
+        )
+        .bind(company.0)
+        .bind(user.map(|u| u.0).unwrap_or(-1))
+        .fetch_all(&self.pool)
+        .await?;
+        let (mut company_rules, mut user_rules) = (Vec::new(), Vec::new());
+        for r in &rows {
+            let rule = ip_rule_from_row(r)?;
+            if get::<Option<i64>>(r, "user_key")?.is_some() {
+                user_rules.push(rule);
+            } else {
+                company_rules.push(rule);
+            }
+        }
+        Ok((company_rules, user_rules))
     }
 
     /// Replaces a company's (or a user's) IP rules.
@@ -483,21 +493,13 @@ impl Store {
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
         let mut w = self.write_tx().await?;
-        match user {
-            None => {
-                sqlx::query("DELETE FROM ip_rules WHERE company_id = $1 AND user_key IS NULL")
-                    .bind(company.0)
-                    .execute(&mut *w.tx)
-                    .await?
-            }
-            Some(u) => {
-                sqlx::query("DELETE FROM ip_rules WHERE company_id = $1 AND user_key = $2")
-                    .bind(company.0)
-                    .bind(u.0)
-                    .execute(&mut *w.tx)
-                    .await?
-            }
-        };
+        let sql = format!(
+            "DELETE FROM ip_rules WHERE company_id = $1 AND {}",
+            scope(user)
+        );
+        scoped(sqlx::query(&sql), company, user)
+            .execute(&mut *w.tx)
+            .await?;
         for r in rules {
             sqlx::query(
                 "INSERT INTO ip_rules (company_id, user_key, kind, network, label, created_at) \
@@ -514,6 +516,39 @@ impl Store {
         }
         w.commit().await
     }
+}
+
+/// The rows of a company-wide setting (`user` None) or of one user's:
+/// `$2` is the user when there is one.
+fn scope(user: Option<UserKey>) -> &'static str {
+    match user {
+        None => "user_key IS NULL",
+        Some(_) => "user_key = $2",
+    }
+}
+
+fn scoped<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    company: CompanyId,
+    user: Option<UserKey>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let q = q.bind(company.0);
+    match user {
+        Some(u) => q.bind(u.0),
+        None => q,
+    }
+}
+
+fn ip_rule_from_row(r: &AnyRow) -> StoreResult<strongroom_core::ip_policy::IpRule> {
+    let kind: String = get(r, "kind")?;
+    let net: String = get(r, "network")?;
+    Ok(strongroom_core::ip_policy::IpRule {
+        kind: strongroom_core::ip_policy::RuleKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("ip rule kind {kind}")))?,
+        network: strongroom_core::ip_policy::parse_network(&net)
+            .ok_or_else(|| StoreError::Corrupt(format!("ip rule network {net}")))?,
+        label: get(r, "label")?,
+    })
 }
 
 /// What the access-hours rule needs for one user.
@@ -556,21 +591,19 @@ impl Store {
         company: CompanyId,
         user: Option<UserKey>,
     ) -> StoreResult<Vec<strongroom_core::hours::AccessWindow>> {
-        let rows = match user {
-            None => sqlx::query("SELECT weekday, start_min, end_min FROM access_windows WHERE company_id = $1 AND user_key IS NULL ORDER BY id")
-                .bind(company.0)
-                .fetch_all(&self.pool)
-                .await?,
-            Some(u) => sqlx::query("SELECT weekday, start_min, end_min FROM access_windows WHERE company_id = $1 AND user_key = $2 ORDER BY id")
-                .bind(company.0)
-                .bind(u.0)
-                .fetch_all(&self.pool)
-                .await?,
-        };
+        let sql = format!(
+            "SELECT weekday, start_min, end_min, user_key FROM access_windows \
+             WHERE company_id = $1 AND {} ORDER BY id",
+            scope(user)
+        );
+        let rows = scoped(sqlx::query(&sql), company, user)
+            .fetch_all(&self.pool)
+            .await?;
         windows_from(&rows)
     }
 
-    /// Everything the access-hours check needs for a user.
+    /// Everything the access-hours check needs for a user, in two queries
+    /// (every authenticated request needs it).
     pub async fn hours_settings(
         &self,
         company: CompanyId,
@@ -585,13 +618,25 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| StoreError::NotFound("no such user".into()))?;
-        let mut windows = self.access_windows(company, Some(user)).await?;
-        if windows.is_empty() {
-            windows = self.access_windows(company, None).await?;
-        }
+        let rows = sqlx::query(
+            "SELECT weekday, start_min, end_min, user_key FROM access_windows \
+             WHERE company_id = $1 AND (user_key IS NULL OR user_key = $2) ORDER BY id",
+        )
+        .bind(company.0)
+        .bind(user.0)
+        .fetch_all(&self.pool)
+        .await?;
+        // The user's own windows replace the company's.
+        let (own, shared): (Vec<&AnyRow>, Vec<&AnyRow>) = rows
+            .iter()
+            .partition(|r| get::<Option<i64>>(r, "user_key").ok().flatten().is_some());
+        let chosen: Vec<AnyRow> = if own.is_empty() { shared } else { own }
+            .into_iter()
+            .cloned()
+            .collect();
         Ok(HoursSettings {
             timezone: get(&row, "timezone")?,
-            windows,
+            windows: windows_from(&chosen)?,
             valid_from: date_col(get(&row, "valid_from")?)?,
             valid_until: date_col(get(&row, "valid_until")?)?,
         })
@@ -617,21 +662,13 @@ impl Store {
         valid: Option<(Option<chrono::NaiveDate>, Option<chrono::NaiveDate>)>,
     ) -> StoreResult<()> {
         let mut w = self.write_tx().await?;
-        match user {
-            None => {
-                sqlx::query("DELETE FROM access_windows WHERE company_id = $1 AND user_key IS NULL")
-                    .bind(company.0)
-                    .execute(&mut *w.tx)
-                    .await?
-            }
-            Some(u) => {
-                sqlx::query("DELETE FROM access_windows WHERE company_id = $1 AND user_key = $2")
-                    .bind(company.0)
-                    .bind(u.0)
-                    .execute(&mut *w.tx)
-                    .await?
-            }
-        };
+        let sql = format!(
+            "DELETE FROM access_windows WHERE company_id = $1 AND {}",
+            scope(user)
+        );
+        scoped(sqlx::query(&sql), company, user)
+            .execute(&mut *w.tx)
+            .await?;
         for win in windows {
             sqlx::query(
                 "INSERT INTO access_windows (company_id, user_key, weekday, start_min, end_min) VALUES ($1, $2, $3, $4, $5)",
