@@ -196,6 +196,11 @@ impl Client {
         })
     }
 
+    /// A GET with no body, for tests that look at status and headers.
+    pub async fn raw_get(&self, path: &str) -> ClientResult<RawResponse> {
+        self.raw(Method::GET, path, None, Vec::new()).await
+    }
+
     // ----- operations --------------------------------------------------
 
     pub async fn health(&self) -> ClientResult<Health> {

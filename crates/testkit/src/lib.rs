@@ -36,6 +36,23 @@ pub fn new_user(user_id: &str, is_admin: bool) -> strongroom_proto::CreateUser {
     }
 }
 
+/// Creates a record from JSON field values (no department), or panics.
+pub async fn add_record(
+    c: &Client,
+    record_type: &str,
+    data: serde_json::Value,
+) -> strongroom_proto::RecordView {
+    c.create_record(
+        record_type,
+        &strongroom_proto::CreateRecord {
+            data: data.as_object().cloned().unwrap_or_default(),
+            department: None,
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("creating a {record_type} failed: {e}"))
+}
+
 /// The password every helper-made account gets.
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -292,6 +309,20 @@ impl TestServer {
             None => strongroom_core::audit::SERVER_CHAIN,
         };
         self.chain_events(chain).await
+    }
+
+    /// The newest event of a company with this action.
+    pub async fn last_event(
+        &self,
+        company: &str,
+        action: &str,
+    ) -> strongroom_core::audit::AuditEvent {
+        self.audit_events(company)
+            .await
+            .into_iter()
+            .rev()
+            .find(|e| e.action == action)
+            .unwrap_or_else(|| panic!("no {action} event for {company}"))
     }
 
     /// Every event of one chain, oldest first.

@@ -19,15 +19,7 @@ fn code(e: &ClientError) -> ErrorCode {
 }
 
 async fn new_record(c: &Client, t: &str, v: Value) -> RecordView {
-    c.create_record(
-        t,
-        &CreateRecord {
-            data: data(v),
-            department: None,
-        },
-    )
-    .await
-    .expect("create record")
+    strongroom_testkit::add_record(c, t, v).await
 }
 
 fn user(id: &str) -> CreateUser {
@@ -65,7 +57,7 @@ async fn health_metrics_and_openapi_need_no_session() {
     }
 
     // Metrics count requests by route template, never by raw path.
-    let m = c.raw(Method::GET, "/metrics", None, vec![]).await.unwrap();
+    let m = c.raw_get("/metrics").await.unwrap();
     assert_eq!(m.status, 200);
     let text = String::from_utf8(m.body).unwrap();
     assert!(text.contains(r#"route="/healthz",status="200""#), "{text}");
@@ -78,11 +70,7 @@ async fn metrics_are_refused_to_addresses_outside_metrics_allow() {
         env: vec![("METRICS_ALLOW".into(), "10.0.0.0/8".into())],
     })
     .await;
-    let m = srv
-        .client()
-        .raw(Method::GET, "/metrics", None, vec![])
-        .await
-        .unwrap();
+    let m = srv.client().raw_get("/metrics").await.unwrap();
     assert_eq!(m.status, 403);
     assert_eq!(m.json()["code"], "forbidden");
 }
@@ -1060,7 +1048,7 @@ async fn bad_input_gets_a_clear_4xx_never_a_5xx() {
     // Without a session, the same paths answer 401, not 404 or 500.
     let r = srv
         .client()
-        .raw(Method::GET, "/api/v1/records/customer", None, vec![])
+        .raw_get("/api/v1/records/customer")
         .await
         .unwrap();
     assert_eq!(r.status, 401);
@@ -1136,7 +1124,7 @@ async fn request_rates_are_limited_per_address_and_spoofing_does_not_help() {
     let mut limited = None;
     for i in 0..12 {
         // A forged X-Forwarded-For from an untrusted peer changes nothing.
-        let r = c.raw(Method::GET, "/healthz", None, vec![]).await.unwrap();
+        let r = c.raw_get("/healthz").await.unwrap();
         let _ = i;
         if r.status == 429 {
             limited = Some(r);
@@ -1342,13 +1330,7 @@ async fn company_ip_lists_apply_before_the_password_and_on_every_request() {
             );
         }
     }
-    let e = srv
-        .audit_events("ACME")
-        .await
-        .into_iter()
-        .rev()
-        .find(|e| e.action == "auth.login")
-        .unwrap();
+    let e = srv.last_event("ACME", "auth.login").await;
     assert_eq!(e.reason.as_deref(), Some("ip_not_allowed"));
 }
 
@@ -1395,7 +1377,7 @@ async fn user_ip_lists_refuse_like_a_wrong_password() {
         .await
         .unwrap();
     let rules = admin
-        .raw(Method::GET, "/api/v1/users/night/ip-rules", None, vec![])
+        .raw_get("/api/v1/users/night/ip-rules")
         .await
         .unwrap()
         .json();
@@ -1490,13 +1472,7 @@ async fn access_hours_apply_at_sign_in_and_end_sessions_when_the_window_closes()
         Some(401),
         "the session ends when the window closes"
     );
-    let ended = srv
-        .audit_events("ACME")
-        .await
-        .into_iter()
-        .rev()
-        .find(|e| e.action == "session.end")
-        .unwrap();
+    let ended = srv.last_event("ACME", "session.end").await;
     assert_eq!(ended.reason.as_deref(), Some("outside_access_hours"));
     let e = srv
         .client()
@@ -1504,13 +1480,7 @@ async fn access_hours_apply_at_sign_in_and_end_sessions_when_the_window_closes()
         .await
         .unwrap_err();
     assert_eq!(code(&e), ErrorCode::SignInFailed);
-    let attempt = srv
-        .audit_events("ACME")
-        .await
-        .into_iter()
-        .rev()
-        .find(|e| e.action == "auth.login")
-        .unwrap();
+    let attempt = srv.last_event("ACME", "auth.login").await;
     assert_eq!(attempt.reason.as_deref(), Some("outside_access_hours"));
 
     // Friday 22:00 local (15:00 UTC) starts an overnight window.
@@ -1549,13 +1519,7 @@ async fn access_hours_apply_at_sign_in_and_end_sessions_when_the_window_closes()
         .await
         .unwrap_err();
     assert_eq!(code(&e), ErrorCode::SignInFailed);
-    let attempt = srv
-        .audit_events("ACME")
-        .await
-        .into_iter()
-        .rev()
-        .find(|e| e.action == "auth.login")
-        .unwrap();
+    let attempt = srv.last_event("ACME", "auth.login").await;
     assert_eq!(attempt.reason.as_deref(), Some("account_expired"));
 }
 
@@ -1569,11 +1533,7 @@ async fn users_and_admins_see_and_end_sessions_and_the_company_limits_them() {
     let a1 = srv.sign_in("ACME", "ann").await;
     let a2 = srv.sign_in("ACME", "ann").await;
 
-    let mine = a1
-        .raw(Method::GET, "/api/v1/auth/sessions", None, vec![])
-        .await
-        .unwrap()
-        .json();
+    let mine = a1.raw_get("/api/v1/auth/sessions").await.unwrap().json();
     let list = mine.as_array().unwrap();
     assert_eq!(list.len(), 2);
     assert_eq!(list.iter().filter(|s| s["current"] == true).count(), 1);
@@ -1600,7 +1560,7 @@ async fn users_and_admins_see_and_end_sessions_and_the_company_limits_them() {
 
     // Administrators see anyone's and end them all.
     let seen = admin
-        .raw(Method::GET, "/api/v1/users/ann/sessions", None, vec![])
+        .raw_get("/api/v1/users/ann/sessions")
         .await
         .unwrap()
         .json();

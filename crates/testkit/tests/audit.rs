@@ -268,16 +268,7 @@ async fn audit_writes_again(srv: &TestServer) {
 async fn a_request_whose_audit_event_cannot_be_stored_fails() {
     let srv = TestServer::start().await;
     let c = srv.company_master("ACME").await;
-    let r = c
-        .create_record(
-            "customer",
-            &CreateRecord {
-                data: json!({"name": "Before"}).as_object().unwrap().clone(),
-                department: None,
-            },
-        )
-        .await
-        .unwrap();
+    let r = strongroom_testkit::add_record(&c, "customer", json!({"name": "Before"})).await;
     no_audit_writes(&srv).await;
 
     let read = call(
@@ -344,19 +335,7 @@ async fn the_log_is_read_by_administrators_and_reading_is_recorded() {
         .unwrap();
     let clerk = srv.sign_in("ACME", "clerk").await;
     for i in 0..3 {
-        clerk
-            .create_record(
-                "customer",
-                &CreateRecord {
-                    data: json!({"name": format!("N{i}")})
-                        .as_object()
-                        .unwrap()
-                        .clone(),
-                    department: None,
-                },
-            )
-            .await
-            .unwrap();
+        strongroom_testkit::add_record(&clerk, "customer", json!({"name": format!("N{i}")})).await;
     }
     let denied = call(&clerk, Method::GET, "/api/v1/audit/events", None).await;
     assert_eq!(denied.status, 403);
@@ -408,18 +387,7 @@ async fn signed_chain(n: usize) -> (TestServer, i64) {
     let srv = TestServer::start().await;
     let c = srv.company_master("ACME").await;
     for i in 0..n {
-        c.create_record(
-            "customer",
-            &CreateRecord {
-                data: json!({"name": format!("E{i}")})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-                department: None,
-            },
-        )
-        .await
-        .unwrap();
+        strongroom_testkit::add_record(&c, "customer", json!({"name": format!("E{i}")})).await;
     }
     let chain = company_chain(&srv).await;
     strongroom_server::audit::checkpoint_all(srv.store(), &srv.state.keys, srv.clock.now(), true)
@@ -538,16 +506,7 @@ async fn each_kind_of_tampering_is_found_and_named() {
 async fn a_checkpoint_is_signed_every_hundred_events() {
     let srv = TestServer::start().await;
     let c = srv.company_master("ACME").await;
-    let r = c
-        .create_record(
-            "customer",
-            &CreateRecord {
-                data: json!({"name": "Busy"}).as_object().unwrap().clone(),
-                department: None,
-            },
-        )
-        .await
-        .unwrap();
+    let r = strongroom_testkit::add_record(&c, "customer", json!({"name": "Busy"})).await;
     for _ in 0..strongroom_server::audit::CHECKPOINT_EVERY {
         c.record("customer", &r.id).await.unwrap();
     }
@@ -648,16 +607,7 @@ async fn events_are_forwarded_to_a_syslog_receiver() {
     })
     .await;
     let c = srv.company_master("ACME").await;
-    let r = c
-        .create_record(
-            "customer",
-            &CreateRecord {
-                data: json!({"name": "Forwarded"}).as_object().unwrap().clone(),
-                department: None,
-            },
-        )
-        .await
-        .unwrap();
+    let r = strongroom_testkit::add_record(&c, "customer", json!({"name": "Forwarded"})).await;
     let (mut sock, _) = tokio::time::timeout(std::time::Duration::from_secs(20), listener.accept())
         .await
         .expect("the server connects within 20 s")

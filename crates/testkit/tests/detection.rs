@@ -55,12 +55,7 @@ async fn server(webhook: &str) -> TestServer {
 
 async fn incidents(admin: &Client) -> Vec<Value> {
     admin
-        .raw(
-            reqwest::Method::GET,
-            "/api/v1/security/incidents",
-            None,
-            vec![],
-        )
+        .raw_get("/api/v1/security/incidents")
         .await
         .unwrap()
         .json()
@@ -123,13 +118,7 @@ async fn brute_force_locks_the_account_and_alerts() {
     assert_eq!(list[0]["detector"], "brute_force");
     assert_eq!(list[0]["subject"], "user:ann");
     assert_eq!(list[0]["response"], "lock_account");
-    let locked_event = srv
-        .audit_events("ACME")
-        .await
-        .into_iter()
-        .rev()
-        .find(|e| e.action == "auth.login")
-        .unwrap();
+    let locked_event = srv.last_event("ACME", "auth.login").await;
     assert_eq!(locked_event.reason.as_deref(), Some("account_locked"));
 
     // The alert arrives, signed.
@@ -199,12 +188,7 @@ async fn password_spraying_blocks_the_address_before_any_password_check() {
         "no password was checked"
     );
     let blocks = admin
-        .raw(
-            reqwest::Method::GET,
-            "/api/v1/security/blocks",
-            None,
-            vec![],
-        )
+        .raw_get("/api/v1/security/blocks")
         .await
         .unwrap()
         .json();
@@ -266,19 +250,8 @@ async fn mass_reads_end_the_readers_sessions_and_probing_blocks_the_address() {
     let mut ids = Vec::new();
     for i in 0..6 {
         ids.push(
-            admin
-                .create_record(
-                    "customer",
-                    &CreateRecord {
-                        data: json!({"name": format!("C{i}")})
-                            .as_object()
-                            .unwrap()
-                            .clone(),
-                        department: None,
-                    },
-                )
+            strongroom_testkit::add_record(&admin, "customer", json!({"name": format!("C{i}")}))
                 .await
-                .unwrap()
                 .id,
         );
     }
@@ -309,21 +282,13 @@ async fn mass_reads_end_the_readers_sessions_and_probing_blocks_the_address() {
         .0;
     for id in &ids[..3] {
         let r = prober
-            .raw(
-                reqwest::Method::GET,
-                &format!("/api/v1/records/customer/{id}?reveal=all"),
-                None,
-                vec![],
-            )
+            .raw_get(&format!("/api/v1/records/customer/{id}?reveal=all"))
             .await
             .unwrap();
         assert_eq!(r.status, 403);
     }
     srv.state.detection.flush().await;
-    let r = prober
-        .raw(reqwest::Method::GET, "/api/v1/auth/session", None, vec![])
-        .await
-        .unwrap();
+    let r = prober.raw_get("/api/v1/auth/session").await.unwrap();
     assert_eq!(r.status, 403, "a probing address must be blocked");
     let detectors: Vec<String> = incidents(&admin)
         .await
@@ -348,19 +313,8 @@ async fn a_new_address_raises_an_alert_and_normal_work_raises_nothing() {
     for i in 0..3 {
         let _ = home.login("ACME", "master", "typo in password").await;
         let c = home.login("ACME", "master", PASSWORD).await.unwrap().0;
-        let r = c
-            .create_record(
-                "vendor",
-                &CreateRecord {
-                    data: json!({"name": format!("V{i}")})
-                        .as_object()
-                        .unwrap()
-                        .clone(),
-                    department: None,
-                },
-            )
-            .await
-            .unwrap();
+        let r =
+            strongroom_testkit::add_record(&c, "vendor", json!({"name": format!("V{i}")})).await;
         c.record("vendor", &r.id).await.unwrap();
         c.list_records("vendor", &[("f.name", "V1")]).await.unwrap();
     }
@@ -415,10 +369,7 @@ async fn an_operator_block_refuses_an_address_on_every_path() {
         "/api/v1/records/customer",
         "/api/v1/openapi.json",
     ] {
-        let r = c
-            .raw(reqwest::Method::GET, path, None, vec![])
-            .await
-            .unwrap();
+        let r = c.raw_get(path).await.unwrap();
         assert_eq!(r.status, 403, "{path}");
     }
     let e = srv

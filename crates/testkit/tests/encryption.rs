@@ -19,25 +19,12 @@ fn data(v: Value) -> RecordData {
 }
 
 async fn create(c: &Client, t: &str, v: Value) -> RecordView {
-    c.create_record(
-        t,
-        &CreateRecord {
-            data: data(v),
-            department: None,
-        },
-    )
-    .await
-    .unwrap()
+    strongroom_testkit::add_record(c, t, v).await
 }
 
 async fn reveal(srv: &TestServer, c: &Client, t: &str, id: &str) -> RecordView {
     let r = c
-        .raw(
-            reqwest::Method::GET,
-            &format!("/api/v1/records/{t}/{id}?reveal=all"),
-            None,
-            vec![],
-        )
+        .raw_get(&format!("/api/v1/records/{t}/{id}?reveal=all"))
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
@@ -281,12 +268,7 @@ async fn set_stored_data(srv: &TestServer, id: &str, text: &str) {
 
 async fn expect_integrity_error(c: &Client, t: &str, id: &str) {
     let r = c
-        .raw(
-            reqwest::Method::GET,
-            &format!("/api/v1/records/{t}/{id}"),
-            None,
-            vec![],
-        )
+        .raw_get(&format!("/api/v1/records/{t}/{id}"))
         .await
         .unwrap();
     assert_eq!(r.status, 500, "{}", String::from_utf8_lossy(&r.body));

@@ -12,7 +12,6 @@ use std::sync::{Arc, OnceLock};
 
 use serde_json::json;
 use strongroom_crypto::provider::KeyProvider;
-use strongroom_proto::*;
 use strongroom_testkit::{Options, TestServer};
 
 const MODULES: &[&str] = &[
@@ -114,19 +113,12 @@ async fn the_master_key_lives_in_the_token_and_wraps_company_keys_there() {
     let pin = new_token(hsm, "sr-wrap");
     let srv = TestServer::start_with(options(hsm, "sr-wrap", &pin)).await;
     let c = srv.company_master("ACME").await;
-    let r = c
-        .create_record(
-            "customer",
-            &CreateRecord {
-                data: json!({"name": "HSM", "national_id": "079201004242"})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-                department: None,
-            },
-        )
-        .await
-        .unwrap();
+    let r = strongroom_testkit::add_record(
+        &c,
+        "customer",
+        json!({"name": "HSM", "national_id": "079201004242"}),
+    )
+    .await;
     assert_eq!(r.data["national_id"], "*********242");
     let shown = c
         .raw(
