@@ -168,7 +168,7 @@ async fn lookups(records: usize, database_url: Option<String>) -> anyhow::Result
             name: "Bench",
             admin: "master",
             admin_name: "Master",
-            password: "correct horse battery staple",
+            password: "plum orchard violin tram",
         },
     )
     .await?;
@@ -340,7 +340,7 @@ async fn start_server(no_audit: bool) -> anyhow::Result<Bench> {
             name: "Bench",
             admin: "master",
             admin_name: "Master",
-            password: "correct horse battery staple",
+            password: "plum orchard violin tram",
         },
     )
     .await?;
@@ -359,7 +359,7 @@ async fn start_server(no_audit: bool) -> anyhow::Result<Bench> {
     state.store.set_detector_rule(company.0, &rule).await?;
     let client = strongroom_client::Client::new(&base, Some(&cert))?;
     let (c, login) = client
-        .login("BENCH", "master", "correct horse battery staple")
+        .login("BENCH", "master", "plum orchard violin tram")
         .await?;
     let r = c
         .create_record(

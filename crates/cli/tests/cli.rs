@@ -114,7 +114,7 @@ fn first_start_then_init_then_health() {
     assert!(text(&h).starts_with("ok"), "{}", text(&h));
 
     // init works while the server runs (SQLite WAL allows it).
-    let pw = s.password_file("correct horse battery staple");
+    let pw = s.password_file("plum orchard violin tram");
     let o = s.run(&[
         "init",
         "--company",
@@ -254,7 +254,7 @@ fn openapi_is_printed_offline() {
 #[test]
 fn keys_status_rotate_and_company_deletion() {
     let s = Setup::new();
-    let pw = s.password_file("correct horse battery staple");
+    let pw = s.password_file("plum orchard violin tram");
     for code in ["ACME", "BETA"] {
         let o = s.run(&[
             "init",
@@ -347,7 +347,7 @@ fn keys_status_rotate_and_company_deletion() {
 #[test]
 fn audit_export_and_archive() {
     let s = Setup::new();
-    let pw = s.password_file("correct horse battery staple");
+    let pw = s.password_file("plum orchard violin tram");
     let o = s.run(&[
         "init",
         "--company",

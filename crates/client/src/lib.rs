@@ -5,6 +5,14 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use strongroom_proto::*;
 
+/// What a sign-in answered.
+#[derive(Debug)]
+pub enum LoginStep {
+    SignedIn(Client, Box<LoginResponse>),
+    /// The password was right; answer with [`Client::second_factor`].
+    SecondFactor(SecondFactorChallenge),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server answered with an error body.
@@ -220,13 +228,121 @@ impl Client {
         user: &str,
         password: &str,
     ) -> ClientResult<(Client, LoginResponse)> {
+        match self.begin_login(company, user, password).await? {
+            LoginStep::SignedIn(c, r) => Ok((c, *r)),
+            LoginStep::SecondFactor(_) => Err(ClientError::Unexpected {
+                status: 202,
+                text: "a second factor is needed: use begin_login and second_factor".into(),
+            }),
+        }
+    }
+
+    /// Signs in; when a second factor applies, answers with its challenge.
+    pub async fn begin_login(
+        &self,
+        company: &str,
+        user: &str,
+        password: &str,
+    ) -> ClientResult<LoginStep> {
         let req = LoginRequest {
             company: company.into(),
             user: user.into(),
             password: password.into(),
         };
-        let resp: LoginResponse = self.body(Method::POST, "/api/v1/auth/login", &req).await?;
+        let v: serde_json::Value = self.body(Method::POST, "/api/v1/auth/login", &req).await?;
+        self.login_step(v)
+    }
+
+    fn login_step(&self, v: serde_json::Value) -> ClientResult<LoginStep> {
+        let bad = |e: serde_json::Error| ClientError::Unexpected {
+            status: 200,
+            text: e.to_string(),
+        };
+        if v.get("challenge").is_some() {
+            return Ok(LoginStep::SecondFactor(
+                serde_json::from_value(v).map_err(bad)?,
+            ));
+        }
+        let resp: LoginResponse = serde_json::from_value(v).map_err(bad)?;
+        Ok(LoginStep::SignedIn(
+            self.with_token(&resp.token),
+            Box::new(resp),
+        ))
+    }
+
+    /// The second sign-in step.
+    pub async fn second_factor(
+        &self,
+        answer: &SecondFactorAnswer,
+    ) -> ClientResult<(Client, LoginResponse)> {
+        let resp: LoginResponse = self
+            .body(Method::POST, "/api/v1/auth/login/second-factor", answer)
+            .await?;
         Ok((self.with_token(&resp.token), resp))
+    }
+
+    /// Starts setting up an authenticator app.
+    pub async fn totp_begin(&self) -> ClientResult<TotpEnrolment> {
+        self.body(
+            Method::POST,
+            "/api/v1/auth/second-factor/totp",
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// Confirms the authenticator app; returns the recovery codes.
+    pub async fn totp_confirm(&self, code: &str) -> ClientResult<RecoveryCodes> {
+        self.body(
+            Method::POST,
+            "/api/v1/auth/second-factor/totp/confirm",
+            &TotpCode { code: code.into() },
+        )
+        .await
+    }
+
+    pub async fn second_factor_status(&self) -> ClientResult<SecondFactorStatus> {
+        self.get("/api/v1/auth/second-factor").await
+    }
+
+    /// Makes an API key for a user (administrators).
+    pub async fn create_api_key(
+        &self,
+        user_id: &str,
+        req: &NewApiKeyRequest,
+    ) -> ClientResult<ApiKeyCreated> {
+        self.body(
+            Method::POST,
+            &format!("/api/v1/users/{}/api-keys", enc(user_id)),
+            req,
+        )
+        .await
+    }
+
+    /// Sets the company's sign-in policy (administrators).
+    pub async fn set_sign_in_policy(&self, p: &SignInPolicyView) -> ClientResult<SignInPolicyView> {
+        self.body(Method::PUT, "/api/v1/security/sign-in-policy", p)
+            .await
+    }
+
+    pub async fn sign_in_policy(&self) -> ClientResult<SignInPolicyView> {
+        self.get("/api/v1/security/sign-in-policy").await
+    }
+
+    /// Sets a user's sign-in settings (administrators).
+    pub async fn set_user_sign_in(
+        &self,
+        user_id: &str,
+        s: &UserSignInSettings,
+    ) -> ClientResult<()> {
+        let _: serde_json::Value = self
+            .body(
+                Method::PUT,
+                &format!("/api/v1/users/{}/sign-in", enc(user_id)),
+                s,
+            )
+            .await?;
+        Ok(())
     }
 
     pub async fn logout(&self) -> ClientResult<()> {
@@ -296,9 +412,22 @@ impl Client {
         .await
     }
 
+    /// Sets a user's password (administrators); the user must change it at
+    /// next sign-in.
     pub async fn set_password(&self, user_id: &str, password: &str) -> ClientResult<()> {
+        self.set_password_with(user_id, password, true).await
+    }
+
+    /// Sets a user's password, saying whether the user must change it.
+    pub async fn set_password_with(
+        &self,
+        user_id: &str,
+        password: &str,
+        must_change: bool,
+    ) -> ClientResult<()> {
         let req = SetPassword {
             password: password.into(),
+            must_change,
         };
         let _: serde_json::Value = self
             .body(

@@ -16,6 +16,7 @@ pub mod password;
 pub mod pii;
 pub mod record;
 pub mod session;
+pub mod signin;
 
 pub use error::{DomainError, DomainResult};
 

@@ -1,6 +1,8 @@
 //! The baseline password rule (OWASP ASVS: at least 12 characters, no
 //! composition rules, no forced expiry). Company-specific rules build on it.
 
+use chrono::{DateTime, Duration, Utc};
+
 use crate::error::{DomainError, DomainResult};
 
 pub const MIN_LEN: usize = 12;
@@ -54,6 +56,14 @@ pub struct PasswordRules {
     pub require_classes: u8,
     /// How many earlier passwords may not be reused (0..=24).
     pub history: u8,
+    /// A password older than this many days must be changed at sign-in
+    /// (0: never; off by default, as NIST SP 800-63B advises).
+    pub max_age_days: u16,
+    /// Sign-in warns this many days before expiry.
+    pub warn_days: u16,
+    /// A password must be this many days old before its owner changes it
+    /// again (stops cycling through the history at once).
+    pub min_age_days: u16,
 }
 
 impl Default for PasswordRules {
@@ -63,6 +73,9 @@ impl Default for PasswordRules {
             min_score: 3,
             require_classes: 0,
             history: 0,
+            max_age_days: 0,
+            warn_days: 14,
+            min_age_days: 0,
         }
     }
 }
@@ -73,13 +86,63 @@ impl PasswordRules {
             || self.min_score > 4
             || self.require_classes > 4
             || self.history > 24
+            || self.max_age_days > 3650
+            || self.warn_days > 90
+            || self.min_age_days > 30
+            || (self.max_age_days > 0 && self.min_age_days >= self.max_age_days)
         {
             return Err(DomainError::invalid(
-                "min_length is 12 to 128, min_score 0 to 4, require_classes 0 to 4, history 0 to 24",
+                "min_length is 12 to 128, min_score 0 to 4, require_classes 0 to 4, history 0 to 24, \
+                 max_age_days 0 (never) to 3650, warn_days 0 to 90, min_age_days 0 to 30 and below max_age_days",
             ));
         }
         Ok(self)
     }
+
+    /// Where a password set at `changed_at` stands at `now`.
+    pub fn age(&self, changed_at: DateTime<Utc>, now: DateTime<Utc>) -> PasswordAge {
+        if self.max_age_days == 0 {
+            return PasswordAge::Current;
+        }
+        let expires = changed_at + Duration::days(i64::from(self.max_age_days));
+        if now >= expires {
+            PasswordAge::Expired
+        } else if now >= expires - Duration::days(i64::from(self.warn_days)) {
+            PasswordAge::ExpiresSoon {
+                expires_at: expires,
+            }
+        } else {
+            PasswordAge::Current
+        }
+    }
+
+    /// When the owner may next change a password set at `changed_at`, if
+    /// not yet.
+    pub fn may_change_at(
+        &self,
+        changed_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let at = changed_at + Duration::days(i64::from(self.min_age_days));
+        (now < at).then_some(at)
+    }
+}
+
+/// A password's standing under the maximum-age rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordAge {
+    Current,
+    ExpiresSoon { expires_at: DateTime<Utc> },
+    Expired,
+}
+
+/// Whether the password is on the bundled list of common passwords.
+pub fn is_common(password: &str) -> bool {
+    static LIST: &str = include_str!("../data/common-passwords.txt");
+    let lower = password.to_lowercase();
+    LIST.lines()
+        .filter(|l| !l.starts_with('#'))
+        .any(|l| l == lower)
 }
 
 /// Who the password is for: it must not contain these.
@@ -94,6 +157,11 @@ pub struct Owner<'a> {
 /// the rule and what to do.
 pub fn check(password: &str, rules: &PasswordRules, owner: Owner<'_>) -> DomainResult<()> {
     check_baseline(password)?;
+    if is_common(password) {
+        return Err(DomainError::invalid(
+            "that password is on the list of common and breached passwords; choose another",
+        ));
+    }
     let n = password.chars().count();
     if n < rules.min_length {
         return Err(DomainError::invalid(format!(
@@ -162,7 +230,7 @@ mod rule_tests {
     fn strength_and_personal_data() {
         let r = PasswordRules::default();
         for ok in [
-            "correct horse battery staple",
+            "plum orchard violin tram",
             "a brand new passphrase",
             "another fine passphrase",
             "another long password",
@@ -173,7 +241,7 @@ mod rule_tests {
                 check(ok, &r, OWNER)
             );
         }
-        assert!(check("password1234", &r, OWNER)
+        assert!(check("password4321x", &r, OWNER)
             .unwrap_err()
             .to_string()
             .contains("too easy"));
@@ -188,10 +256,63 @@ mod rule_tests {
             min_length: 16,
             ..r
         };
-        assert!(check("correct horse battery staple", &strict, OWNER)
+        assert!(check("plum orchard violin tramway", &strict, OWNER)
             .unwrap_err()
             .to_string()
             .contains("mix"));
-        assert!(check("Correct horse battery staple 9", &strict, OWNER).is_ok());
+        assert!(check("Plum orchard violin tramway 9", &strict, OWNER).is_ok());
+    }
+
+    #[test]
+    fn common_passwords_are_refused_whatever_the_score_rule() {
+        let r = PasswordRules {
+            min_score: 0,
+            ..Default::default()
+        };
+        for bad in [
+            "Password1234",
+            "correct horse battery staple",
+            "QWERTYUIOP123",
+        ] {
+            assert!(check(bad, &r, OWNER)
+                .unwrap_err()
+                .to_string()
+                .contains("common"));
+        }
+        assert!(check("plum orchard violin tram", &r, OWNER).is_ok());
+    }
+
+    #[test]
+    fn age_rules() {
+        let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+        let r = PasswordRules {
+            max_age_days: 90,
+            warn_days: 14,
+            min_age_days: 1,
+            ..Default::default()
+        };
+        assert_eq!(r.age(t0, t0 + Duration::days(75)), PasswordAge::Current);
+        assert_eq!(
+            r.age(t0, t0 + Duration::days(76)),
+            PasswordAge::ExpiresSoon {
+                expires_at: t0 + Duration::days(90)
+            }
+        );
+        assert_eq!(r.age(t0, t0 + Duration::days(90)), PasswordAge::Expired);
+        assert_eq!(
+            PasswordRules::default().age(t0, t0 + Duration::days(9999)),
+            PasswordAge::Current
+        );
+        assert_eq!(
+            r.may_change_at(t0, t0 + Duration::hours(23)),
+            Some(t0 + Duration::days(1))
+        );
+        assert_eq!(r.may_change_at(t0, t0 + Duration::days(1)), None);
+        assert!(PasswordRules {
+            min_age_days: 90,
+            ..r
+        }
+        .checked()
+        .is_err());
     }
 }

@@ -7,6 +7,7 @@ pub mod password;
 pub mod pkcs11;
 pub mod provider;
 pub mod token;
+pub mod totp;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {

@@ -25,6 +25,10 @@ pub enum ErrorCode {
     Unauthenticated,
     /// Signed in, but not allowed to do this.
     Forbidden,
+    /// The session may only enrol a second factor until one is set up.
+    SecondFactorEnrolmentRequired,
+    /// The session may only change the password until it is changed.
+    PasswordChangeRequired,
     /// The thing does not exist (or is not visible to the caller).
     NotFound,
     /// The path exists but not with this HTTP method.
@@ -57,6 +61,8 @@ impl ErrorCode {
             ErrorCode::SignInFailed => "sign_in_failed",
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::SecondFactorEnrolmentRequired => "second_factor_enrolment_required",
+            ErrorCode::PasswordChangeRequired => "password_change_required",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Conflict => "conflict",
@@ -76,7 +82,9 @@ impl ErrorCode {
             | ErrorCode::UnknownField
             | ErrorCode::ValidationFailed => 400,
             ErrorCode::SignInFailed | ErrorCode::Unauthenticated => 401,
-            ErrorCode::Forbidden => 403,
+            ErrorCode::Forbidden
+            | ErrorCode::SecondFactorEnrolmentRequired
+            | ErrorCode::PasswordChangeRequired => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict | ErrorCode::VersionConflict => 409,

@@ -59,6 +59,11 @@ pub struct LoginResponse {
     /// When the session ends if it is not used before then.
     pub idle_expires_at: DateTime<Utc>,
     pub user: UserView,
+    /// Set when the session may do only one thing first:
+    /// `enrol_second_factor` or `change_password`.
+    pub restriction: Option<String>,
+    /// When the password expires, if it does within the warning period.
+    pub password_expires_at: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for LoginResponse {
@@ -79,6 +84,9 @@ pub struct SessionView {
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub idle_expires_at: DateTime<Utc>,
+    /// `enrol_second_factor` or `change_password` while the session is
+    /// limited to that.
+    pub restriction: Option<String>,
 }
 
 /// A company (tenant).
@@ -185,6 +193,14 @@ pub struct UpdateUser {
 #[serde(deny_unknown_fields)]
 pub struct SetPassword {
     pub password: String,
+    /// The user must choose a new password at next sign-in (default: yes,
+    /// as for any password someone else knows).
+    #[serde(default = "yes")]
+    pub must_change: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl std::fmt::Debug for SetPassword {

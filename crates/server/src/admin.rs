@@ -356,7 +356,7 @@ pub async fn set_password(
 ) -> ApiResult<StatusCode> {
     let what = format!("user/{user_id}");
     let auth = audit::require_admin(&state, &caller, &client, "user.set_password", &what).await?;
-    let detail = serde_json::json!({});
+    let detail = serde_json::json!({ "must_change": req.must_change });
     let target = target_user(&state, &auth, &user_id).await?;
     if target.view.is_master && !caller.principal.is_master {
         return Err(ApiError::new(
@@ -380,7 +380,13 @@ pub async fn set_password(
     let hash = state.hashing.hash(password).await?;
     state
         .store
-        .set_password(auth.company(), target.key, &hash, state.clock.now())
+        .set_password(
+            auth.company(),
+            target.key,
+            &hash,
+            req.must_change,
+            state.clock.now(),
+        )
         .await?;
     audit::record(&state, &caller, &client, "user.set_password", &what, detail).await?;
     Ok(StatusCode::NO_CONTENT)

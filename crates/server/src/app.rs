@@ -17,7 +17,10 @@ use crate::error::{ApiError, REQUEST_ID};
 use crate::extract::{ClientInfo, TrustedProxies};
 use crate::metrics::RequestLabels;
 use crate::state::AppState;
-use crate::{admin, audit, auth, hours, ip_rules, passwords, records, security, session_admin};
+use crate::{
+    admin, api_keys, audit, auth, hours, ip_rules, lockout, passkeys, passwords, records,
+    second_factor, security, session_admin,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -42,6 +45,13 @@ use crate::{admin, audit, auth, hours, ip_rules, passwords, records, security, s
         session_admin::own, session_admin::end_own, session_admin::of_user, session_admin::end_of_user,
         session_admin::policy, session_admin::set_policy,
         passwords::change_own, passwords::rules, passwords::set_rules,
+        passwords::user_rules, passwords::set_user_rules, passwords::clear_user_rules,
+        second_factor::answer, second_factor::status, second_factor::totp_begin,
+        second_factor::totp_confirm, second_factor::renew_codes, second_factor::reset,
+        second_factor::user_settings,
+        passkeys::register_begin, passkeys::register_finish,
+        lockout::get_policy, lockout::set_policy,
+        api_keys::create, api_keys::list, api_keys::revoke,
     ),
     components(schemas(strongroom_proto::ErrorCode, strongroom_proto::ErrorBody)),
     modifiers(&BearerAuth),
@@ -179,6 +189,55 @@ pub fn router(state: AppState, trusted: TrustedProxies, max_body_bytes: usize) -
             axum::routing::delete(security::unblock),
         )
         .route("/api/v1/users/{user_id}/unlock", post(security::unlock))
+        .route(
+            "/api/v1/auth/login/second-factor",
+            post(second_factor::answer),
+        )
+        .route("/api/v1/auth/second-factor", get(second_factor::status))
+        .route(
+            "/api/v1/auth/second-factor/totp",
+            post(second_factor::totp_begin),
+        )
+        .route(
+            "/api/v1/auth/second-factor/totp/confirm",
+            post(second_factor::totp_confirm),
+        )
+        .route(
+            "/api/v1/auth/second-factor/recovery-codes",
+            post(second_factor::renew_codes),
+        )
+        .route(
+            "/api/v1/auth/second-factor/passkeys/begin",
+            post(passkeys::register_begin),
+        )
+        .route(
+            "/api/v1/auth/second-factor/passkeys/finish",
+            post(passkeys::register_finish),
+        )
+        .route(
+            "/api/v1/users/{user_id}/second-factor",
+            axum::routing::delete(second_factor::reset),
+        )
+        .route(
+            "/api/v1/users/{user_id}/sign-in",
+            axum::routing::put(second_factor::user_settings),
+        )
+        .route(
+            "/api/v1/users/{user_id}/password-rules",
+            get(passwords::user_rules)
+                .put(passwords::set_user_rules)
+                .delete(passwords::clear_user_rules),
+        )
+        .route(
+            "/api/v1/security/sign-in-policy",
+            get(lockout::get_policy).put(lockout::set_policy),
+        )
+        .route("/api/v1/users/{user_id}/api-keys", post(api_keys::create))
+        .route("/api/v1/security/api-keys", get(api_keys::list))
+        .route(
+            "/api/v1/security/api-keys/{id}",
+            axum::routing::delete(api_keys::revoke),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -134,6 +134,15 @@ pub fn session_ref(token_hash: &[u8; 32]) -> String {
     hex::encode(&token_hash[..8])
 }
 
+/// How events name what authenticated the caller: the session reference,
+/// or `key:<id>` for an API key.
+pub fn caller_ref(caller: &Caller) -> String {
+    match &caller.api_key {
+        Some(id) => format!("key:{id}"),
+        None => session_ref(&caller.token_hash),
+    }
+}
+
 /// A successful event about what an authenticated caller did.
 pub fn event(
     state: &AppState,
@@ -152,7 +161,7 @@ pub fn event(
         outcome: Outcome::Success,
         reason: None,
         detail: detail.to_string(),
-        session: Some(session_ref(&caller.token_hash)),
+        session: Some(caller_ref(caller)),
         client_ip: Some(client.ip.to_string()),
         user_agent: client.user_agent.clone(),
         request_id: Some(current_request_id()),

@@ -10,7 +10,9 @@ use axum::Json;
 use strongroom_core::access::Principal;
 use strongroom_core::audit::{AuditEvent, Outcome, SERVER_CHAIN};
 use strongroom_core::ident;
-use strongroom_core::session::SessionState;
+use strongroom_core::password::PasswordAge;
+use strongroom_core::session::{Restriction, SessionState};
+use strongroom_core::{CompanyId, UserKey};
 use strongroom_crypto::token;
 use strongroom_proto::{ErrorCode, LoginRequest, LoginResponse, SessionView, UserStatus};
 use zeroize::Zeroizing;
@@ -21,13 +23,22 @@ use crate::state::AppState;
 
 pub const SESSION_COOKIE: &str = "__Host-strongroom_session";
 
-/// An authenticated caller: a live session of an active user.
+/// An authenticated caller: a live session (or an API key) of an active
+/// user.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub principal: Principal,
+    /// The hash of the session token or API key that authenticated.
     pub token_hash: [u8; 32],
-    pub session: strongroom_store::SessionRecord,
+    /// The session, when the caller signed in (not for API keys).
+    pub session: Option<strongroom_store::SessionRecord>,
+    /// The API key's id, when the caller used one.
+    pub api_key: Option<String>,
 }
+
+/// API keys start with this, so a request says which kind of secret it
+/// carries.
+pub const API_KEY_PREFIX: &str = "srk_";
 
 /// The session token and whether it came in the cookie (which a browser
 /// attaches on its own, so cookie requests need the CSRF check).
@@ -51,6 +62,77 @@ fn token_from(headers: &HeaderMap) -> Option<(String, bool)> {
     None
 }
 
+/// The checks every request and every sign-in step makes for a known user,
+/// whatever proved who they are (session, API key, second factor): access
+/// hours and account validity, the company's and user's IP rules, and
+/// address blocks. Returns the refusal reason, if any.
+pub async fn admission(
+    state: &AppState,
+    company: CompanyId,
+    user: UserKey,
+    ip: std::net::IpAddr,
+) -> ApiResult<Option<&'static str>> {
+    let hours = crate::hours::check(state, company, user).await?;
+    if hours != strongroom_core::hours::HoursDecision::Allowed {
+        return Ok(Some(crate::hours::reason(hours)));
+    }
+    let ip_refused = crate::ip_rules::check(state, company, Some(user), ip).await?
+        != strongroom_core::ip_policy::IpDecision::Allowed;
+    if ip_refused || state.blocks.is_blocked(company.0, ip, state.clock.now()) {
+        return Ok(Some("ip_not_allowed"));
+    }
+    Ok(None)
+}
+
+/// The error a refusal by [`admission`] is answered with.
+pub fn admission_error(reason: &str) -> ApiError {
+    if reason == "ip_not_allowed" {
+        ApiError::new(
+            ErrorCode::Forbidden,
+            "access from your address is blocked; contact your administrator",
+        )
+    } else {
+        ApiError::unauthenticated(
+            "your access hours have ended (or your account is not valid today); the session is closed",
+        )
+    }
+}
+
+/// What a restricted session may still reach: its own session, sign-out,
+/// and the one thing it must do.
+fn allowed_while_restricted(r: Restriction, path: &str) -> bool {
+    if matches!(path, "/api/v1/auth/session" | "/api/v1/auth/logout") {
+        return true;
+    }
+    match r {
+        Restriction::None => true,
+        Restriction::Enrol => path.starts_with("/api/v1/auth/second-factor"),
+        Restriction::Password => path == "/api/v1/auth/password",
+    }
+}
+
+fn restricted_error(r: Restriction) -> ApiError {
+    match r {
+        Restriction::Password => ApiError::new(
+            ErrorCode::PasswordChangeRequired,
+            "your password must be changed first: POST /api/v1/auth/password, then sign in again",
+        ),
+        _ => ApiError::new(
+            ErrorCode::SecondFactorEnrolmentRequired,
+            "your company requires a second factor: set one up at POST /api/v1/auth/second-factor/totp (or register a passkey) first",
+        ),
+    }
+}
+
+/// The name a restriction has in responses.
+pub fn restriction_name(r: Restriction) -> Option<String> {
+    match r {
+        Restriction::None => None,
+        Restriction::Enrol => Some("enrol_second_factor".into()),
+        Restriction::Password => Some("change_password".into()),
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -65,6 +147,9 @@ impl FromRequestParts<AppState> for Caller {
                 ErrorCode::Forbidden,
                 "a cross-site request with the session cookie was refused; send the token as 'Authorization: Bearer <token>' or make the request from the same origin",
             ));
+        }
+        if !by_cookie && token.starts_with(API_KEY_PREFIX) {
+            return crate::api_keys::caller(parts, state, &token).await;
         }
         let expired = || ApiError::unauthenticated("the session has ended; sign in again");
         if !token::looks_like_token(&token) {
@@ -88,35 +173,14 @@ impl FromRequestParts<AppState> for Caller {
             end_session(state, &session, &hash, reason, Some(&client)).await?;
             return Err(expired());
         }
-        // Access hours: a session ends when its window closes.
-        let hours = crate::hours::check(state, session.company, session.user).await?;
-        if hours != strongroom_core::hours::HoursDecision::Allowed {
-            end_session(
-                state,
-                &session,
-                &hash,
-                crate::hours::reason(hours),
-                Some(&client),
-            )
-            .await?;
-            return Err(ApiError::unauthenticated(
-                "your access hours have ended (or your account is not valid today); the session is closed",
-            ));
+        // Access hours, IP rules and blocks: a session ends when its window
+        // closes or its address is no longer allowed.
+        if let Some(reason) = admission(state, session.company, session.user, client.ip).await? {
+            end_session(state, &session, &hash, reason, Some(&client)).await?;
+            return Err(admission_error(reason));
         }
-        let ip_refused =
-            crate::ip_rules::check(state, session.company, Some(session.user), client.ip).await?
-                != strongroom_core::ip_policy::IpDecision::Allowed;
-        if ip_refused
-            || state
-                .blocks
-                .is_blocked(session.company.0, client.ip, state.clock.now())
-        {
-            // The session is not at fault, but it may not be used from here.
-            end_session(state, &session, &hash, "ip_not_allowed", Some(&client)).await?;
-            return Err(ApiError::new(
-                ErrorCode::Forbidden,
-                "access from your address is blocked; contact your administrator",
-            ));
+        if !allowed_while_restricted(session.restriction, parts.uri.path()) {
+            return Err(restricted_error(session.restriction));
         }
         let mut session = session;
         if state.sessions.should_touch(&session.times, now) {
@@ -134,7 +198,8 @@ impl FromRequestParts<AppState> for Caller {
                 is_master: session.is_master,
             },
             token_hash: hash,
-            session,
+            session: Some(session),
+            api_key: None,
         })
     }
 }
@@ -205,12 +270,20 @@ fn sign_in_failed() -> ApiError {
 }
 
 /// Sign in with company code, user ID and password.
+///
+/// When the user has a second factor (or must have one), the answer is
+/// `202` with a challenge to finish at `/api/v1/auth/login/second-factor`;
+/// the password alone never yields a usable session. A user who must still
+/// set up a second factor, or change the password, gets a session limited
+/// to that (`restriction`).
 #[utoipa::path(
     post, path = "/api/v1/auth/login", tag = "auth",
     request_body = LoginRequest,
     responses(
         (status = 200, description = "Signed in; the token is also set as a cookie", body = LoginResponse),
-        (status = 401, description = "Wrong company, user or password, or account disabled", body = strongroom_proto::ErrorBody),
+        (status = 202, description = "Password right; answer the second-factor challenge", body = strongroom_proto::SecondFactorChallenge),
+        (status = 401, description = "Wrong company, user or password, or account disabled or locked", body = strongroom_proto::ErrorBody),
+        (status = 403, description = "Sign-in from this address is blocked", body = strongroom_proto::ErrorBody),
         (status = 503, description = "Too many sign-ins at once", body = strongroom_proto::ErrorBody),
     )
 )]
@@ -250,7 +323,7 @@ pub async fn login(
         use strongroom_core::ip_policy::IpDecision::Allowed;
         let (by_company, by_both) = crate::ip_rules::decisions(
             &state,
-            strongroom_core::CompanyId(chain),
+            CompanyId(chain),
             account.as_ref().map(|a| a.key),
             client.ip,
         )
@@ -273,10 +346,11 @@ pub async fn login(
             .map(|a| a.password_hash.clone());
         state.hashing.verify(password, stored).await?
     };
+    let now = state.clock.now();
     let locked = match &account {
-        Some(a) if password_ok => state
+        Some(a) if !blocked => state
             .store
-            .account_locked_until(a.company, a.key, state.clock.now())
+            .account_locked_until(a.company, a.key, now)
             .await?
             .is_some(),
         _ => false,
@@ -292,39 +366,31 @@ pub async fn login(
         Some(_) if user_ip_denied => Some("ip_not_allowed"),
         None if chain == SERVER_CHAIN => Some("unknown_company"),
         None => Some("unknown_user"),
+        // A locked account is refused whatever the password, and the
+        // attempt does not count again.
+        Some(_) if locked => Some("account_locked"),
         Some(_) if !password_ok => Some("bad_password"),
         Some(a) if a.status != UserStatus::Active => Some("account_disabled"),
-        Some(_) if locked => Some("account_locked"),
         Some(_) if hours.is_some() => hours.map(crate::hours::reason),
         Some(_) => None,
     };
-    let now = state.clock.now();
-    let attempt = AuditEvent {
-        chain,
-        at: now,
-        // What was typed, cut short: it is the claim, not a verified identity.
-        actor: format!("user:{}", req.user.chars().take(64).collect::<String>()),
-        action: "auth.login".into(),
-        target: format!(
-            "company/{}",
-            req.company.chars().take(32).collect::<String>()
-        ),
-        outcome: if reason.is_some() {
-            Outcome::Denied
-        } else {
-            Outcome::Success
-        },
-        reason: reason.map(str::to_owned),
-        detail: "{}".into(),
-        session: None,
-        client_ip: Some(client.ip.to_string()),
-        user_agent: client.user_agent.clone(),
-        request_id: Some(crate::error::current_request_id()),
-    };
+    let mut attempt = sign_in_event(&state, chain, &req.user, &req.company, &client);
     let account = match account {
         Some(a) if reason.is_none() => a,
-        _ => {
+        account => {
+            attempt.outcome = Outcome::Denied;
+            attempt.reason = reason.map(str::to_owned);
             state.audit.write(vec![attempt]).await?;
+            if matches!(
+                reason,
+                Some("bad_password" | "unknown_user" | "unknown_company")
+            ) {
+                let who = account
+                    .as_ref()
+                    .filter(|_| reason == Some("bad_password"))
+                    .map(|a| (a.company, a.key, a.user_id.as_str()));
+                crate::lockout::failed(&state, chain, who, client.ip).await?;
+            }
             if blocked {
                 return Err(ApiError::new(
                     ErrorCode::Forbidden,
@@ -334,9 +400,70 @@ pub async fn login(
             return Err(sign_in_failed());
         }
     };
-    let mut attempt = attempt;
+    crate::lockout::succeeded(&state, chain, account.key).await?;
+    let factors = crate::second_factor::factors(&state, account.company, account.key).await?;
+    if factors.any() {
+        // The password step is done; a session comes only with the second.
+        let challenge = crate::second_factor::begin(&state, &account, &client, &factors).await?;
+        attempt.action = "auth.password".into();
+        attempt.detail = serde_json::json!({ "next": "second_factor" }).to_string();
+        state.audit.write(vec![attempt]).await?;
+        return Ok((axum::http::StatusCode::ACCEPTED, Json(challenge)).into_response());
+    }
+    let restriction = if crate::second_factor::required(&state, &account).await? {
+        Restriction::Enrol
+    } else {
+        Restriction::None
+    };
+    finish_sign_in(&state, &account, &client, restriction, attempt).await
+}
+
+/// The audit event of a sign-in attempt, before its outcome is known.
+pub fn sign_in_event(
+    state: &AppState,
+    chain: i64,
+    user: &str,
+    company: &str,
+    client: &ClientInfo,
+) -> AuditEvent {
+    AuditEvent {
+        chain,
+        at: state.clock.now(),
+        // What was typed, cut short: it is the claim, not a verified identity.
+        actor: format!("user:{}", user.chars().take(64).collect::<String>()),
+        action: "auth.login".into(),
+        target: format!("company/{}", company.chars().take(32).collect::<String>()),
+        outcome: Outcome::Success,
+        reason: None,
+        detail: "{}".into(),
+        session: None,
+        client_ip: Some(client.ip.to_string()),
+        user_agent: client.user_agent.clone(),
+        request_id: Some(crate::error::current_request_id()),
+    }
+}
+
+/// Makes the session once every sign-in step has passed: applies the
+/// password-age rules and the session limit, records the sign-in, and
+/// answers with the token (also as a cookie).
+pub async fn finish_sign_in(
+    state: &AppState,
+    account: &strongroom_store::LoginAccount,
+    client: &ClientInfo,
+    mut restriction: Restriction,
+    mut attempt: AuditEvent,
+) -> ApiResult<Response> {
+    let now = state.clock.now();
+    let rules = state
+        .store
+        .effective_password_rules(account.company, Some(account.key))
+        .await?;
+    let age = rules.age(account.password_changed_at, now);
+    if account.must_change_password || age == PasswordAge::Expired {
+        restriction = Restriction::Password;
+    }
     if let Some(reason) =
-        crate::session_admin::make_room(&state, account.company, account.key).await?
+        crate::session_admin::make_room(state, account.company, account.key).await?
     {
         attempt.outcome = Outcome::Denied;
         attempt.reason = Some(reason.into());
@@ -348,8 +475,20 @@ pub async fn login(
     }
     let new = token::new_token()?;
     attempt.session = Some(crate::audit::session_ref(&new.hash));
+    if restriction != Restriction::None {
+        let mut detail: serde_json::Value =
+            serde_json::from_str(&attempt.detail).unwrap_or_else(|_| serde_json::json!({}));
+        detail["restriction"] = serde_json::json!(restriction_name(restriction));
+        attempt.detail = detail.to_string();
+    }
     state.audit.write(vec![attempt]).await?;
-    let times = state.sessions.start(now);
+    let idle_minutes = match account.idle_minutes {
+        Some(m) => m,
+        None => state.store.session_policy(account.company).await?.2,
+    };
+    let times = state
+        .sessions
+        .start(now, Some(chrono::Duration::minutes(idle_minutes)));
     let ip = client.ip.to_string();
     state
         .detection
@@ -369,6 +508,7 @@ pub async fn login(
             account.key,
             &new.hash,
             times,
+            restriction,
             Some(&ip),
             client.user_agent.as_deref(),
         )
@@ -388,6 +528,11 @@ pub async fn login(
         expires_at: times.expires_at,
         idle_expires_at: state.sessions.idle_expires_at(&times),
         user: user.view,
+        restriction: restriction_name(restriction),
+        password_expires_at: match age {
+            PasswordAge::ExpiresSoon { expires_at } => Some(expires_at),
+            _ => None,
+        },
     };
     let mut resp = Json(body).into_response();
     let cookie = HeaderValue::from_str(&cookie).map_err(ApiError::internal)?;
@@ -448,12 +593,17 @@ pub async fn current_session(
         .user_by_key(p.company, p.user)
         .await?
         .ok_or_else(|| ApiError::unauthenticated("the session has ended; sign in again"))?;
-    let times = caller.session.times;
+    let session = caller
+        .session
+        .as_ref()
+        .ok_or_else(|| ApiError::unauthenticated("an API key has no session"))?;
+    let times = session.times;
     Ok(Json(SessionView {
         company: p.company_code.clone(),
         user: user.view,
         created_at: times.created_at,
         expires_at: times.expires_at,
         idle_expires_at: state.sessions.idle_expires_at(&times),
+        restriction: restriction_name(session.restriction),
     }))
 }

@@ -128,6 +128,37 @@ pub struct Config {
     /// `text` or `json`.
     #[serde(default = "d_log_format")]
     pub log_format: String,
+    /// The address users reach the server at, e.g.
+    /// `https://records.example.com`; passkeys are bound to its host name.
+    /// Empty means `https://localhost:<listen port>`.
+    #[serde(default)]
+    pub public_origin: String,
+    /// A file of passwords nobody may choose, besides the bundled list:
+    /// one per line, either the password or its SHA-1 in hex (the
+    /// "Pwned Passwords" format, `HASH:count`, is accepted). Empty: none.
+    #[serde(default)]
+    pub password_deny_list: String,
+}
+
+/// The public origin: given, or `https://localhost:<port>`. Passkeys need
+/// a host name (not an IP address) and HTTPS.
+fn public_origin(given: &str, listen: SocketAddr) -> Result<url::Url, ConfigError> {
+    let text = if given.trim().is_empty() {
+        format!("https://localhost:{}", listen.port())
+    } else {
+        given.trim().to_owned()
+    };
+    let url = url::Url::parse(&text).map_err(|_| {
+        cerr(format!(
+            "public_origin: '{text}' is not a URL such as https://records.example.com"
+        ))
+    })?;
+    if url.scheme() != "https" || url.domain().is_none() || url.path() != "/" {
+        return Err(cerr(format!(
+            "public_origin: '{text}' must be https:// with a host name (not an IP address) and no path"
+        )));
+    }
+    Ok(url)
 }
 
 fn d_listen() -> String {
@@ -206,6 +237,8 @@ fn cerr(msg: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone)]
 pub struct Resolved {
     pub listen: SocketAddr,
+    /// Where users reach the server (passkeys are bound to its host).
+    pub public_origin: url::Url,
     pub trusted_proxies: Vec<IpNet>,
     pub metrics_allow: Vec<IpNet>,
 }
@@ -249,6 +282,8 @@ impl Config {
             alert_webhook_secret_file: None,
             login_concurrency: 0,
             log_format: d_log_format(),
+            public_origin: String::new(),
+            password_deny_list: String::new(),
         }
     }
 
@@ -442,8 +477,10 @@ impl Config {
         }
         strongroom_store::normalise_url(self.database_url().expose_secret())
             .map_err(|e| cerr(format!("database_url: {e}")))?;
+        let public_origin = public_origin(&self.public_origin, listen)?;
         Ok(Resolved {
             listen,
+            public_origin,
             trusted_proxies,
             metrics_allow,
         })

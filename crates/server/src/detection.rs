@@ -34,7 +34,7 @@ impl Blocks {
             .any(|c| map.get(&(*c, ip)).is_some_and(|until| *until > now))
     }
 
-    fn add(&self, chain: i64, ip: IpAddr, until: DateTime<Utc>) {
+    pub(crate) fn add(&self, chain: i64, ip: IpAddr, until: DateTime<Utc>) {
         self.map
             .write()
             .unwrap_or_else(|e| e.into_inner())

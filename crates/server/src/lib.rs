@@ -2,6 +2,7 @@
 //! listener and the HTTP API.
 
 pub mod admin;
+pub mod api_keys;
 pub mod app;
 pub mod audit;
 pub mod auth;
@@ -14,11 +15,14 @@ pub mod hours;
 pub mod ip_rules;
 pub mod keys;
 pub mod limits;
+pub mod lockout;
 pub mod metrics;
+pub mod passkeys;
 pub mod passwords;
 pub mod records;
 pub mod reencrypt;
 pub mod sealing;
+pub mod second_factor;
 pub mod security;
 pub mod session_admin;
 pub mod state;
@@ -135,7 +139,18 @@ pub async fn prepare_with(
             .unwrap_or(2),
         n => n,
     };
+    let deny_list = if config.password_deny_list.trim().is_empty() {
+        passwords::DenyList::default()
+    } else {
+        let list =
+            passwords::DenyList::load(std::path::Path::new(config.password_deny_list.trim()))?;
+        tracing::info!(entries = list.len(), "loaded the password deny list");
+        list
+    };
+    let webauthn = passkeys::build(&resolved.public_origin)?;
     let state = AppState {
+        deny_list: Arc::new(deny_list),
+        webauthn: Arc::new(webauthn),
         store: store.clone(),
         clock: clock.clone(),
         sessions: SessionPolicy {

@@ -174,10 +174,11 @@ pub async fn policy(
         "session_policy",
     )
     .await?;
-    let (max, when_full) = state.store.session_policy(auth.company()).await?;
+    let (max, when_full, idle) = state.store.session_policy(auth.company()).await?;
     Ok(Json(SessionPolicyView {
         max_sessions_per_user: u32::try_from(max).unwrap_or(0),
         when_full,
+        idle_timeout_minutes: u32::try_from(idle).unwrap_or(30),
     }))
 }
 
@@ -202,10 +203,11 @@ pub async fn set_policy(
     .await?;
     if !matches!(req.when_full.as_str(), "refuse_new" | "end_oldest")
         || req.max_sessions_per_user > 1000
+        || !strongroom_core::session::IDLE_MINUTES.contains(&req.idle_timeout_minutes)
     {
         return Err(ApiError::new(
             ErrorCode::ValidationFailed,
-            "max_sessions_per_user is 0 (no limit) to 1000; when_full is refuse_new or end_oldest",
+            "max_sessions_per_user is 0 (no limit) to 1000; when_full is refuse_new or end_oldest; idle_timeout_minutes is 10 to 1440",
         ));
     }
     state
@@ -214,6 +216,7 @@ pub async fn set_policy(
             auth.company(),
             i64::from(req.max_sessions_per_user),
             &req.when_full,
+            i64::from(req.idle_timeout_minutes),
         )
         .await?;
     audit::record(
@@ -235,7 +238,7 @@ pub async fn make_room(
     company: CompanyId,
     user: UserKey,
 ) -> ApiResult<Option<&'static str>> {
-    let (max, when_full) = state.store.session_policy(company).await?;
+    let (max, when_full, _) = state.store.session_policy(company).await?;
     if max <= 0 {
         return Ok(None);
     }

@@ -26,6 +26,10 @@ pub struct AppState {
     pub limits: Arc<crate::limits::Limits>,
     pub detection: crate::detection::Detection,
     pub blocks: Arc<crate::detection::Blocks>,
+    /// The operator's breached-password list.
+    pub deny_list: Arc<crate::passwords::DenyList>,
+    /// Passkey ceremonies, bound to the public origin's host name.
+    pub webauthn: Arc<webauthn_rs::Webauthn>,
 }
 
 /// Password hashing off the async executor, a bounded number at a time, so

@@ -161,7 +161,9 @@ impl Store {
             .collect()
     }
 
-    /// Locks an account and ends its sessions, in one transaction.
+    /// Locks an account and ends its sessions, in one transaction. A lock
+    /// that already runs longer is kept (a detector's lock never shortens
+    /// a grown lockout).
     pub async fn lock_account(
         &self,
         company: CompanyId,
@@ -170,6 +172,16 @@ impl Store {
         reason: &str,
     ) -> StoreResult<()> {
         let mut w = self.write_tx().await?;
+        let existing =
+            sqlx::query("SELECT until FROM account_locks WHERE company_id = $1 AND user_key = $2")
+                .bind(company.0)
+                .bind(user.0)
+                .fetch_optional(&mut *w.tx)
+                .await?;
+        let until = match existing {
+            Some(r) => until.max(from_ts(get(&r, "until")?)?),
+            None => until,
+        };
         sqlx::query("DELETE FROM account_locks WHERE company_id = $1 AND user_key = $2")
             .bind(company.0)
             .bind(user.0)

@@ -37,6 +37,14 @@ pub struct LoginAccount {
     pub user_id: String,
     pub status: UserStatus,
     pub password_hash: String,
+    pub is_admin: bool,
+    pub is_master: bool,
+    /// Marked by an administrator as needing a second factor.
+    pub two_factor_marked: bool,
+    pub must_change_password: bool,
+    pub password_changed_at: DateTime<Utc>,
+    /// The user's own idle timeout, if set.
+    pub idle_minutes: Option<i64>,
 }
 
 impl std::fmt::Debug for LoginAccount {
@@ -64,6 +72,30 @@ pub struct UserChange {
     pub department_id: Option<Option<i64>>,
     pub status: Option<UserStatus>,
     pub is_admin: Option<bool>,
+}
+
+const LOGIN_SELECT: &str =
+    "SELECT c.id AS company_id, c.code, u.id AS user_key, u.user_id, u.status, \
+    u.password_hash, u.is_admin, u.is_master, u.two_factor_required, u.must_change_password, \
+    u.password_changed_at, u.idle_minutes FROM companies c JOIN users u ON u.company_id = c.id";
+
+fn login_account_from_row(r: &AnyRow) -> StoreResult<LoginAccount> {
+    let status: String = get(r, "status")?;
+    Ok(LoginAccount {
+        company: CompanyId(get(r, "company_id")?),
+        company_code: get(r, "code")?,
+        key: UserKey(get(r, "user_key")?),
+        user_id: get(r, "user_id")?,
+        status: UserStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("user status '{status}'")))?,
+        password_hash: get(r, "password_hash")?,
+        is_admin: flag(r, "is_admin")?,
+        is_master: flag(r, "is_master")?,
+        two_factor_marked: flag(r, "two_factor_required")?,
+        must_change_password: flag(r, "must_change_password")?,
+        password_changed_at: from_ts(get(r, "password_changed_at")?)?,
+        idle_minutes: get(r, "idle_minutes")?,
+    })
 }
 
 const USER_COLUMNS: &str = "u.id, u.user_id, u.display_name, u.email, u.department_id, \
@@ -181,28 +213,28 @@ impl Store {
         company_code: &str,
         user_id: &str,
     ) -> StoreResult<Option<LoginAccount>> {
-        let row = sqlx::query(
-            "SELECT c.id AS company_id, c.code, u.id AS user_key, u.user_id, u.status, u.password_hash \
-             FROM companies c JOIN users u ON u.company_id = c.id \
-             WHERE c.code = $1 AND u.user_id = $2",
-        )
+        let row = sqlx::query(&format!(
+            "{LOGIN_SELECT} WHERE c.code = $1 AND u.user_id = $2"
+        ))
         .bind(company_code)
         .bind(user_id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            let status: String = get(&r, "status")?;
-            Ok(LoginAccount {
-                company: CompanyId(get(&r, "company_id")?),
-                company_code: get(&r, "code")?,
-                key: UserKey(get(&r, "user_key")?),
-                user_id: get(&r, "user_id")?,
-                status: UserStatus::parse(&status)
-                    .ok_or_else(|| StoreError::Corrupt(format!("user status '{status}'")))?,
-                password_hash: get(&r, "password_hash")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(login_account_from_row).transpose()
+    }
+
+    /// The same facts by internal keys (the second sign-in step).
+    pub async fn login_account_by_key(
+        &self,
+        company: CompanyId,
+        key: UserKey,
+    ) -> StoreResult<Option<LoginAccount>> {
+        let row = sqlx::query(&format!("{LOGIN_SELECT} WHERE c.id = $1 AND u.id = $2"))
+            .bind(company.0)
+            .bind(key.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(login_account_from_row).transpose()
     }
 
     // ----- departments -------------------------------------------------
@@ -424,12 +456,15 @@ impl Store {
         Ok(())
     }
 
-    /// Sets a new password hash and ends the user's other sessions.
+    /// Sets a new password hash and ends the user's sessions.
+    /// `must_change` makes the user choose another at next sign-in (an
+    /// administrator's reset).
     pub async fn set_password(
         &self,
         company: CompanyId,
         key: UserKey,
         password_hash: &str,
+        must_change: bool,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
         let mut w = self.write_tx().await?;
@@ -444,13 +479,14 @@ impl Store {
         .execute(&mut *w.tx)
         .await?;
         let n = sqlx::query(
-            "UPDATE users SET password_hash = $3, password_changed_at = $4, updated_at = $4 \
-             WHERE company_id = $1 AND id = $2",
+            "UPDATE users SET password_hash = $3, password_changed_at = $4, updated_at = $4, \
+               must_change_password = $5 WHERE company_id = $1 AND id = $2",
         )
         .bind(company.0)
         .bind(key.0)
         .bind(password_hash)
         .bind(ts(now))
+        .bind(i64::from(must_change))
         .execute(&mut *w.tx)
         .await?
         .rows_affected();

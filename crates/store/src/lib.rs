@@ -17,6 +17,7 @@ mod keys;
 mod migrate;
 mod records;
 mod sessions;
+mod signin;
 
 pub use audit::*;
 pub use detection::*;
@@ -25,6 +26,7 @@ pub use keys::*;
 pub use migrate::{MigrationReport, SCHEMA_VERSION};
 pub use records::*;
 pub use sessions::*;
+pub use signin::*;
 
 use chrono::{DateTime, Utc};
 use sqlx::any::{AnyPoolOptions, AnyRow};

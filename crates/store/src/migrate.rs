@@ -47,10 +47,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "password rules and history",
         sql: include_str!("../migrations/0007_password_rules.sql"),
     },
+    Migration {
+        version: 8,
+        name: "lockout, two-step verification, password age, idle timeouts, API keys",
+        sql: include_str!("../migrations/0008_sign_in_security.sql"),
+    },
 ];
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationReport {

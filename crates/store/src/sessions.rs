@@ -2,7 +2,7 @@
 
 use crate::{flag, from_ts, get, ts, Store, StoreError, StoreResult};
 use chrono::{DateTime, Utc};
-use strongroom_core::session::SessionTimes;
+use strongroom_core::session::{Restriction, SessionTimes};
 use strongroom_core::{CompanyId, UserKey};
 use strongroom_proto::UserStatus;
 
@@ -18,6 +18,7 @@ pub struct SessionRecord {
     pub is_master: bool,
     pub department_id: Option<i64>,
     pub times: SessionTimes,
+    pub restriction: Restriction,
 }
 
 impl Store {
@@ -28,13 +29,15 @@ impl Store {
         user: UserKey,
         token_hash: &[u8; 32],
         times: SessionTimes,
+        restriction: Restriction,
         client_ip: Option<&str>,
         user_agent: Option<&str>,
     ) -> StoreResult<()> {
         let mut w = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO sessions (token_hash, company_id, user_key, created_at, last_seen_at, \
-               expires_at, client_ip, user_agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+               expires_at, client_ip, user_agent, idle_secs, restriction) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(token_hash.to_vec())
         .bind(company.0)
@@ -44,6 +47,8 @@ impl Store {
         .bind(ts(times.expires_at))
         .bind(client_ip)
         .bind(user_agent)
+        .bind(times.idle.num_seconds())
+        .bind(restriction.as_str())
         .execute(&mut *w.tx)
         .await?;
         w.commit().await?;
@@ -55,7 +60,7 @@ impl Store {
     pub async fn session(&self, token_hash: &[u8; 32]) -> StoreResult<Option<SessionRecord>> {
         let row = sqlx::query(
             "SELECT s.company_id, c.code, s.user_key, u.user_id, u.status, u.is_admin, u.is_master, \
-               u.department_id, s.created_at, s.last_seen_at, s.expires_at \
+               u.department_id, s.created_at, s.last_seen_at, s.expires_at, s.idle_secs, s.restriction \
              FROM sessions s \
              JOIN users u ON u.id = s.user_key AND u.company_id = s.company_id \
              JOIN companies c ON c.id = s.company_id \
@@ -66,6 +71,7 @@ impl Store {
         .await?;
         let Some(r) = row else { return Ok(None) };
         let status: String = get(&r, "status")?;
+        let restriction: String = get(&r, "restriction")?;
         Ok(Some(SessionRecord {
             company: crate::company(&r)?,
             company_code: get(&r, "code")?,
@@ -80,7 +86,11 @@ impl Store {
                 created_at: from_ts(get(&r, "created_at")?)?,
                 last_seen_at: from_ts(get(&r, "last_seen_at")?)?,
                 expires_at: from_ts(get(&r, "expires_at")?)?,
+                idle: chrono::Duration::seconds(get(&r, "idle_secs")?),
             },
+            restriction: Restriction::parse(&restriction).ok_or_else(|| {
+                StoreError::Corrupt(format!("session restriction '{restriction}'"))
+            })?,
         }))
     }
 
@@ -99,6 +109,21 @@ impl Store {
         .await?;
         w.commit().await?;
         Ok(())
+    }
+
+    /// Lifts or sets a session's restriction (after enrolment).
+    pub async fn set_session_restriction(
+        &self,
+        token_hash: &[u8; 32],
+        restriction: Restriction,
+    ) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        sqlx::query("UPDATE sessions SET restriction = $2 WHERE token_hash = $1")
+            .bind(token_hash.to_vec())
+            .bind(restriction.as_str())
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await
     }
 
     /// Ends one session. Returns whether it existed.
@@ -205,17 +230,22 @@ impl Store {
             .collect()
     }
 
-    /// (max sessions per user, when_full); (0, "refuse_new") when unset.
-    pub async fn session_policy(&self, company: CompanyId) -> StoreResult<(i64, String)> {
+    /// (max sessions per user, when_full, idle minutes); (0, "refuse_new",
+    /// 30) when unset.
+    pub async fn session_policy(&self, company: CompanyId) -> StoreResult<(i64, String, i64)> {
         let row = sqlx::query(
-            "SELECT max_sessions, when_full FROM company_settings WHERE company_id = $1",
+            "SELECT max_sessions, when_full, idle_minutes FROM company_settings WHERE company_id = $1",
         )
         .bind(company.0)
         .fetch_optional(&self.pool)
         .await?;
         Ok(match row {
-            Some(r) => (get(&r, "max_sessions")?, get(&r, "when_full")?),
-            None => (0, "refuse_new".into()),
+            Some(r) => (
+                get(&r, "max_sessions")?,
+                get(&r, "when_full")?,
+                get(&r, "idle_minutes")?,
+            ),
+            None => (0, "refuse_new".into(), 30),
         })
     }
 
@@ -224,66 +254,132 @@ impl Store {
         company: CompanyId,
         max: i64,
         when_full: &str,
+        idle_minutes: i64,
     ) -> StoreResult<()> {
         let mut w = self.write_tx().await?;
         sqlx::query("DELETE FROM company_settings WHERE company_id = $1")
             .bind(company.0)
             .execute(&mut *w.tx)
             .await?;
-        sqlx::query("INSERT INTO company_settings (company_id, max_sessions, when_full) VALUES ($1, $2, $3)")
+        sqlx::query("INSERT INTO company_settings (company_id, max_sessions, when_full, idle_minutes) VALUES ($1, $2, $3, $4)")
             .bind(company.0)
             .bind(max)
             .bind(when_full)
+            .bind(idle_minutes)
             .execute(&mut *w.tx)
             .await?;
         w.commit().await
     }
 }
 
+const RULE_COLUMNS: &str =
+    "min_length, min_score, require_classes, history, max_age_days, warn_days, min_age_days";
+
+fn rules_from_row(r: &sqlx::any::AnyRow) -> StoreResult<strongroom_core::password::PasswordRules> {
+    let n = |c: &str| -> StoreResult<i64> { get(r, c) };
+    let d = strongroom_core::password::PasswordRules::default();
+    Ok(strongroom_core::password::PasswordRules {
+        min_length: usize::try_from(n("min_length")?).unwrap_or(d.min_length),
+        min_score: u8::try_from(n("min_score")?).unwrap_or(d.min_score),
+        require_classes: u8::try_from(n("require_classes")?).unwrap_or(0),
+        history: u8::try_from(n("history")?).unwrap_or(0),
+        max_age_days: u16::try_from(n("max_age_days")?).unwrap_or(0),
+        warn_days: u16::try_from(n("warn_days")?).unwrap_or(d.warn_days),
+        min_age_days: u16::try_from(n("min_age_days")?).unwrap_or(0),
+    })
+}
+
 impl Store {
+    /// The company's password rules (defaults when it set none).
     pub async fn password_rules(
         &self,
         company: CompanyId,
     ) -> StoreResult<strongroom_core::password::PasswordRules> {
-        let row = sqlx::query(
-            "SELECT min_length, min_score, require_classes, history FROM password_rules WHERE company_id = $1",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {RULE_COLUMNS} FROM password_rules WHERE company_id = $1"
+        ))
         .bind(company.0)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(r) = row else {
-            return Ok(Default::default());
-        };
-        let n = |c: &str| -> StoreResult<i64> { get(&r, c) };
-        Ok(strongroom_core::password::PasswordRules {
-            min_length: usize::try_from(n("min_length")?).unwrap_or(12),
-            min_score: u8::try_from(n("min_score")?).unwrap_or(3),
-            require_classes: u8::try_from(n("require_classes")?).unwrap_or(0),
-            history: u8::try_from(n("history")?).unwrap_or(0),
-        })
+        row.as_ref()
+            .map(rules_from_row)
+            .transpose()
+            .map(Option::unwrap_or_default)
     }
 
+    /// A user's own password rules, when an administrator set them.
+    pub async fn user_password_rules(
+        &self,
+        company: CompanyId,
+        user: UserKey,
+    ) -> StoreResult<Option<strongroom_core::password::PasswordRules>> {
+        let row = sqlx::query(&format!(
+            "SELECT {RULE_COLUMNS} FROM user_password_rules WHERE company_id = $1 AND user_key = $2"
+        ))
+        .bind(company.0)
+        .bind(user.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(rules_from_row).transpose()
+    }
+
+    /// The rules that apply to a user: their own, else the company's.
+    pub async fn effective_password_rules(
+        &self,
+        company: CompanyId,
+        user: Option<UserKey>,
+    ) -> StoreResult<strongroom_core::password::PasswordRules> {
+        if let Some(u) = user {
+            if let Some(r) = self.user_password_rules(company, u).await? {
+                return Ok(r);
+            }
+        }
+        self.password_rules(company).await
+    }
+
+    /// Sets the company's rules, or a user's own (`user`); `None` rules
+    /// remove a user's own rules.
     pub async fn set_password_rules(
         &self,
         company: CompanyId,
-        r: &strongroom_core::password::PasswordRules,
+        user: Option<UserKey>,
+        r: Option<&strongroom_core::password::PasswordRules>,
     ) -> StoreResult<()> {
         let mut w = self.write_tx().await?;
-        sqlx::query("DELETE FROM password_rules WHERE company_id = $1")
-            .bind(company.0)
-            .execute(&mut *w.tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO password_rules (company_id, min_length, min_score, require_classes, history) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(company.0)
-        .bind(r.min_length as i64)
-        .bind(i64::from(r.min_score))
-        .bind(i64::from(r.require_classes))
-        .bind(i64::from(r.history))
-        .execute(&mut *w.tx)
-        .await?;
+        let (table, key_col, key) = match user {
+            Some(u) => ("user_password_rules", ", user_key", Some(u.0)),
+            None => ("password_rules", "", None),
+        };
+        let mut del = format!("DELETE FROM {table} WHERE company_id = $1");
+        if key.is_some() {
+            del.push_str(" AND user_key = $2");
+        }
+        let mut q = sqlx::query(&del).bind(company.0);
+        if let Some(k) = key {
+            q = q.bind(k);
+        }
+        q.execute(&mut *w.tx).await?;
+        if let Some(r) = r {
+            let n = if key.is_some() { 9 } else { 8 };
+            let marks: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "INSERT INTO {table} (company_id{key_col}, {RULE_COLUMNS}) VALUES ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(company.0);
+            if let Some(k) = key {
+                q = q.bind(k);
+            }
+            q.bind(r.min_length as i64)
+                .bind(i64::from(r.min_score))
+                .bind(i64::from(r.require_classes))
+                .bind(i64::from(r.history))
+                .bind(i64::from(r.max_age_days))
+                .bind(i64::from(r.warn_days))
+                .bind(i64::from(r.min_age_days))
+                .execute(&mut *w.tx)
+                .await?;
+        }
         w.commit().await
     }
 

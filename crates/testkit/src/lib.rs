@@ -13,8 +13,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sqlx::Connection;
-use strongroom_client::Client;
+use strongroom_client::{Client, LoginStep};
 use strongroom_core::clock::{Clock, ManualClock};
+use strongroom_proto::SecondFactorAnswer;
 use strongroom_server::config::Config;
 use strongroom_server::state::AppState;
 use strongroom_store::Store;
@@ -54,7 +55,7 @@ pub async fn add_record(
 }
 
 /// The password every helper-made account gets.
-pub const PASSWORD: &str = "correct horse battery staple";
+pub const PASSWORD: &str = "plum orchard violin tram";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -88,6 +89,14 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     pg: Option<PgDatabase>,
+    factors: std::sync::Mutex<std::collections::HashMap<(String, String), KnownFactor>>,
+}
+
+/// A second factor the test server enrolled, for later sign-ins.
+struct KnownFactor {
+    secret: Vec<u8>,
+    recovery: Vec<String>,
+    last_step: i64,
 }
 
 struct PgDatabase {
@@ -241,6 +250,7 @@ impl TestServer {
             dir,
             shutdown: Some(tx),
             pg,
+            factors: Default::default(),
         }
     }
 
@@ -375,12 +385,86 @@ impl TestServer {
     }
 
     /// Signs in and returns a client carrying the session.
+    ///
+    /// When a second factor applies, it is answered with the authenticator
+    /// app this test server enrolled for the user (or one of its recovery
+    /// codes when the current code was already used); when the company
+    /// requires one that the user lacks, one is enrolled.
     pub async fn sign_in(&self, company: &str, user: &str) -> Client {
-        self.client()
-            .login(company, user, PASSWORD)
+        let step = self
+            .client()
+            .begin_login(company, user, PASSWORD)
             .await
-            .unwrap_or_else(|e| panic!("sign-in of {company}/{user} failed: {e}"))
-            .0
+            .unwrap_or_else(|e| panic!("sign-in of {company}/{user} failed: {e}"));
+        match step {
+            LoginStep::SignedIn(c, r) => {
+                if r.restriction.as_deref() == Some("enrol_second_factor") {
+                    self.enrol_totp(company, user, &c).await;
+                }
+                c
+            }
+            LoginStep::SecondFactor(ch) => {
+                let answer = self.second_factor_answer(company, user, &ch.challenge);
+                self.client()
+                    .second_factor(&answer)
+                    .await
+                    .unwrap_or_else(|e| panic!("second factor of {company}/{user} failed: {e}"))
+                    .0
+            }
+        }
+    }
+
+    /// Enrols an authenticator app for the signed-in user of `c`; the test
+    /// server keeps its secret and recovery codes for later sign-ins.
+    pub async fn enrol_totp(&self, company: &str, user: &str, c: &Client) -> Vec<u8> {
+        let e = c.totp_begin().await.unwrap_or_else(|e| panic!("{e}"));
+        let secret = strongroom_crypto::totp::base32_decode(&e.secret).unwrap_or_default();
+        let now = self.clock.now().timestamp();
+        let code = strongroom_crypto::totp::code_at(&secret, now).unwrap_or_default();
+        let codes = c
+            .totp_confirm(&code)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.factors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                (company.to_owned(), user.to_owned()),
+                KnownFactor {
+                    secret: secret.clone(),
+                    recovery: codes.codes,
+                    last_step: now / 30,
+                },
+            );
+        secret
+    }
+
+    /// An answer to a second-factor challenge for a user enrolled by
+    /// [`TestServer::enrol_totp`].
+    pub fn second_factor_answer(
+        &self,
+        company: &str,
+        user: &str,
+        challenge: &str,
+    ) -> SecondFactorAnswer {
+        let mut all = self.factors.lock().unwrap_or_else(|e| e.into_inner());
+        let f = all
+            .get_mut(&(company.to_owned(), user.to_owned()))
+            .unwrap_or_else(|| panic!("no second factor of {company}/{user} is known"));
+        let now = self.clock.now().timestamp();
+        let mut answer = SecondFactorAnswer {
+            challenge: challenge.to_owned(),
+            code: None,
+            recovery_code: None,
+            passkey: None,
+        };
+        if now / 30 > f.last_step {
+            f.last_step = now / 30;
+            answer.code = strongroom_crypto::totp::code_at(&f.secret, now).ok();
+        } else {
+            answer.recovery_code = f.recovery.pop();
+        }
+        answer
     }
 
     /// Creates a company and returns its master's signed-in client.

@@ -1074,6 +1074,7 @@ async fn every_documented_endpoint_but_the_public_ones_needs_a_session() {
         "/livez",
         "/api/v1/openapi.json",
         "/api/v1/auth/login",
+        "/api/v1/auth/login/second-factor",
     ];
     let anon = srv.client();
     let mut checked = 0;
@@ -1632,10 +1633,14 @@ async fn password_rules_apply_wherever_a_password_is_set() {
     let srv = TestServer::start().await;
     let admin = srv.company_master("ACME").await;
     let mut weak = user("bob");
-    weak.password = "password1234".into();
+    weak.password = "password4321x".into();
     let e = admin.create_user(&weak).await.unwrap_err();
     assert_eq!(code(&e), ErrorCode::ValidationFailed);
     assert!(e.to_string().contains("too easy"), "{e}");
+    // The bundled list of common passwords applies whatever the strength.
+    weak.password = "Password1234".into();
+    let e = admin.create_user(&weak).await.unwrap_err();
+    assert!(e.to_string().contains("common and breached"), "{e}");
     weak.password = "bob-acme-and-the-sea".into();
     assert!(admin
         .create_user(&weak)
