@@ -111,7 +111,9 @@ pub fn default_rules() -> Vec<Rule> {
         block_for: Duration::minutes(block_min),
     };
     vec![
-        r(Detector::BruteForce, 5, 15, Response::LockAccount, 15),
+        // Locking is the sign-in policy's job (growing lock times, or until
+        // an administrator unlocks); the detector opens the incident.
+        r(Detector::BruteForce, 5, 15, Response::Alert, 15),
         r(
             Detector::PasswordSpraying,
             10,
@@ -303,7 +305,7 @@ mod tests {
         assert_eq!(fired.len(), 1);
         assert_eq!(fired[0].detector, Detector::BruteForce);
         assert_eq!(fired[0].subject, "user:ann");
-        assert_eq!(fired[0].response, Response::LockAccount);
+        assert_eq!(fired[0].response, Response::Alert);
     }
 
     #[test]

@@ -644,6 +644,8 @@ fn defaults_table() -> toml::Table {
     t.insert("max_in_flight".into(), i(0));
     t.insert("request_timeout_seconds".into(), i(0));
     t.insert("log_format".into(), s(""));
+    t.insert("public_origin".into(), s(""));
+    t.insert("password_deny_list".into(), s(""));
     t
 }
 

@@ -150,7 +150,9 @@ pub async fn flood_guard(State(limits): State<Arc<Limits>>, req: Request, next: 
         if let Err(e) = limits.check_ip(ip) {
             return e.into_response();
         }
-        if req.uri().path() == "/api/v1/auth/login" {
+        // Both sign-in steps share the per-address sign-in rate, so codes
+        // cannot be guessed faster than passwords.
+        if req.uri().path().starts_with("/api/v1/auth/login") {
             if let Err(e) = limits.check_login(ip) {
                 return e.into_response();
             }
