@@ -313,7 +313,8 @@ pub struct UserSignInSettings {
 #[serde(deny_unknown_fields)]
 pub struct NewApiKeyRequest {
     pub label: String,
-    /// `records:read` and/or `records:write`.
+    /// `records:read`, `records:write`, `records:reveal` (show protected
+    /// fields in full, for a user who may).
     pub scopes: Vec<String>,
     /// 1 to 365.
     pub expires_in_days: u32,

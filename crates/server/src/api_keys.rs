@@ -25,13 +25,21 @@ use crate::state::AppState;
 
 pub const SCOPE_READ: &str = "records:read";
 pub const SCOPE_WRITE: &str = "records:write";
+/// Showing protected fields in full (`?reveal=`) is a scope of its own, on
+/// top of the user's own right to reveal.
+pub const SCOPE_REVEAL: &str = "records:reveal";
 
 /// The scope a request needs, or `None` when keys may not make it at all
 /// (everything but records: administration, security, sessions, audit).
-fn needed_scope(method: &Method, path: &str) -> Option<&'static str> {
+fn needed_scope(method: &Method, path: &str, query: Option<&str>) -> Option<&'static str> {
     let records = path.starts_with("/api/v1/records/");
     let types = path == "/api/v1/record-types" || path.starts_with("/api/v1/record-types/");
     let read = matches!(*method, Method::GET | Method::HEAD);
+    let reveal =
+        url::form_urlencoded::parse(query.unwrap_or("").as_bytes()).any(|(k, _)| k == "reveal");
+    if records && reveal {
+        return Some(SCOPE_REVEAL);
+    }
     match (records || types, read) {
         (true, true) => Some(SCOPE_READ),
         (true, false) if records => Some(SCOPE_WRITE),
@@ -112,7 +120,7 @@ pub async fn caller(parts: &mut Parts, state: &AppState, key: &str) -> ApiResult
             .await?;
         return Err(crate::auth::admission_error(reason));
     }
-    match needed_scope(&parts.method, &path) {
+    match needed_scope(&parts.method, &path, parts.uri.query()) {
         Some(scope) if k.key.scopes.iter().any(|s| s == scope) => {}
         needed => {
             state
@@ -124,6 +132,9 @@ pub async fn caller(parts: &mut Parts, state: &AppState, key: &str) -> ApiResult
                 match needed {
                     Some(SCOPE_WRITE) => {
                         "this API key may only read; its scopes lack records:write"
+                    }
+                    Some(SCOPE_REVEAL) => {
+                        "this API key may not reveal protected fields; its scopes lack records:reveal"
                     }
                     Some(_) => "this API key's scopes lack records:read",
                     None => "API keys may only be used for records; sign in for other work",
@@ -191,12 +202,14 @@ pub async fn create(
         || label.chars().count() > 64
         || label.chars().any(char::is_control)
         || scopes.is_empty()
-        || scopes.iter().any(|s| s != SCOPE_READ && s != SCOPE_WRITE)
+        || scopes
+            .iter()
+            .any(|s| ![SCOPE_READ, SCOPE_WRITE, SCOPE_REVEAL].contains(&s.as_str()))
         || !(1..=365).contains(&req.expires_in_days)
     {
         return Err(ApiError::new(
             ErrorCode::ValidationFailed,
-            "label is 1 to 64 characters; scopes are records:read and/or records:write; expires_in_days is 1 to 365",
+            "label is 1 to 64 characters; scopes are records:read, records:write and records:reveal; expires_in_days is 1 to 365",
         ));
     }
     if target.view.status != UserStatus::Active {

@@ -818,6 +818,12 @@ async fn api_keys_obey_scopes_ip_rules_hours_and_revocation() {
     assert_eq!(e.status(), Some(403));
     assert!(e.to_string().contains("records:write"), "{e}");
     assert_eq!(key.users().await.unwrap_err().status(), Some(403));
+    let r = key
+        .raw_get(&format!("/api/v1/records/customer/{}?reveal=all", rec.id))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+    assert!(String::from_utf8_lossy(&r.body).contains("records:reveal"));
     assert_eq!(key.session().await.unwrap_err().status(), Some(403));
 
     // The user's IP rules bind the key: a blocked address is refused and
