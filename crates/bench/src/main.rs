@@ -233,6 +233,7 @@ async fn lookups(records: usize, database_url: Option<String>) -> anyhow::Result
         limit: 50,
         deleted: DeletedFilter::Exclude,
         equals: vec![(f.to_owned(), v)],
+        only: None,
     };
     // Warm both paths once.
     for _ in 0..50 {
@@ -262,7 +263,7 @@ async fn lookups(records: usize, database_url: Option<String>) -> anyhow::Result
         for r in found {
             // Open the candidate and compare exactly, as the API does.
             let opened = sealer
-                .open(&keys, company, &r.id, &r.data)
+                .open(&keys, company, &r.view.id, &r.view.data)
                 .await
                 .map_err(|e| anyhow::anyhow!(e.message))?;
             anyhow::ensure!(opened.get("national_id") == Some(&v), "false match");

@@ -14,6 +14,7 @@ pub mod ident;
 pub mod ip_policy;
 pub mod password;
 pub mod pii;
+pub mod policy;
 pub mod record;
 pub mod session;
 pub mod signin;

@@ -3,11 +3,13 @@
 //! Every request type refuses unknown fields, so a misspelt key is a clear
 //! 400 instead of a silently ignored value.
 
+pub mod access;
 pub mod error;
 pub mod records;
 pub mod schema;
 pub mod security;
 
+pub use access::*;
 pub use error::{ErrorBody, ErrorCode};
 pub use records::*;
 pub use schema::*;
@@ -133,8 +135,10 @@ pub struct UserView {
     pub status: UserStatus,
     /// The company's master account: cannot be deleted, disabled or demoted.
     pub is_master: bool,
-    /// May manage users, departments and record types.
+    /// Holds every administrative power (users, security, audit, keys).
     pub is_admin: bool,
+    /// Security level: the most classified information the user may see.
+    pub clearance: Classification,
     pub created_at: DateTime<Utc>,
 }
 
@@ -151,6 +155,17 @@ pub struct CreateUser {
     pub password: String,
     #[serde(default)]
     pub is_admin: bool,
+    /// Security level (default `internal`); not above the creator's own.
+    #[serde(default = "internal")]
+    pub clearance: Classification,
+    /// Personal roles (default none: a new user sees no records until a
+    /// role is granted, personally or through the department).
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+fn internal() -> Classification {
+    Classification::Internal
 }
 
 impl std::fmt::Debug for CreateUser {

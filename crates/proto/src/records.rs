@@ -31,6 +31,9 @@ pub struct RecordView {
     /// Protected fields shown in full because `reveal` asked for them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revealed: Vec<String>,
+    /// Fields classified above your security level: not returned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub withheld: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -114,6 +117,9 @@ pub struct RecordVersionView {
     pub masked: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revealed: Vec<String>,
+    /// Fields classified above your security level: not returned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub withheld: Vec<String>,
 }
 
 /// Which records a list returns with respect to soft deletion.

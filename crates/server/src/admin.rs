@@ -186,11 +186,40 @@ pub async fn create_user(
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
     let what = format!("user/{}", req.user_id.trim().to_ascii_lowercase());
     let auth = audit::require_admin(&state, &caller, &client, "user.create", &what).await?;
-    let detail = serde_json::json!({ "is_admin": req.is_admin, "department": req.department });
+    let detail = serde_json::json!({ "is_admin": req.is_admin, "department": req.department,
+        "clearance": req.clearance.as_str(), "roles": req.roles });
+    let mine = crate::access::profile(&state, &caller).await?;
+    let (role_ids, role_rows) = crate::access::role_ids(&state, auth.company(), &req.roles).await?;
+    let refusal = if req.is_admin && !mine.is_master && !caller.principal.is_admin {
+        Some(
+            "only the master account or an administrator holding every power makes administrators"
+                .to_owned(),
+        )
+    } else if !mine.is_master && req.clearance > mine.clearance {
+        Some("you cannot give a security level above your own".to_owned())
+    } else {
+        crate::access::check_grantable(&mine, &role_rows).err()
+    };
+    if let Some(m) = refusal {
+        return Err(audit::refused(
+            &state,
+            &caller,
+            &client,
+            "user.create",
+            &what,
+            ApiError::new(strongroom_proto::ErrorCode::Forbidden, m),
+        )
+        .await);
+    }
+    let clearance = req.clearance;
     let new = new_user(&state, auth.company(), req).await?;
     let key = state
         .store
         .create_user(auth.company(), &new.0, new.1, state.clock.now())
+        .await?;
+    state
+        .store
+        .set_user_access(auth.company(), key, clearance.as_str(), &role_ids)
         .await?;
     let user = state
         .store
@@ -241,6 +270,7 @@ async fn new_user(
             password_hash,
             is_admin: req.is_admin,
             is_master: false,
+            clearance: req.clearance.as_str().to_owned(),
         },
         department,
     ))
@@ -313,6 +343,37 @@ pub async fn update_user(
     // A department "change" to the same department is no change, and must
     // not end the user's sessions.
     let department_id = department_id.filter(|d| *d != target.department_id);
+    let mine = crate::access::profile(&state, &caller).await?;
+    let refusal = if req.is_admin.is_some() && !mine.is_master && !caller.principal.is_admin {
+        Some("only the master account or an administrator holding every power changes who is an administrator")
+    } else if !mine.is_master && target.view.clearance > mine.clearance {
+        Some("this user has a higher security level than yours")
+    } else {
+        None
+    };
+    if let Some(m) = refusal {
+        return Err(audit::refused(
+            &state,
+            &caller,
+            &client,
+            "user.update",
+            &what,
+            ApiError::new(strongroom_proto::ErrorCode::Forbidden, m),
+        )
+        .await);
+    }
+    if target.key != caller.principal.user {
+        crate::access::check_target(&state, &caller, &client, "user.update", &what, &target)
+            .await?;
+    }
+    // A move takes away at once what came with the old department.
+    let removed_roles = match department_id {
+        Some(_) => {
+            crate::access::department_role_names(&state, auth.company(), target.department_id)
+                .await?
+        }
+        None => Vec::new(),
+    };
     let change = UserChange {
         display_name: req
             .display_name
@@ -337,7 +398,29 @@ pub async fn update_user(
         .user_by_key(auth.company(), target.key)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
-    audit::record(&state, &caller, &client, "user.update", &what, detail).await?;
+    let mut events = vec![audit::event(
+        &state,
+        &caller,
+        &client,
+        "user.update",
+        &what,
+        detail,
+    )];
+    if department_id.is_some() {
+        events.push(crate::access::mover_event(
+            audit::event(
+                &state,
+                &caller,
+                &client,
+                "user.update",
+                &what,
+                serde_json::json!({}),
+            ),
+            target.view.department.clone(),
+            removed_roles,
+        ));
+    }
+    state.audit.write(events).await?;
     Ok(Json(user.view))
 }
 
@@ -358,12 +441,15 @@ pub async fn set_password(
     let auth = audit::require_admin(&state, &caller, &client, "user.set_password", &what).await?;
     let detail = serde_json::json!({ "must_change": req.must_change });
     let target = target_user(&state, &auth, &user_id).await?;
-    if target.view.is_master && !caller.principal.is_master {
-        return Err(ApiError::new(
-            strongroom_proto::ErrorCode::Forbidden,
-            "only the master account may set the master account's password",
-        ));
-    }
+    crate::access::check_target(
+        &state,
+        &caller,
+        &client,
+        "user.set_password",
+        &what,
+        &target,
+    )
+    .await?;
     let password = Zeroizing::new(req.password);
     crate::passwords::check_new(
         &state,
@@ -416,6 +502,7 @@ pub async fn delete_user(
             is_master: target.view.is_master,
         },
     )?;
+    crate::access::check_target(&state, &caller, &client, "user.delete", &what, &target).await?;
     state.store.delete_user(auth.company(), target.key).await?;
     audit::record(&state, &caller, &client, "user.delete", &what, detail).await?;
     Ok(StatusCode::NO_CONTENT)

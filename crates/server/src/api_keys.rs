@@ -194,6 +194,8 @@ pub async fn create(
     );
     let auth = audit::require_admin(&state, &caller, &client, "api_key.create", &what).await?;
     let target = crate::admin::target_user(&state, &auth, &user_id).await?;
+    // A key acts as its user: making one must not lend more than one holds.
+    crate::access::check_target(&state, &caller, &client, "api_key.create", &what, &target).await?;
     let label = req.label.trim();
     let mut scopes: Vec<String> = req.scopes.iter().map(|s| s.trim().to_owned()).collect();
     scopes.sort();

@@ -18,7 +18,7 @@ use crate::extract::{ClientInfo, TrustedProxies};
 use crate::metrics::RequestLabels;
 use crate::state::AppState;
 use crate::{
-    admin, api_keys, audit, auth, hours, ip_rules, lockout, passkeys, passwords, records,
+    access, admin, api_keys, audit, auth, hours, ip_rules, lockout, passkeys, passwords, records,
     second_factor, security, session_admin,
 };
 
@@ -52,6 +52,11 @@ use crate::{
         passkeys::register_begin, passkeys::register_finish,
         lockout::get_policy, lockout::set_policy,
         api_keys::create, api_keys::list, api_keys::revoke,
+        access::list_roles, access::put_role, access::delete_role,
+        access::user_access, access::set_user_access, access::set_department_roles,
+        access::my_access, access::get_pledge, access::publish_pledge, access::accept_pledge,
+        access::training_policy, access::set_training_policy, access::set_training,
+        access::training_due, access::set_classification,
     ),
     components(schemas(strongroom_proto::ErrorCode, strongroom_proto::ErrorBody)),
     modifiers(&BearerAuth),
@@ -237,6 +242,38 @@ pub fn router(state: AppState, trusted: TrustedProxies, max_body_bytes: usize) -
         .route(
             "/api/v1/security/api-keys/{id}",
             axum::routing::delete(api_keys::revoke),
+        )
+        .route("/api/v1/roles", get(access::list_roles))
+        .route(
+            "/api/v1/roles/{name}",
+            axum::routing::put(access::put_role).delete(access::delete_role),
+        )
+        .route(
+            "/api/v1/users/{user_id}/access",
+            get(access::user_access).put(access::set_user_access),
+        )
+        .route(
+            "/api/v1/departments/{code}/roles",
+            axum::routing::put(access::set_department_roles),
+        )
+        .route("/api/v1/auth/access", get(access::my_access))
+        .route(
+            "/api/v1/pledge",
+            get(access::get_pledge).post(access::publish_pledge),
+        )
+        .route("/api/v1/pledge/accept", post(access::accept_pledge))
+        .route(
+            "/api/v1/security/training-policy",
+            get(access::training_policy).put(access::set_training_policy),
+        )
+        .route(
+            "/api/v1/users/{user_id}/training",
+            axum::routing::put(access::set_training),
+        )
+        .route("/api/v1/security/training-due", get(access::training_due))
+        .route(
+            "/api/v1/record-types/{type}/classification",
+            axum::routing::put(access::set_classification),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

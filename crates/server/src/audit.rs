@@ -525,12 +525,7 @@ pub async fn list_events(
     client: ClientInfo,
     query: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<AuditPage>> {
-    let auth = match caller.principal.admin() {
-        Ok(a) => a,
-        Err(e) => {
-            return Err(refused(&state, &caller, &client, "audit.read", "audit", e.into()).await)
-        }
-    };
+    let auth = require_admin(&state, &caller, &client, "audit.read", "audit").await?;
     let Query(p) =
         query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
     let limit = p.limit.unwrap_or(100);
@@ -594,7 +589,8 @@ pub async fn list_events(
 /// How often the periodic checkpoint runs.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Administrative authority for `caller`, or a recorded denial.
+/// Administrative authority for `caller`, or a recorded denial. The power
+/// needed follows from the action (see `strongroom_core::access::power_for`).
 pub async fn require_admin(
     state: &AppState,
     caller: &Caller,
@@ -602,10 +598,7 @@ pub async fn require_admin(
     action: &str,
     target: &str,
 ) -> ApiResult<strongroom_core::access::AdminAuthority> {
-    match caller.principal.admin() {
-        Ok(a) => Ok(a),
-        Err(e) => Err(refused(state, caller, client, action, target, e.into()).await),
-    }
+    crate::access::require(state, caller, client, action, target).await
 }
 
 /// One stored event as a line in `format` (JSON Lines, syslog, CEF).

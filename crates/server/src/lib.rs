@@ -1,6 +1,7 @@
 //! The Strongroom server: configuration, start-up checks, the HTTPS
 //! listener and the HTTP API.
 
+pub mod access;
 pub mod admin;
 pub mod api_keys;
 pub mod app;
@@ -117,6 +118,9 @@ pub async fn prepare_with(
             "gave keys to companies that had none; their protected values will be encrypted now"
         );
     }
+    access::ensure_built_in_roles(&store, clock.now())
+        .await
+        .map_err(|e| anyhow::anyhow!("built-in roles: {}", e.message))?;
     let store_empty = store.is_empty().await?;
     let blocks = Arc::new(detection::Blocks::default());
     blocks.reload(&store, clock.now()).await?;
@@ -411,6 +415,7 @@ pub async fn init_company(
         password_hash,
         is_admin: true,
         is_master: true,
+        clearance: "restricted".into(),
     };
     let keys = keys::new_company_keys(provider, &code)?;
     store
@@ -423,6 +428,9 @@ pub async fn init_company(
             now,
         )
         .await?;
+    access::ensure_built_in_roles(store, now)
+        .await
+        .map_err(|e| anyhow::anyhow!("built-in roles: {}", e.message))?;
     Ok((code, admin))
 }
 

@@ -9,6 +9,7 @@ use base64::Engine;
 use serde_json::Value;
 use strongroom_core::catalogue::RecordTypeDef;
 use strongroom_core::pii::is_protected;
+use strongroom_core::policy::{Action, Denial, FieldAccess, Profile, RecordFacts};
 use strongroom_core::record::{self, apply_patch, normalise_value};
 use strongroom_core::{ident, CompanyId};
 use strongroom_proto::{
@@ -18,6 +19,7 @@ use strongroom_proto::{
 };
 use strongroom_store::{RecordQuery, RecordWrite, StoredRecord, StoredRecordType};
 
+use crate::access::{denied, profile};
 use crate::admin::department_id;
 use crate::audit;
 use crate::auth::Caller;
@@ -70,11 +72,24 @@ pub async fn list_types(
     State(state): State<AppState>,
     caller: Caller,
 ) -> ApiResult<Json<Vec<RecordTypeView>>> {
+    let prof = profile(&state, &caller).await?;
+    // Security administrators see every type (to manage them); others the
+    // types they may view.
+    let all = prof
+        .has_power(strongroom_core::policy::Power::Security)
+        .is_ok();
     Ok(Json(
         state
             .store
             .list_record_types(caller.principal.company)
-            .await?,
+            .await?
+            .into_iter()
+            .filter(|t| {
+                all || prof
+                    .decide_type(&t.key, t.classification, Action::View)
+                    .is_ok()
+            })
+            .collect(),
     ))
 }
 
@@ -88,11 +103,19 @@ pub async fn get_type(
     caller: Caller,
     Path(key): Path<String>,
 ) -> ApiResult<Json<RecordTypeView>> {
-    Ok(Json(
-        record_type(&state, caller.principal.company, &key)
-            .await?
-            .view,
-    ))
+    let prof = profile(&state, &caller).await?;
+    let rt = record_type(&state, caller.principal.company, &key).await?;
+    let all = prof
+        .has_power(strongroom_core::policy::Power::Security)
+        .is_ok();
+    if !all
+        && prof
+            .decide_type(&rt.view.key, rt.view.classification, Action::View)
+            .is_err()
+    {
+        return Err(ApiError::not_found("record type"));
+    }
+    Ok(Json(rt.view))
 }
 
 /// Define a new record type (administrators).
@@ -107,7 +130,11 @@ pub async fn create_type(
     client: ClientInfo,
     ApiJson(req): ApiJson<CreateRecordType>,
 ) -> ApiResult<(StatusCode, Json<RecordTypeView>)> {
-    let auth = caller.principal.admin()?;
+    let what = format!(
+        "record_type/{}",
+        req.key.chars().take(64).collect::<String>()
+    );
+    let auth = audit::require_admin(&state, &caller, &client, "record_type.create", &what).await?;
     let def = RecordTypeDef {
         key: req.key.trim().to_owned(),
         name: req.name.trim().to_owned(),
@@ -147,7 +174,9 @@ pub async fn add_fields(
     Path(key): Path<String>,
     ApiJson(req): ApiJson<AddFields>,
 ) -> ApiResult<Json<RecordTypeView>> {
-    let auth = caller.principal.admin()?;
+    let what = format!("record_type/{}", key.chars().take(64).collect::<String>());
+    let auth =
+        audit::require_admin(&state, &caller, &client, "record_type.add_fields", &what).await?;
     let rt = record_type(&state, auth.company(), &key).await?;
     if let Some(f) = req.fields.iter().find(|f| f.required) {
         return Err(ApiError::new(
@@ -328,22 +357,111 @@ async fn found(
     }
 }
 
+/// The facts about a record that scope decisions look at.
+fn facts(rec: &StoredRecord) -> RecordFacts {
+    RecordFacts {
+        department: rec.department_id,
+        owner: rec.owner,
+    }
+}
+
+/// Asks the policy whether the caller may do `action` on this record; a
+/// refusal is recorded with its reason. A record outside the caller's
+/// scope answers 404, as if it did not exist.
+#[allow(clippy::too_many_arguments)]
+async fn decide(
+    state: &AppState,
+    caller: &Caller,
+    client: &ClientInfo,
+    prof: &Profile,
+    rt: &StoredRecordType,
+    action: Action,
+    audit_action: &str,
+    rec: &StoredRecord,
+) -> ApiResult<()> {
+    match prof.decide_record(&rt.view.key, rt.view.classification, action, facts(rec)) {
+        Ok(()) => Ok(()),
+        Err(why) => {
+            let target = format!("{}/{}", rt.view.key, rec.view.id);
+            let e = denied(state, caller, client, audit_action, &target, why).await;
+            Err(
+                if why == Denial::OutOfScope && e.code == ErrorCode::Forbidden {
+                    ApiError::not_found("record")
+                } else {
+                    e
+                },
+            )
+        }
+    }
+}
+
+/// Type-level check (may the caller do `action` on some record of this
+/// type), recorded when refused.
+async fn decide_type(
+    state: &AppState,
+    caller: &Caller,
+    client: &ClientInfo,
+    prof: &Profile,
+    rt: &StoredRecordType,
+    action: Action,
+    audit_action: &str,
+) -> ApiResult<()> {
+    match prof.decide_type(&rt.view.key, rt.view.classification, action) {
+        Ok(()) => Ok(()),
+        Err(why) => Err(denied(state, caller, client, audit_action, &rt.view.key, why).await),
+    }
+}
+
+/// A write may not touch a field the writer cannot see.
+#[allow(clippy::too_many_arguments)]
+async fn check_writable(
+    state: &AppState,
+    caller: &Caller,
+    client: &ClientInfo,
+    prof: &Profile,
+    rt: &StoredRecordType,
+    audit_action: &str,
+    fields: impl Iterator<Item = &String>,
+    record: RecordFacts,
+) -> ApiResult<()> {
+    for k in fields {
+        if let Some(f) = rt.view.fields.iter().find(|f| &f.key == k) {
+            if prof.field_access(&rt.view.key, f, record, false) == FieldAccess::Withheld {
+                return Err(denied(
+                    state,
+                    caller,
+                    client,
+                    audit_action,
+                    &format!("{}/{}", rt.view.key, f.key),
+                    Denial::AboveClearance,
+                )
+                .await);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Opens a stored record and shapes it for the caller.
 async fn shown(
     state: &AppState,
     sealer: &Sealer<'_>,
     company: CompanyId,
-    mut rec: RecordView,
+    prof: &Profile,
+    rec: &StoredRecord,
     reveal: &Reveal,
 ) -> ApiResult<RecordView> {
     let plain = sealer
-        .open(&state.keys, company, &rec.id, &rec.data)
+        .open(&state.keys, company, &rec.view.id, &rec.view.data)
         .await?;
-    let (data, masked, revealed) = sealer.present(plain, reveal);
-    rec.data = data;
-    rec.masked = masked;
-    rec.revealed = revealed;
-    Ok(rec)
+    let p = sealer.present(plain, reveal, prof, facts(rec));
+    Ok(RecordView {
+        data: p.data,
+        masked: p.masked,
+        revealed: p.revealed,
+        withheld: p.withheld,
+        ..rec.view.clone()
+    })
 }
 
 /// List records of a type, in creation order, a page at a time. Protected
@@ -363,13 +481,59 @@ pub async fn list(
 ) -> ApiResult<Json<Page<RecordView>>> {
     let p = &caller.principal;
     let rt = record_type(&state, p.company, &type_key).await?;
+    let prof = profile(&state, &caller).await?;
+    let action = if pairs.iter().any(|(k, _)| k.starts_with("f.")) {
+        "record.search"
+    } else {
+        "record.list"
+    };
+    let scope = match prof.list_scope(&rt.view.key, rt.view.classification, Action::View) {
+        Ok(s) => s,
+        Err(why) => return Err(denied(&state, &caller, &client, action, &rt.view.key, why).await),
+    };
     let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
-    let (q, exact) = parse_list_query(&rt, &sealer, pairs)?;
+    let (mut q, exact) = parse_list_query(&rt, &sealer, pairs)?;
+    // Searching by a field one may not see would tell its values.
+    let filtered: Vec<String> = q.equals.iter().map(|(f, _)| f.clone()).collect();
+    let anyone = RecordFacts {
+        department: None,
+        owner: p.user,
+    };
+    check_writable(
+        &state,
+        &caller,
+        &client,
+        &prof,
+        &rt,
+        action,
+        filtered.iter(),
+        anyone,
+    )
+    .await?;
+    q.only = match scope {
+        strongroom_core::policy::ListScope::All => None,
+        strongroom_core::policy::ListScope::Limited { department, owner } => {
+            Some((department, owner))
+        }
+    };
     let (stored, next) = state.store.list_records(p.company, &rt, &q).await?;
     let mut items = Vec::with_capacity(stored.len());
     'records: for rec in stored {
+        // The store filtered by scope; the policy has the last word on
+        // every record all the same.
+        if prof
+            .decide_record(
+                &rt.view.key,
+                rt.view.classification,
+                Action::View,
+                facts(&rec),
+            )
+            .is_err()
+        {
+            continue;
+        }
         let plain = sealer
-            .open(&state.keys, p.company, &rec.id, &rec.data)
+            .open(&state.keys, p.company, &rec.view.id, &rec.view.data)
             .await?;
         // A blind index is short on purpose, so it can match a few other
         // values: compare the opened values exactly.
@@ -378,23 +542,20 @@ pub async fn list(
                 continue 'records;
             }
         }
-        let (data, masked, revealed) = sealer.present(plain, &Reveal::None);
+        let shaped = sealer.present(plain, &Reveal::None, &prof, facts(&rec));
         items.push(RecordView {
-            data,
-            masked,
-            revealed,
-            ..rec
+            data: shaped.data,
+            masked: shaped.masked,
+            revealed: shaped.revealed,
+            withheld: shaped.withheld,
+            ..rec.view
         });
     }
     audit::record(
         &state,
         &caller,
         &client,
-        if q.equals.is_empty() {
-            "record.list"
-        } else {
-            "record.search"
-        },
+        action,
         &rt.view.key,
         serde_json::json!({
             "records": items.iter().map(|r| &r.id).collect::<Vec<_>>(),
@@ -426,11 +587,47 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<RecordView>)> {
     let p = &caller.principal;
     let rt = record_type(&state, p.company, &type_key).await?;
-    let plain = apply_patch(&rt.view.fields, &RecordData::new(), &req.data)?;
+    let prof = profile(&state, &caller).await?;
+    decide_type(
+        &state,
+        &caller,
+        &client,
+        &prof,
+        &rt,
+        Action::Create,
+        "record.create",
+    )
+    .await?;
     let department = match &req.department {
         Some(code) => Some(department_id(&state, p.company, code).await?),
-        None => p.department,
+        None => prof.department,
     };
+    // The new record must fall inside the creator's scope (a department
+    // grant creates in one's own department only).
+    let new_facts = RecordFacts {
+        department,
+        owner: p.user,
+    };
+    if let Err(why) = prof.decide_record(
+        &rt.view.key,
+        rt.view.classification,
+        Action::Create,
+        new_facts,
+    ) {
+        return Err(denied(&state, &caller, &client, "record.create", &rt.view.key, why).await);
+    }
+    check_writable(
+        &state,
+        &caller,
+        &client,
+        &prof,
+        &rt,
+        "record.create",
+        req.data.keys(),
+        new_facts,
+    )
+    .await?;
+    let plain = apply_patch(&rt.view.fields, &RecordData::new(), &req.data)?;
     let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
     let id = uuid::Uuid::new_v4().to_string();
     let (stored, index) = sealer.seal(&id, &plain)?;
@@ -458,7 +655,7 @@ pub async fn create(
         .await?;
     state.detection.feed(vec![event]);
     let rec = find_record(&state, p.company, &rt, &id).await?;
-    let view = shown(&state, &sealer, p.company, rec.view, &Reveal::None).await?;
+    let view = shown(&state, &sealer, p.company, &prof, &rec, &Reveal::None).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -503,8 +700,19 @@ pub async fn get(
         ));
     }
     let target = format!("{}/{}", rt.view.key, rec.view.id);
-    if !reveal.is_none() && p.admin().is_err() {
-        // Until roles exist, revealing is for administrators.
+    let prof = profile(&state, &caller).await?;
+    decide(
+        &state,
+        &caller,
+        &client,
+        &prof,
+        &rt,
+        Action::View,
+        "record.read",
+        &rec,
+    )
+    .await?;
+    if !reveal.is_none() && !prof.may_reveal(&rt.view.key, facts(&rec)) {
         let e = ApiError::new(
             ErrorCode::Forbidden,
             "you may not reveal protected fields; ask without ?reveal to see them masked",
@@ -512,7 +720,7 @@ pub async fn get(
         return Err(audit::refused(&state, &caller, &client, "record.reveal", &target, e).await);
     }
     let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
-    let view = shown(&state, &sealer, p.company, rec.view, &reveal).await?;
+    let view = shown(&state, &sealer, p.company, &prof, &rec, &reveal).await?;
     // The read (and any reveal) is recorded before the values leave the server.
     audit::record(
         &state,
@@ -528,6 +736,7 @@ pub async fn get(
             "returned": view.data.keys().collect::<Vec<_>>(),
             "masked": view.masked,
             "revealed": view.revealed,
+            "withheld": view.withheld,
         }),
     )
     .await?;
@@ -551,6 +760,29 @@ pub async fn update(
     let p = &caller.principal;
     let rt = record_type(&state, p.company, &type_key).await?;
     let rec = found(&state, &caller, &client, "record.update", &rt, &id).await?;
+    let prof = profile(&state, &caller).await?;
+    decide(
+        &state,
+        &caller,
+        &client,
+        &prof,
+        &rt,
+        Action::Edit,
+        "record.update",
+        &rec,
+    )
+    .await?;
+    check_writable(
+        &state,
+        &caller,
+        &client,
+        &prof,
+        &rt,
+        "record.update",
+        req.data.keys(),
+        facts(&rec),
+    )
+    .await?;
     if rec.view.deleted_at.is_some() {
         return Err(ApiError::new(
             ErrorCode::Conflict,
@@ -578,6 +810,7 @@ pub async fn update(
         &state,
         &caller,
         &client,
+        &prof,
         serde_json::json!({ "fields": changed }),
         &rt,
         &sealer,
@@ -594,6 +827,7 @@ async fn write(
     state: &AppState,
     caller: &Caller,
     client: &ClientInfo,
+    prof: &Profile,
     detail: serde_json::Value,
     rt: &StoredRecordType,
     sealer: &Sealer<'_>,
@@ -633,7 +867,7 @@ async fn write(
     state.detection.feed(vec![event]);
     let after = find_record(state, p.company, rt, &rec.view.id).await?;
     Ok(Json(
-        shown(state, sealer, p.company, after.view, &Reveal::None).await?,
+        shown(state, sealer, p.company, prof, &after, &Reveal::None).await?,
     ))
 }
 
@@ -652,6 +886,18 @@ pub async fn delete(
     let p = &caller.principal;
     let rt = record_type(&state, p.company, &type_key).await?;
     let rec = found(&state, &caller, &client, "record.delete", &rt, &id).await?;
+    let prof = profile(&state, &caller).await?;
+    decide(
+        &state,
+        &caller,
+        &client,
+        &prof,
+        &rt,
+        Action::Delete,
+        "record.delete",
+        &rec,
+    )
+    .await?;
     if rec.view.deleted_at.is_some() {
         return Err(ApiError::new(
             ErrorCode::NotFound,
@@ -667,6 +913,7 @@ pub async fn delete(
         &state,
         &caller,
         &client,
+        &prof,
         serde_json::json!({}),
         &rt,
         &sealer,
@@ -692,16 +939,29 @@ pub async fn history(
     let p = &caller.principal;
     let rt = record_type(&state, p.company, &type_key).await?;
     let rec = found(&state, &caller, &client, "record.history", &rt, &id).await?;
+    let prof = profile(&state, &caller).await?;
+    decide(
+        &state,
+        &caller,
+        &client,
+        &prof,
+        &rt,
+        Action::View,
+        "record.history",
+        &rec,
+    )
+    .await?;
     let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
     let mut out = Vec::new();
     for mut v in state.store.record_history(p.company, &rec).await? {
         let plain = sealer
             .open(&state.keys, p.company, &rec.view.id, &v.data)
             .await?;
-        let (data, masked, revealed) = sealer.present(plain, &Reveal::None);
-        v.data = data;
-        v.masked = masked;
-        v.revealed = revealed;
+        let shaped = sealer.present(plain, &Reveal::None, &prof, facts(&rec));
+        v.data = shaped.data;
+        v.masked = shaped.masked;
+        v.revealed = shaped.revealed;
+        v.withheld = shaped.withheld;
         out.push(v);
     }
     audit::record(
@@ -734,6 +994,39 @@ pub async fn restore(
     let p = &caller.principal;
     let rt = record_type(&state, p.company, &type_key).await?;
     let rec = found(&state, &caller, &client, "record.restore", &rt, &id).await?;
+    let prof = profile(&state, &caller).await?;
+    // Undeleting needs the right to delete; going back to a version, the
+    // right to edit (and to see every field it sets).
+    let action = if req.version.is_none() {
+        Action::Delete
+    } else {
+        Action::Edit
+    };
+    decide(
+        &state,
+        &caller,
+        &client,
+        &prof,
+        &rt,
+        action,
+        "record.restore",
+        &rec,
+    )
+    .await?;
+    if req.version.is_some() {
+        let every: Vec<String> = rt.view.fields.iter().map(|f| f.key.clone()).collect();
+        check_writable(
+            &state,
+            &caller,
+            &client,
+            &prof,
+            &rt,
+            "record.restore",
+            every.iter(),
+            facts(&rec),
+        )
+        .await?;
+    }
     let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
     match req.version {
         None => {
@@ -750,6 +1043,7 @@ pub async fn restore(
                 &state,
                 &caller,
                 &client,
+                &prof,
                 serde_json::json!({}),
                 &rt,
                 &sealer,
@@ -782,6 +1076,7 @@ pub async fn restore(
                 &state,
                 &caller,
                 &client,
+                &prof,
                 serde_json::json!({ "to_version": v }),
                 &rt,
                 &sealer,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use strongroom_core::pii::{is_protected, mask};
+use strongroom_core::policy::{FieldAccess, Profile, RecordFacts};
 use strongroom_core::record::index_text;
 use strongroom_core::CompanyId;
 use strongroom_crypto::envelope::{self, FieldContext, SecretKey};
@@ -186,34 +187,54 @@ impl<'a> Sealer<'a> {
         Ok(plain)
     }
 
-    /// Plain data → what the caller sees: protected values masked unless
-    /// revealed. Returns the data and the masked and revealed field keys.
+    /// Plain data → what this reader sees, as the access policy decides
+    /// field by field: fields above the reader's level withheld (and named
+    /// as such), protected values masked unless revealed by someone who
+    /// may.
     pub fn present(
         &self,
         plain: RecordData,
         reveal: &Reveal,
-    ) -> (RecordData, Vec<String>, Vec<String>) {
-        let mut masked = Vec::new();
-        let mut revealed = Vec::new();
-        let mut out = RecordData::new();
+        profile: &Profile,
+        record: RecordFacts,
+    ) -> Presented {
+        let mut p = Presented::default();
+        for f in &self.record_type.fields {
+            if profile.field_access(&self.record_type.key, f, record, false)
+                == FieldAccess::Withheld
+            {
+                p.withheld.push(f.key.clone());
+            }
+        }
         for (k, v) in plain {
-            let field = self.record_type.fields.iter().find(|f| f.key == k);
-            match field {
-                Some(f) if is_protected(f) => {
-                    if reveal.wants(&k) {
-                        revealed.push(k.clone());
-                        out.insert(k, v);
-                    } else {
-                        let text = index_text(&v).unwrap_or_default();
-                        masked.push(k.clone());
-                        out.insert(k, Value::String(mask(f, &text)));
+            let Some(f) = self.record_type.fields.iter().find(|f| f.key == k) else {
+                p.data.insert(k, v);
+                continue;
+            };
+            match profile.field_access(&self.record_type.key, f, record, reveal.wants(&k)) {
+                FieldAccess::Withheld => {}
+                FieldAccess::Visible => {
+                    if is_protected(f) {
+                        p.revealed.push(k.clone());
                     }
+                    p.data.insert(k, v);
                 }
-                _ => {
-                    out.insert(k, v);
+                FieldAccess::Masked => {
+                    let text = index_text(&v).unwrap_or_default();
+                    p.masked.push(k.clone());
+                    p.data.insert(k, Value::String(mask(f, &text)));
                 }
             }
         }
-        (out, masked, revealed)
+        p
     }
+}
+
+/// A record's data as one reader sees it.
+#[derive(Debug, Default)]
+pub struct Presented {
+    pub data: RecordData,
+    pub masked: Vec<String>,
+    pub revealed: Vec<String>,
+    pub withheld: Vec<String>,
 }

@@ -654,20 +654,15 @@ pub async fn reset(
     let auth =
         audit::require_admin(&state, &caller, &client, "user.second_factor_reset", &what).await?;
     let target = crate::admin::target_user(&state, &auth, &user_id).await?;
-    if target.view.is_master && !caller.principal.is_master {
-        return Err(audit::refused(
-            &state,
-            &caller,
-            &client,
-            "user.second_factor_reset",
-            &what,
-            ApiError::new(
-                ErrorCode::Forbidden,
-                "only the master account may reset the master account's second factor",
-            ),
-        )
-        .await);
-    }
+    crate::access::check_target(
+        &state,
+        &caller,
+        &client,
+        "user.second_factor_reset",
+        &what,
+        &target,
+    )
+    .await?;
     state
         .store
         .reset_second_factors(auth.company(), target.key)
@@ -702,12 +697,15 @@ pub async fn user_settings(
     let auth =
         audit::require_admin(&state, &caller, &client, "user.sign_in_settings", &what).await?;
     let target = crate::admin::target_user(&state, &auth, &user_id).await?;
-    if target.view.is_master && !caller.principal.is_master {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "only the master account may change the master account's sign-in settings",
-        ));
-    }
+    crate::access::check_target(
+        &state,
+        &caller,
+        &client,
+        "user.sign_in_settings",
+        &what,
+        &target,
+    )
+    .await?;
     let idle = match req.idle_timeout_minutes {
         None => None,
         Some(0) => Some(None),

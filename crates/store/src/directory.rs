@@ -18,6 +18,8 @@ pub struct NewUser {
     pub password_hash: String,
     pub is_admin: bool,
     pub is_master: bool,
+    /// Security level: `public`, `internal`, `confidential`, `restricted`.
+    pub clearance: String,
 }
 
 impl std::fmt::Debug for NewUser {
@@ -99,7 +101,7 @@ fn login_account_from_row(r: &AnyRow) -> StoreResult<LoginAccount> {
 }
 
 const USER_COLUMNS: &str = "u.id, u.user_id, u.display_name, u.email, u.department_id, \
-    d.code AS department_code, u.status, u.is_master, u.is_admin, u.created_at";
+    d.code AS department_code, u.status, u.is_master, u.is_admin, u.clearance, u.created_at";
 
 fn try_user_from_row(row: &AnyRow) -> StoreResult<StoredUser> {
     let status: String = get(row, "status")?;
@@ -115,6 +117,11 @@ fn try_user_from_row(row: &AnyRow) -> StoreResult<StoredUser> {
                 .ok_or_else(|| StoreError::Corrupt(format!("user status '{status}'")))?,
             is_master: flag(row, "is_master")?,
             is_admin: flag(row, "is_admin")?,
+            clearance: {
+                let c: String = get(row, "clearance")?;
+                strongroom_proto::Classification::parse(&c)
+                    .ok_or_else(|| StoreError::Corrupt(format!("clearance '{c}'")))?
+            },
             created_at: from_ts(get(row, "created_at")?)?,
         },
     })
@@ -533,8 +540,8 @@ async fn insert_user(
 ) -> StoreResult<UserKey> {
     let row = sqlx::query(
         "INSERT INTO users (company_id, user_id, display_name, email, department_id, status, \
-           is_master, is_admin, password_hash, password_changed_at, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $9, $9) RETURNING id",
+           is_master, is_admin, password_hash, password_changed_at, created_at, updated_at, clearance) \
+         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $9, $9, $10) RETURNING id",
     )
     .bind(company.0)
     .bind(&user.user_id)
@@ -545,6 +552,7 @@ async fn insert_user(
     .bind((user.is_admin || user.is_master) as i64)
     .bind(&user.password_hash)
     .bind(ts(now))
+    .bind(&user.clearance)
     .fetch_one(&mut **tx)
     .await
     .map_err(|e| {

@@ -512,6 +512,19 @@ impl Store {
             "company_settings",
             "password_history",
             "password_rules",
+            "user_password_rules",
+            "sign_in_policy",
+            "sign_in_challenges",
+            "totp_factors",
+            "recovery_codes",
+            "passkeys",
+            "api_keys",
+            "user_roles",
+            "department_roles",
+            "roles",
+            "pledge_acceptances",
+            "pledge_versions",
+            "training_policy",
             "users",
             "departments",
         ] {
@@ -520,6 +533,10 @@ impl Store {
                 .execute(&mut *w.tx)
                 .await?;
         }
+        sqlx::query("DELETE FROM sign_in_failures WHERE chain = $1")
+            .bind(company.0)
+            .execute(&mut *w.tx)
+            .await?;
         let n = sqlx::query("DELETE FROM companies WHERE id = $1")
             .bind(company.0)
             .execute(&mut *w.tx)

@@ -10,6 +10,7 @@
 //! puts it in its `WHERE` clause; the only lookup without one is a session by
 //! its token hash, which is how a request finds its company.
 
+mod access;
 mod audit;
 mod detection;
 mod directory;
@@ -19,6 +20,7 @@ mod records;
 mod sessions;
 mod signin;
 
+pub use access::*;
 pub use audit::*;
 pub use detection::*;
 pub use directory::*;

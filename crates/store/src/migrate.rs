@@ -52,10 +52,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "lockout, two-step verification, password age, idle timeouts, API keys",
         sql: include_str!("../migrations/0008_sign_in_security.sql"),
     },
+    Migration {
+        version: 9,
+        name: "clearances, roles, departments' roles, security pledge, training",
+        sql: include_str!("../migrations/0009_access_control.sql"),
+    },
 ];
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationReport {

@@ -53,6 +53,9 @@ pub struct RecordQuery {
     pub deleted: DeletedFilter,
     /// Exact-match filters: field key and value in index form.
     pub equals: Vec<(String, String)>,
+    /// When set, only records of this department or owned by this user
+    /// (the caller's scope); `(None, None)` matches nothing.
+    pub only: Option<(Option<i64>, Option<UserKey>)>,
 }
 
 fn enum_col<T>(row: &AnyRow, col: &str, parse: fn(&str) -> Option<T>) -> StoreResult<T> {
@@ -156,6 +159,7 @@ fn record_from_row(row: &AnyRow) -> StoreResult<StoredRecord> {
             deleted_at: opt_ts(get(row, "deleted_at")?)?,
             masked: Vec::new(),
             revealed: Vec::new(),
+            withheld: Vec::new(),
         },
     })
 }
@@ -323,12 +327,47 @@ impl Store {
 
     /// One page of records in creation order. Returns the records and, when
     /// more may follow, the internal id to continue after.
+    /// Changes the classification of a record type and of some of its
+    /// fields.
+    pub async fn set_classification(
+        &self,
+        company: CompanyId,
+        record_type: &StoredRecordType,
+        type_level: Option<strongroom_proto::Classification>,
+        fields: &std::collections::BTreeMap<String, strongroom_proto::Classification>,
+    ) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        if let Some(c) = type_level {
+            sqlx::query(
+                "UPDATE record_types SET classification = $3 WHERE company_id = $1 AND id = $2",
+            )
+            .bind(company.0)
+            .bind(record_type.id)
+            .bind(c.as_str())
+            .execute(&mut *w.tx)
+            .await?;
+        }
+        for (f, c) in fields {
+            sqlx::query(
+                "UPDATE record_fields SET classification = $4 \
+                 WHERE company_id = $1 AND record_type_id = $2 AND field_key = $3",
+            )
+            .bind(company.0)
+            .bind(record_type.id)
+            .bind(f)
+            .bind(c.as_str())
+            .execute(&mut *w.tx)
+            .await?;
+        }
+        w.commit().await
+    }
+
     pub async fn list_records(
         &self,
         company: CompanyId,
         record_type: &StoredRecordType,
         q: &RecordQuery,
-    ) -> StoreResult<(Vec<RecordView>, Option<i64>)> {
+    ) -> StoreResult<(Vec<StoredRecord>, Option<i64>)> {
         let mut args = vec![
             Arg::Int(company.0),
             Arg::Int(record_type.id),
@@ -338,6 +377,22 @@ impl Store {
             "SELECT {RECORD_COLUMNS} {RECORD_FROM} \
              WHERE r.company_id = $1 AND r.record_type_id = $2 AND r.id > $3"
         );
+        if let Some((dept, owner)) = q.only {
+            let mut any = Vec::new();
+            if let Some(d) = dept {
+                args.push(Arg::Int(d));
+                any.push(format!("r.department_id = ${}", args.len()));
+            }
+            if let Some(o) = owner {
+                args.push(Arg::Int(o.0));
+                any.push(format!("r.owner_key = ${}", args.len()));
+            }
+            if any.is_empty() {
+                sql.push_str(" AND 1 = 0");
+            } else {
+                sql.push_str(&format!(" AND ({})", any.join(" OR ")));
+            }
+        }
         match q.deleted {
             DeletedFilter::Exclude => sql.push_str(" AND r.deleted_at IS NULL"),
             DeletedFilter::Only => sql.push_str(" AND r.deleted_at IS NOT NULL"),
@@ -364,7 +419,7 @@ impl Store {
         for r in rows.iter().take(limit as usize) {
             let rec = record_from_row(r)?;
             last = Some(rec.id);
-            out.push(rec.view);
+            out.push(rec);
         }
         let next = if rows.len() > limit as usize {
             last
@@ -466,6 +521,7 @@ impl Store {
                     changed_by: get(r, "user_id")?,
                     masked: Vec::new(),
                     revealed: Vec::new(),
+                    withheld: Vec::new(),
                 })
             })
             .collect()

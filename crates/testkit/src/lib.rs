@@ -25,8 +25,15 @@ pub use strongroom_client as client;
 
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
-/// A request for a plain account with the standard test password.
+/// A request for an account with the standard test password that works
+/// with every record of its company (role `records_full`, level
+/// `restricted`, so protected fields come masked); administrators also
+/// hold `reveal`. Tests of access control build their own.
 pub fn new_user(user_id: &str, is_admin: bool) -> strongroom_proto::CreateUser {
+    let mut roles = vec!["records_full".to_owned()];
+    if is_admin {
+        roles.push("reveal".into());
+    }
     strongroom_proto::CreateUser {
         user_id: user_id.into(),
         display_name: format!("User {user_id}"),
@@ -34,6 +41,8 @@ pub fn new_user(user_id: &str, is_admin: bool) -> strongroom_proto::CreateUser {
         department: None,
         password: PASSWORD.into(),
         is_admin,
+        clearance: strongroom_proto::Classification::Restricted,
+        roles,
     }
 }
 

@@ -24,12 +24,8 @@ async fn new_record(c: &Client, t: &str, v: Value) -> RecordView {
 
 fn user(id: &str) -> CreateUser {
     CreateUser {
-        user_id: id.into(),
-        display_name: format!("User {id}"),
         email: Some(format!("{id}@example.com")),
-        department: None,
-        password: PASSWORD.into(),
-        is_admin: false,
+        ..strongroom_testkit::new_user(id, false)
     }
 }
 

@@ -533,12 +533,9 @@ async fn settings_and_user_changes_are_recorded() {
         .unwrap();
     admin
         .create_user(&CreateUser {
-            user_id: "ann".into(),
             display_name: "Ann".into(),
-            email: None,
             department: Some("HR".into()),
-            password: PASSWORD.into(),
-            is_admin: false,
+            ..strongroom_testkit::new_user("ann", false)
         })
         .await
         .unwrap();
