@@ -36,7 +36,7 @@ use crate::{
         admin::list_users, admin::create_user, admin::get_user, admin::update_user, admin::set_password, admin::delete_user,
         records::list_types, records::get_type, records::create_type, records::add_fields,
         records::list, records::create, records::get, records::update, records::delete,
-        records::history, records::restore,
+        records::history, records::restore, records::export,
         audit::list_events,
         security::incidents, security::update_incident, security::detectors, security::set_detector,
         security::blocks, security::unblock, security::unlock,
@@ -243,6 +243,7 @@ pub fn router(state: AppState, trusted: TrustedProxies, max_body_bytes: usize) -
             "/api/v1/security/api-keys/{id}",
             axum::routing::delete(api_keys::revoke),
         )
+        .route("/api/v1/records/{type}/export", get(records::export))
         .route("/api/v1/roles", get(access::list_roles))
         .route(
             "/api/v1/roles/{name}",

@@ -570,6 +570,94 @@ pub async fn list(
     }))
 }
 
+/// The most records one export returns.
+pub const MAX_EXPORT: usize = 100_000;
+
+/// Export every record of a type that the caller may export, as JSON Lines
+/// (one record per line, shaped like a read: masked, withheld). Needs the
+/// `export` action; audited with the count.
+#[utoipa::path(get, path = "/api/v1/records/{type}/export", tag = "records",
+    params(("type" = String, Path)),
+    responses((status = 200, description = "JSON Lines, one RecordView per line", content_type = "application/x-ndjson"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 413, description = "More records than one export returns", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn export(
+    State(state): State<AppState>,
+    caller: Caller,
+    client: ClientInfo,
+    Path(type_key): Path<String>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let p = &caller.principal;
+    let rt = record_type(&state, p.company, &type_key).await?;
+    let prof = profile(&state, &caller).await?;
+    let scope = match prof.list_scope(&rt.view.key, rt.view.classification, Action::Export) {
+        Ok(s) => s,
+        Err(why) => {
+            return Err(denied(&state, &caller, &client, "record.export", &rt.view.key, why).await)
+        }
+    };
+    let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
+    let mut q = RecordQuery {
+        limit: MAX_PAGE,
+        only: match scope {
+            strongroom_core::policy::ListScope::All => None,
+            strongroom_core::policy::ListScope::Limited { department, owner } => {
+                Some((department, owner))
+            }
+        },
+        ..Default::default()
+    };
+    let mut body = Vec::new();
+    let mut count = 0usize;
+    loop {
+        let (page, next) = state.store.list_records(p.company, &rt, &q).await?;
+        for rec in page {
+            if prof
+                .decide_record(
+                    &rt.view.key,
+                    rt.view.classification,
+                    Action::Export,
+                    facts(&rec),
+                )
+                .is_err()
+            {
+                continue;
+            }
+            count += 1;
+            if count > MAX_EXPORT {
+                return Err(ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("more than {MAX_EXPORT} records; export a narrower set by listing with filters"),
+                ));
+            }
+            let view = shown(&state, &sealer, p.company, &prof, &rec, &Reveal::None).await?;
+            serde_json::to_writer(&mut body, &view).map_err(ApiError::internal)?;
+            body.push(b'\n');
+        }
+        match next {
+            Some(n) => q.after = Some(n),
+            None => break,
+        }
+    }
+    // The export is recorded before any of it leaves the server.
+    audit::record(
+        &state,
+        &caller,
+        &client,
+        "record.export",
+        &rt.view.key,
+        serde_json::json!({ "records": count }),
+    )
+    .await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        body,
+    )
+        .into_response())
+}
+
 /// Create a record. National ID, bank account and card numbers (and every
 /// restricted field) are checked, normalised and encrypted before storage.
 #[utoipa::path(post, path = "/api/v1/records/{type}", tag = "records",

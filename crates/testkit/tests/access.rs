@@ -243,6 +243,24 @@ async fn department_and_own_scopes() {
     assert_eq!(e.status(), Some(403));
     let mine = record_in(&sam, "customer", None, customer("S2")).await;
     assert_eq!(mine.department.as_deref(), Some("SALES"));
+    // Export is not in the role either.
+    assert_eq!(
+        sam.raw_get("/api/v1/records/customer/export")
+            .await
+            .unwrap()
+            .status,
+        403
+    );
+    let all = admin
+        .raw_get("/api/v1/records/customer/export")
+        .await
+        .unwrap();
+    assert_eq!(all.status, 200);
+    assert_eq!(String::from_utf8_lossy(&all.body).lines().count(), 3);
+    assert_eq!(
+        srv.last_event("ACME", "record.export").await.detail,
+        "{\"records\":3}"
+    );
     // Delete is not in the role.
     assert_eq!(
         sam.delete_record("customer", &mine.id)
@@ -828,6 +846,27 @@ async fn random_users_never_see_above_their_level_or_outside_their_scope() {
             }
         }
         assert!(c.record("customer", &foreign.id).await.is_err());
+        // Export.
+        let ex = c.raw_get("/api/v1/records/customer/export").await.unwrap();
+        if ex.status == 200 {
+            let exports = me
+                .grants
+                .iter()
+                .any(|g| g.actions.iter().any(|a| a == "export"));
+            assert!(exports, "case {case}: exported without an export grant");
+            for line in String::from_utf8_lossy(&ex.body).lines() {
+                let r: RecordView = serde_json::from_str(line).unwrap();
+                let d = records
+                    .iter()
+                    .find(|(id, _)| id == &r.id)
+                    .map(|(_, d)| d.clone());
+                let d = d.unwrap_or_else(|| panic!("case {case}: exported a foreign record"));
+                assert!(in_scope(&d), "case {case}: exported {} outside scope", r.id);
+                check(&r.data, &r.withheld);
+            }
+        } else {
+            assert_eq!(ex.status, 403, "case {case}");
+        }
         // Reset department roles for the next case.
         if let Some(d) = dept_code {
             send(
@@ -838,5 +877,82 @@ async fn random_users_never_see_above_their_level_or_outside_their_scope() {
             )
             .await;
         }
+    }
+}
+
+#[tokio::test]
+async fn deleting_a_company_removes_its_access_and_sign_in_state() {
+    let srv = TestServer::start().await;
+    let admin = srv.company_master("BETA").await;
+    admin.create_department("OPS", "Ops").await.unwrap();
+    admin.create_user(&new_user("ann", false)).await.unwrap();
+    let ann = srv.sign_in("BETA", "ann").await;
+    srv.enrol_totp("BETA", "ann", &ann).await;
+    for (m, path, body) in [
+        (
+            Method::PUT,
+            "/api/v1/roles/mine",
+            json!({"grants": [{"record_type": "*", "actions": ["view"], "scope": "own"}]}),
+        ),
+        (
+            Method::PUT,
+            "/api/v1/departments/OPS/roles",
+            json!({"roles": ["mine"]}),
+        ),
+        (Method::POST, "/api/v1/pledge", json!({"text": "Pledge."})),
+        (
+            Method::PUT,
+            "/api/v1/security/training-policy",
+            json!({"required": false, "interval_days": 30}),
+        ),
+        (
+            Method::PUT,
+            "/api/v1/users/ann/password-rules",
+            json!({"min_length": 14, "min_score": 3, "require_classes": 0, "history": 2}),
+        ),
+        (
+            Method::POST,
+            "/api/v1/users/ann/api-keys",
+            json!({"label": "k", "scopes": ["records:read"], "expires_in_days": 5}),
+        ),
+    ] {
+        let r = send(&admin, m, path, body).await;
+        assert!(
+            r.status < 300,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    let p = srv.client().login("BETA", "ann", "wrong wrong wrong").await;
+    assert!(p.is_err());
+    let mut policy = admin.sign_in_policy().await.unwrap();
+    policy.two_factor = "all".into();
+    admin.set_sign_in_policy(&policy).await.unwrap();
+    let id = srv
+        .store()
+        .company_by_code("BETA")
+        .await
+        .unwrap()
+        .unwrap()
+        .0;
+    srv.store().delete_company(id).await.unwrap();
+    assert!(srv.store().company_by_code("BETA").await.unwrap().is_none());
+    for table in [
+        "roles",
+        "user_roles",
+        "department_roles",
+        "pledge_versions",
+        "training_policy",
+        "user_password_rules",
+        "sign_in_policy",
+        "totp_factors",
+        "recovery_codes",
+        "api_keys",
+        "users",
+    ] {
+        let n = srv
+            .raw_sql(&format!("DELETE FROM {table} WHERE company_id = {}", id.0))
+            .await;
+        assert_eq!(n, 0, "{table} still holds rows of the deleted company");
     }
 }
