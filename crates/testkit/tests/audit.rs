@@ -95,6 +95,9 @@ async fn every_record_endpoint_writes_its_event_before_answering() {
                     ("post", "/api/v1/records/{type}/{id}/restore") => {
                         (Method::POST, None, "record.restore")
                     }
+                    ("get", "/api/v1/records/{type}/export") => {
+                        (Method::GET, None, "record.export")
+                    }
                     other => panic!("record endpoint {other:?} has no audit expectation; add one"),
                 };
             // Delete and restore need the record in the right state.
@@ -135,7 +138,7 @@ async fn every_record_endpoint_writes_its_event_before_answering() {
             seen += 1;
         }
     }
-    assert_eq!(seen, 7);
+    assert_eq!(seen, 8);
 
     // Reads say which fields were returned and which were masked.
     call(
