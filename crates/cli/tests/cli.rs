@@ -448,3 +448,50 @@ fn audit_export_and_archive() {
         text(&o)
     );
 }
+
+#[test]
+fn backup_verify_restore_and_drill_from_the_command_line() {
+    let s = Setup::new();
+    let pw = s.password_file("plum orchard violin tram");
+    let o = s.run(&[
+        "init",
+        "--company",
+        "ACME",
+        "--company-name",
+        "Acme",
+        "--admin-password-file",
+        &pw,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    // A server runs meanwhile: the backup is taken while it serves.
+    let (child, _, _) = s.serve(&[]);
+    let o = s.run(&["backup", "create"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    let id = out
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    assert!(out.starts_with("Backup "), "{out}");
+    let o = s.run(&["backup", "list"]);
+    assert!(text(&o).contains(&id), "{}", text(&o));
+    let o = s.run(&["backup", "verify", &id]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("intact"), "{}", text(&o));
+    let o = s.run(&["drill"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("passed"), "{}", text(&o));
+    stop(child);
+    let o = s.run(&["restore", &id, "--into", "restored"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(s.path("restored/strongroom.db").exists());
+    // Not twice into the same store.
+    let o = s.run(&["restore", &id, "--into", "restored"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("not empty"), "{}", text(&o));
+    // A bad id says what to do.
+    let o = s.run(&["backup", "verify", "nope"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("no backup nope"), "{}", text(&o));
+}

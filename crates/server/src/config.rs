@@ -138,6 +138,45 @@ pub struct Config {
     /// "Pwned Passwords" format, `HASH:count`, is accepted). Empty: none.
     #[serde(default)]
     pub password_deny_list: String,
+    /// Directory that holds backups (`strongroom backup create`, and the
+    /// server's scheduled backups).
+    #[serde(default = "d_backup_target")]
+    pub backup_target: PathBuf,
+    /// Minutes between scheduled backups (0: none).
+    #[serde(default)]
+    pub backup_interval_minutes: i64,
+    /// Retention: the newest N backups, plus the newest of each of the last
+    /// N days, ISO weeks and months.
+    #[serde(default = "d_keep_last")]
+    pub backup_keep_last: i64,
+    #[serde(default = "d_keep_daily")]
+    pub backup_keep_daily: i64,
+    #[serde(default = "d_keep_weekly")]
+    pub backup_keep_weekly: i64,
+    #[serde(default = "d_keep_monthly")]
+    pub backup_keep_monthly: i64,
+    /// Days between scheduled restore drills of the newest backup (0: none).
+    #[serde(default = "d_drill_days")]
+    pub drill_interval_days: i64,
+}
+
+fn d_backup_target() -> PathBuf {
+    "./strongroom-backups".into()
+}
+fn d_keep_last() -> i64 {
+    7
+}
+fn d_keep_daily() -> i64 {
+    7
+}
+fn d_keep_weekly() -> i64 {
+    4
+}
+fn d_keep_monthly() -> i64 {
+    12
+}
+fn d_drill_days() -> i64 {
+    30
 }
 
 /// The public origin: given, or `https://localhost:<port>`. Passkeys need
@@ -284,6 +323,13 @@ impl Config {
             log_format: d_log_format(),
             public_origin: String::new(),
             password_deny_list: String::new(),
+            backup_target: d_backup_target(),
+            backup_interval_minutes: 0,
+            backup_keep_last: d_keep_last(),
+            backup_keep_daily: d_keep_daily(),
+            backup_keep_weekly: d_keep_weekly(),
+            backup_keep_monthly: d_keep_monthly(),
+            drill_interval_days: d_drill_days(),
         }
     }
 
@@ -425,6 +471,22 @@ impl Config {
             100_000,
         )?;
         range("max_in_flight", self.max_in_flight as i64, 1, 1_000_000)?;
+        range(
+            "backup_interval_minutes",
+            self.backup_interval_minutes,
+            0,
+            525_600,
+        )?;
+        range("backup_keep_last", self.backup_keep_last, 1, 10_000)?;
+        range("backup_keep_daily", self.backup_keep_daily, 0, 10_000)?;
+        range("backup_keep_weekly", self.backup_keep_weekly, 0, 10_000)?;
+        range("backup_keep_monthly", self.backup_keep_monthly, 0, 10_000)?;
+        range("drill_interval_days", self.drill_interval_days, 0, 3650)?;
+        if self.backup_target.starts_with(&self.data_dir) {
+            return Err(cerr(
+                "backup_target: must not be inside data_dir (a backup on the same disk as the data proves little)",
+            ));
+        }
         range(
             "request_timeout_seconds",
             self.request_timeout_seconds as i64,
@@ -646,6 +708,17 @@ fn defaults_table() -> toml::Table {
     t.insert("log_format".into(), s(""));
     t.insert("public_origin".into(), s(""));
     t.insert("password_deny_list".into(), s(""));
+    t.insert("backup_target".into(), s(""));
+    for k in [
+        "backup_interval_minutes",
+        "backup_keep_last",
+        "backup_keep_daily",
+        "backup_keep_weekly",
+        "backup_keep_monthly",
+        "drill_interval_days",
+    ] {
+        t.insert(k.into(), i(0));
+    }
     t
 }
 

@@ -85,7 +85,7 @@ pub struct AlertSettings {
 }
 
 impl AlertSettings {
-    fn channels(&self) -> Vec<&'static str> {
+    pub fn channels(&self) -> Vec<&'static str> {
         let mut c = Vec::new();
         if self.webhook_url.is_some() {
             c.push("webhook");

@@ -74,6 +74,11 @@ impl KeyRing {
         }
     }
 
+    /// The provider, shared (for work that outlives a request).
+    pub fn shared_provider(&self) -> Arc<dyn KeyProvider> {
+        self.provider.clone()
+    }
+
     pub fn provider(&self) -> &dyn KeyProvider {
         self.provider.as_ref()
     }

@@ -7,6 +7,7 @@ pub mod api_keys;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod detection;
 pub mod error;
@@ -128,13 +129,7 @@ pub async fn prepare_with(
         store.clone(),
         clock.clone(),
         blocks.clone(),
-        detection::AlertSettings {
-            webhook_url: config.alert_webhook_url.clone(),
-            webhook_secret: config.alert_webhook_secret(),
-            smtp_url: config.smtp_url(),
-            smtp_from: config.smtp_from.clone(),
-            smtp_to: config.smtp_to.clone(),
-        },
+        alert_settings(config),
     );
     let hasher = PasswordHasher::new(HashParams::default())?;
     let concurrency = match config.login_concurrency {
@@ -192,6 +187,26 @@ pub async fn prepare_with(
         )),
         keys,
     };
+    let minutes = |m: i64| std::time::Duration::from_secs(u64::try_from(m).unwrap_or(0) * 60);
+    backup::spawn_schedule(
+        store.clone(),
+        state.keys.shared_provider(),
+        clock.clone(),
+        backup::Schedule {
+            target: config.backup_target.clone(),
+            interval: (config.backup_interval_minutes > 0)
+                .then(|| minutes(config.backup_interval_minutes)),
+            drill_every: (config.backup_interval_minutes > 0 && config.drill_interval_days > 0)
+                .then(|| minutes(config.drill_interval_days * 24 * 60)),
+            keep: (
+                config.backup_keep_last as usize,
+                config.backup_keep_daily as usize,
+                config.backup_keep_weekly as usize,
+                config.backup_keep_monthly as usize,
+            ),
+            alerts: alert_settings(config),
+        },
+    );
     let router = app::router(
         state.clone(),
         TrustedProxies(resolved.trusted_proxies.clone()),
@@ -212,6 +227,17 @@ pub async fn prepare_with(
         max_connections: config.max_connections,
         syslog_forward: config.syslog_forward.clone(),
     })
+}
+
+/// Where alerts go, from the configuration.
+pub fn alert_settings(config: &Config) -> detection::AlertSettings {
+    detection::AlertSettings {
+        webhook_url: config.alert_webhook_url.clone(),
+        webhook_secret: config.alert_webhook_secret(),
+        smtp_url: config.smtp_url(),
+        smtp_from: config.smtp_from.clone(),
+        smtp_to: config.smtp_to.clone(),
+    }
 }
 
 /// Opens the configured key provider. A new master key is made only for a

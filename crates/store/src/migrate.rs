@@ -57,10 +57,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "clearances, roles, departments' roles, security pledge, training",
         sql: include_str!("../migrations/0009_access_control.sql"),
     },
+    Migration {
+        version: 10,
+        name: "backup and drill evidence",
+        sql: include_str!("../migrations/0010_backup_runs.sql"),
+    },
 ];
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationReport {
@@ -82,6 +87,16 @@ fn render(sql: &str, dialect: Dialect) -> String {
 impl Store {
     /// Brings the schema up to [`SCHEMA_VERSION`].
     pub async fn migrate(&self, now: DateTime<Utc>) -> StoreResult<MigrationReport> {
+        self.migrate_to(SCHEMA_VERSION, now).await
+    }
+
+    /// Brings the schema up to `target` (a restore loads an older backup
+    /// into the schema it was taken from, then migrates the rest).
+    pub async fn migrate_to(
+        &self,
+        target: i64,
+        now: DateTime<Utc>,
+    ) -> StoreResult<MigrationReport> {
         let mut w = self.write_tx().await?;
         if self.dialect == Dialect::Postgres {
             // Several nodes may start at once; one migrates, the others wait.
@@ -105,7 +120,10 @@ impl Store {
                 supported: SCHEMA_VERSION,
             });
         }
-        for m in MIGRATIONS.iter().filter(|m| m.version > from) {
+        for m in MIGRATIONS
+            .iter()
+            .filter(|m| m.version > from && m.version <= target)
+        {
             tracing::info!(
                 version = m.version,
                 name = m.name,
@@ -126,7 +144,7 @@ impl Store {
         w.commit().await?;
         Ok(MigrationReport {
             from,
-            to: SCHEMA_VERSION,
+            to: target.max(from),
         })
     }
 

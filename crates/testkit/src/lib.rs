@@ -489,28 +489,64 @@ impl Drop for TestServer {
             let _ = tx.send(());
         }
         if let Some(pg) = self.pg.take() {
-            // Runs on its own thread and runtime: Drop cannot await, and the
-            // test's runtime may already be shutting down.
-            let handle = std::thread::spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                rt.block_on(async {
-                    if let Ok(mut conn) = sqlx::PgConnection::connect(&pg.admin_url).await {
-                        let _ = sqlx::query(&format!(
-                            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                            pg.name
-                        ))
-                        .execute(&mut conn)
-                        .await;
-                        let _ = conn.close().await;
-                    }
-                });
-            });
-            let _ = handle.join();
+            drop_database(pg);
+        }
+    }
+}
+
+/// Drops a test database. Runs on its own thread and runtime: Drop cannot
+/// await, and the test's runtime may already be shutting down.
+fn drop_database(pg: PgDatabase) {
+    let handle = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&pg.admin_url).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", pg.name))
+                    .execute(&mut conn)
+                    .await;
+                let _ = conn.close().await;
+            }
+        });
+    });
+    let _ = handle.join();
+}
+
+/// An empty PostgreSQL database of its own, dropped with this value (for
+/// tests that move data between backends).
+pub struct ScratchPostgres {
+    pub url: String,
+    db: Option<PgDatabase>,
+}
+
+impl ScratchPostgres {
+    pub async fn new() -> ScratchPostgres {
+        let admin_url = std::env::var("STRONGROOM_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| DEFAULT_PG_URL.to_owned());
+        let name = format!("sr_t_{}", unique_suffix());
+        let mut conn = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL for a scratch database: {e}"));
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create scratch database");
+        let _ = conn.close().await;
+        ScratchPostgres {
+            url: with_database(&admin_url, &name),
+            db: Some(PgDatabase { admin_url, name }),
+        }
+    }
+}
+
+impl Drop for ScratchPostgres {
+    fn drop(&mut self) {
+        if let Some(pg) = self.db.take() {
+            drop_database(pg);
         }
     }
 }

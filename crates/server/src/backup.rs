@@ -1,0 +1,923 @@
+//! Backups in Strongroom's own logical format, independent of the backend
+//! (a backup taken on SQLite restores into PostgreSQL and back), and their
+//! restore and drill.
+//!
+//! A backup is a directory `<target>/<id>/` of chunks and a manifest:
+//! - each chunk is JSON Lines of rows (`{"t": table, "r": [cells]}`),
+//!   compressed with zstd and sealed with AES-256-GCM under a fresh backup
+//!   key (associated data: backup id and chunk number, so chunks cannot be
+//!   swapped or moved between backups); values that are encrypted in the
+//!   store stay encrypted inside;
+//! - the backup key is stored only wrapped by the master key;
+//! - `manifest.json` records format and schema version, time, per-table
+//!   row counts and columns, each chunk's SHA-256, each company's audit
+//!   chain head, and an HMAC over all of it under a key derived from the
+//!   backup key (so nobody without the master key can forge or alter it).
+//!
+//! Writes go to `<target>/.partial-<id>/` and the directory is renamed into
+//! place only after every file is written and synced: an interrupted
+//! backup never looks complete. A restore checks the whole backup before it
+//! touches the target, and loads in one transaction.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use ring::hmac;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use strongroom_crypto::envelope::{open_raw, seal_raw, SecretKey};
+use strongroom_crypto::provider::KeyProvider;
+use strongroom_store::{Cell, Store, BACKUP_TABLES, SCHEMA_VERSION};
+
+/// The backup format this binary writes and reads.
+pub const FORMAT: u32 = 1;
+/// Uncompressed bytes per chunk.
+const CHUNK_BYTES: usize = 4 << 20;
+/// The largest chunk or manifest file a restore will read.
+const MAX_FILE_BYTES: u64 = 256 << 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TableEntry {
+    pub name: String,
+    pub columns: Vec<String>,
+    pub rows: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChunkEntry {
+    pub file: String,
+    pub sha256: String,
+    pub rows: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChainHead {
+    pub seq: i64,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: u32,
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    pub schema_version: i64,
+    /// The backend the backup was taken from (`sqlite` or `postgres`).
+    pub source: String,
+    pub tables: Vec<TableEntry>,
+    pub chunks: Vec<ChunkEntry>,
+    /// Audit chain heads by chain id (0: the server's own).
+    pub chain_heads: BTreeMap<i64, ChainHead>,
+    pub wrap_key_id: String,
+    pub wrapped_key: String,
+    /// HMAC-SHA-256 of the manifest with this field empty.
+    pub mac: String,
+}
+
+impl Manifest {
+    pub fn total_rows(&self) -> u64 {
+        self.tables.iter().map(|t| t.rows).sum()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Line {
+    t: String,
+    r: Vec<Cell>,
+}
+
+fn wrap_context(id: &str) -> String {
+    format!("strongroom/backup/v1/{id}")
+}
+
+fn chunk_aad(id: &str, n: usize) -> Vec<u8> {
+    format!("strongroom/backup-chunk/v1\0{id}\0{n}").into_bytes()
+}
+
+fn mac_of(key: &SecretKey, m: &Manifest) -> anyhow::Result<String> {
+    let derived = hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, key.expose()),
+        b"strongroom/backup-manifest/v1",
+    );
+    let mut unsigned = m.clone();
+    unsigned.mac = String::new();
+    let bytes = serde_json::to_vec(&unsigned)?;
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()), &bytes);
+    Ok(hex::encode(tag.as_ref()))
+}
+
+fn new_id(now: DateTime<Utc>) -> anyhow::Result<String> {
+    let r = strongroom_crypto::token::random_bytes::<4>()?;
+    Ok(format!(
+        "{}-{}",
+        now.format("%Y%m%dT%H%M%SZ"),
+        hex::encode(r)
+    ))
+}
+
+/// Is `id` the shape of a backup id (so it is safe in a path)?
+pub fn valid_id(id: &str) -> bool {
+    id.len() <= 64 && !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+struct ChunkWriter<'a> {
+    dir: &'a Path,
+    id: &'a str,
+    key: &'a SecretKey,
+    buf: Vec<u8>,
+    rows: u64,
+    chunks: Vec<ChunkEntry>,
+}
+
+impl ChunkWriter<'_> {
+    fn push(&mut self, line: &Line) -> anyhow::Result<()> {
+        serde_json::to_writer(&mut self.buf, line)?;
+        self.buf.push(b'\n');
+        self.rows += 1;
+        if self.buf.len() >= CHUNK_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let n = self.chunks.len() + 1;
+        let packed = zstd::encode_all(self.buf.as_slice(), 3)?;
+        let sealed = seal_raw(self.key, &chunk_aad(self.id, n), &packed)?;
+        let file = format!("chunk-{n:06}.bin");
+        write_synced(&self.dir.join(&file), &sealed)?;
+        self.chunks.push(ChunkEntry {
+            file,
+            sha256: hex::encode(Sha256::digest(&sealed)),
+            rows: self.rows,
+        });
+        self.buf.clear();
+        self.rows = 0;
+        Ok(())
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut f =
+        std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("cannot write {} (is the disk full?)", path.display()))?;
+    Ok(())
+}
+
+/// Takes a backup of the whole store into `target` while the server keeps
+/// serving. Returns its manifest.
+pub async fn create(
+    store: &Store,
+    provider: &dyn KeyProvider,
+    target: &Path,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Manifest> {
+    std::fs::create_dir_all(target)
+        .with_context(|| format!("cannot create the backup target {}", target.display()))?;
+    let id = new_id(now)?;
+    let partial = target.join(format!(".partial-{id}"));
+    std::fs::create_dir(&partial)
+        .with_context(|| format!("cannot write into {}", target.display()))?;
+    let result = write_backup(store, provider, &partial, &id, now).await;
+    match result {
+        Ok(m) => {
+            let done = target.join(&id);
+            std::fs::rename(&partial, &done)
+                .with_context(|| format!("cannot finish {}", done.display()))?;
+            if let Ok(d) = std::fs::File::open(target) {
+                let _ = d.sync_all();
+            }
+            Ok(m)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&partial);
+            Err(e)
+        }
+    }
+}
+
+async fn write_backup(
+    store: &Store,
+    provider: &dyn KeyProvider,
+    dir: &Path,
+    id: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Manifest> {
+    let raw = strongroom_crypto::token::random_bytes::<32>()?;
+    let key = SecretKey::from_bytes(1, &raw)?;
+    let wrapped = provider.wrap(&raw, &wrap_context(id))?;
+    let mut w = ChunkWriter {
+        dir,
+        id,
+        key: &key,
+        buf: Vec::with_capacity(CHUNK_BYTES + 4096),
+        rows: 0,
+        chunks: Vec::new(),
+    };
+    let mut tables = Vec::new();
+    let mut heads = BTreeMap::new();
+    let mut snap = store.snapshot().await?;
+    for t in BACKUP_TABLES {
+        let mut rows = 0u64;
+        let mut err = None;
+        let columns = snap
+            .table(t, |cols, cells| {
+                rows += 1;
+                if *t == "audit_heads" {
+                    let get = |name: &str| cols.iter().position(|c| c == name).map(|i| &cells[i]);
+                    if let (Some(Cell::Int(chain)), Some(Cell::Int(seq)), Some(Cell::Blob { b })) =
+                        (get("chain"), get("seq"), get("hash"))
+                    {
+                        let hash = B64.decode(b).map(hex::encode).unwrap_or_default();
+                        heads.insert(*chain, ChainHead { seq: *seq, hash });
+                    }
+                }
+                if let Err(e) = w.push(&Line {
+                    t: (*t).to_owned(),
+                    r: cells,
+                }) {
+                    err = Some(e);
+                }
+                Ok(())
+            })
+            .await?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        tables.push(TableEntry {
+            name: (*t).to_owned(),
+            columns,
+            rows,
+        });
+    }
+    snap.end().await?;
+    w.flush()?;
+    let mut m = Manifest {
+        format: FORMAT,
+        id: id.to_owned(),
+        created_at: now,
+        schema_version: SCHEMA_VERSION,
+        source: format!("{:?}", store.dialect()).to_ascii_lowercase(),
+        tables,
+        chunks: w.chunks,
+        chain_heads: heads,
+        wrap_key_id: provider.current_key_id(),
+        wrapped_key: B64.encode(&wrapped),
+        mac: String::new(),
+    };
+    m.mac = mac_of(&key, &m)?;
+    write_synced(&dir.join("manifest.json"), &serde_json::to_vec_pretty(&m)?)?;
+    Ok(m)
+}
+
+/// The backups in a target, oldest first (incomplete ones are not listed).
+pub fn list(target: &Path) -> anyhow::Result<Vec<Manifest>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(target) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => {
+            return Err(anyhow!(
+                "cannot read the backup target {}: {e}",
+                target.display()
+            ))
+        }
+    };
+    for e in entries {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !valid_id(&name) {
+            continue;
+        }
+        if let Ok(m) = read_manifest(&e.path()) {
+            out.push(m);
+        }
+    }
+    out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+    Ok(out)
+}
+
+fn read_limited(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).with_context(|| format!("{} is missing", path.display()))?;
+    if meta.len() > MAX_FILE_BYTES {
+        bail!(
+            "{} is larger than any file Strongroom writes",
+            path.display()
+        );
+    }
+    Ok(std::fs::read(path)?)
+}
+
+fn read_manifest(dir: &Path) -> anyhow::Result<Manifest> {
+    let bytes = read_limited(&dir.join("manifest.json"))?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|_| anyhow!("the manifest of {} is not valid JSON", dir.display()))?;
+    let format = v.get("format").and_then(|f| f.as_u64()).unwrap_or(0);
+    if format > u64::from(FORMAT) {
+        bail!(
+            "backup {} is in format {format}, newer than this Strongroom's {FORMAT}; restore it with a newer Strongroom",
+            dir.display()
+        );
+    }
+    serde_json::from_value(v)
+        .map_err(|e| anyhow!("the manifest of {} is damaged: {e}", dir.display()))
+}
+
+/// What checking a backup found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Checked {
+    pub manifest: Manifest,
+    pub rows: BTreeMap<String, u64>,
+}
+
+/// Opens the backup key and checks the manifest's MAC.
+fn open_key(provider: &dyn KeyProvider, m: &Manifest) -> anyhow::Result<SecretKey> {
+    let wrapped = B64
+        .decode(&m.wrapped_key)
+        .map_err(|_| anyhow!("the backup key in the manifest is damaged"))?;
+    let raw = provider
+        .unwrap(&m.wrap_key_id, &wrapped, &wrap_context(&m.id))
+        .map_err(|_| {
+            anyhow!(
+                "the backup key does not open with this master key (key '{}'); use the master key the backup was made with",
+                m.wrap_key_id
+            )
+        })?;
+    let key = SecretKey::from_bytes(1, &raw)?;
+    if mac_of(&key, m)? != m.mac {
+        bail!(
+            "the manifest of backup {} was altered (its MAC does not match)",
+            m.id
+        );
+    }
+    Ok(key)
+}
+
+/// Reads every chunk of a backup, checking each (checksum, decryption,
+/// decompression, row shape), and hands the rows to `each` table by table
+/// in file order. Nothing is trusted before its chunk checks out.
+fn read_chunks<F>(dir: &Path, m: &Manifest, key: &SecretKey, mut each: F) -> anyhow::Result<()>
+where
+    F: FnMut(Line) -> anyhow::Result<()>,
+{
+    for (i, c) in m.chunks.iter().enumerate() {
+        let name = &c.file;
+        if name.contains('/') || name.contains("..") {
+            bail!("the manifest names a chunk outside the backup: {name}");
+        }
+        let sealed = read_limited(&dir.join(name))
+            .with_context(|| format!("chunk {name} of backup {} is missing", m.id))?;
+        if hex::encode(Sha256::digest(&sealed)) != c.sha256 {
+            bail!(
+                "chunk {name} of backup {} is damaged (checksum mismatch)",
+                m.id
+            );
+        }
+        let packed = open_raw(key, &chunk_aad(&m.id, i + 1), &sealed)
+            .map_err(|_| anyhow!("chunk {name} of backup {} does not decrypt", m.id))?;
+        let plain = zstd::decode_all(packed.as_slice())
+            .map_err(|_| anyhow!("chunk {name} of backup {} does not decompress", m.id))?;
+        let mut rows = 0u64;
+        for line in plain.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let l: Line = serde_json::from_slice(line)
+                .map_err(|_| anyhow!("chunk {name} of backup {} holds a damaged row", m.id))?;
+            rows += 1;
+            each(l)?;
+        }
+        if rows != c.rows {
+            bail!(
+                "chunk {name} of backup {} holds {rows} rows, not {}",
+                m.id,
+                c.rows
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Checks a backup completely without restoring it: manifest MAC, every
+/// chunk's checksum, decryption and rows against the manifest's counts.
+pub fn verify(provider: &dyn KeyProvider, target: &Path, id: &str) -> anyhow::Result<Checked> {
+    if !valid_id(id) {
+        bail!("'{id}' is not a backup id; `strongroom backup list` shows them");
+    }
+    let dir = target.join(id);
+    if !dir.is_dir() {
+        bail!("there is no backup {id} in {}", target.display());
+    }
+    let m = read_manifest(&dir)?;
+    if m.id != id {
+        bail!("the manifest in {id} belongs to backup {}", m.id);
+    }
+    let key = open_key(provider, &m)?;
+    let mut rows: BTreeMap<String, u64> = BTreeMap::new();
+    read_chunks(&dir, &m, &key, |l| {
+        if !m.tables.iter().any(|t| t.name == l.t) {
+            bail!("backup {} holds rows of an unknown table {}", m.id, l.t);
+        }
+        *rows.entry(l.t).or_default() += 1;
+        Ok(())
+    })?;
+    for t in &m.tables {
+        let got = rows.get(&t.name).copied().unwrap_or(0);
+        if got != t.rows {
+            bail!(
+                "backup {} holds {got} rows of {}, the manifest says {}",
+                m.id,
+                t.name,
+                t.rows
+            );
+        }
+    }
+    Ok(Checked { manifest: m, rows })
+}
+
+/// Restores a backup into `into`, which must be blank unless `force`
+/// (then it is emptied first, in the same transaction as the load). The
+/// backup is checked completely before the target is touched. `progress`
+/// hears the rows loaded so far.
+pub async fn restore(
+    provider: &dyn KeyProvider,
+    target: &Path,
+    id: &str,
+    into: &Store,
+    force: bool,
+    now: DateTime<Utc>,
+    progress: &(dyn Fn(u64, u64) + Send + Sync),
+) -> anyhow::Result<Checked> {
+    let checked = verify(provider, target, id)?;
+    let m = &checked.manifest;
+    if m.schema_version > SCHEMA_VERSION {
+        bail!(
+            "backup {id} was taken at schema version {}, newer than this Strongroom's {SCHEMA_VERSION}; restore it with a newer Strongroom",
+            m.schema_version
+        );
+    }
+    let found = into.schema_version().await.unwrap_or(0);
+    if found > m.schema_version {
+        if !force {
+            bail!("the target store is at schema version {found}, past the backup's {}; restore into an empty store", m.schema_version);
+        }
+    } else {
+        into.migrate_to(m.schema_version, now).await?;
+    }
+    if !into.is_blank().await? && !force {
+        bail!("the target store is not empty; restore into an empty one, or add --force to replace its contents");
+    }
+    let key = open_key(provider, m)?;
+    let dir = target.join(id);
+    let total = m.total_rows();
+    // Rows are read again (checked again on the way) and loaded table by
+    // table in one transaction.
+    let mut loader = into.begin_load().await?;
+    if force {
+        drop(loader);
+        into.wipe().await?;
+        loader = into.begin_load().await?;
+    }
+    let mut batch: Vec<Line> = Vec::new();
+    let mut pending: Vec<Vec<Line>> = Vec::new();
+    read_chunks(&dir, m, &key, |l| {
+        batch.push(l);
+        if batch.len() >= 2000 {
+            pending.push(std::mem::take(&mut batch));
+        }
+        Ok(())
+    })?;
+    pending.push(batch);
+    let mut done = 0u64;
+    for lines in pending {
+        let mut i = 0;
+        while i < lines.len() {
+            let t = lines[i].t.clone();
+            let mut j = i;
+            while j < lines.len() && lines[j].t == t {
+                j += 1;
+            }
+            let table = m
+                .tables
+                .iter()
+                .find(|x| x.name == t)
+                .ok_or_else(|| anyhow!("unknown table {t}"))?;
+            let rows: Vec<Vec<Cell>> = lines[i..j].iter().map(|l| l.r.clone()).collect();
+            into.load_rows(&mut loader, &t, &table.columns, &rows)
+                .await?;
+            done += (j - i) as u64;
+            progress(done, total);
+            i = j;
+        }
+    }
+    into.finish_load(loader).await?;
+    // Then up to this binary's schema.
+    into.migrate(now).await?;
+    into.analyze().await?;
+    Ok(checked)
+}
+
+/// Which backups retention deletes: all but the newest `keep_last`, the
+/// newest of each of the last `daily` days, `weekly` ISO weeks and
+/// `monthly` months.
+pub fn expired(
+    backups: &[Manifest],
+    keep_last: usize,
+    daily: usize,
+    weekly: usize,
+    monthly: usize,
+) -> Vec<String> {
+    let mut newest_first: Vec<&Manifest> = backups.iter().collect();
+    newest_first.sort_by_key(|m| std::cmp::Reverse(m.created_at));
+    let mut keep: std::collections::HashSet<&str> = newest_first
+        .iter()
+        .take(keep_last)
+        .map(|m| m.id.as_str())
+        .collect();
+    let mut bucket = |label: &dyn Fn(&Manifest) -> String, n: usize| {
+        let mut seen = Vec::new();
+        for m in &newest_first {
+            let l = label(m);
+            if seen.contains(&l) {
+                continue;
+            }
+            if seen.len() >= n {
+                break;
+            }
+            seen.push(l);
+            keep.insert(m.id.as_str());
+        }
+    };
+    use chrono::Datelike;
+    bucket(&|m| m.created_at.format("%Y-%m-%d").to_string(), daily);
+    bucket(
+        &|m| {
+            let w = m.created_at.iso_week();
+            format!("{}-{}", w.year(), w.week())
+        },
+        weekly,
+    );
+    bucket(&|m| m.created_at.format("%Y-%m").to_string(), monthly);
+    newest_first
+        .iter()
+        .filter(|m| !keep.contains(m.id.as_str()))
+        .map(|m| m.id.clone())
+        .collect()
+}
+
+/// Deletes one backup directory.
+pub fn remove(target: &Path, id: &str) -> anyhow::Result<()> {
+    if !valid_id(id) {
+        bail!("'{id}' is not a backup id");
+    }
+    // Renamed first, so a half-deleted backup never looks complete.
+    let dir = target.join(id);
+    let doomed: PathBuf = target.join(format!(".deleting-{id}"));
+    std::fs::rename(&dir, &doomed)?;
+    std::fs::remove_dir_all(&doomed)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(id: &str, at: &str) -> Manifest {
+        Manifest {
+            format: FORMAT,
+            id: id.into(),
+            created_at: at.parse().unwrap_or_default(),
+            schema_version: 1,
+            source: "sqlite".into(),
+            tables: vec![],
+            chunks: vec![],
+            chain_heads: BTreeMap::new(),
+            wrap_key_id: String::new(),
+            wrapped_key: String::new(),
+            mac: String::new(),
+        }
+    }
+
+    #[test]
+    fn retention_keeps_last_daily_weekly_monthly() {
+        let all = vec![
+            m("a", "2026-09-15T10:00:00Z"),
+            m("b", "2026-10-20T10:00:00Z"),
+            m("c", "2026-11-02T10:00:00Z"),
+            m("d", "2026-11-28T01:00:00Z"),
+            m("e", "2026-11-29T01:00:00Z"),
+            m("f", "2026-11-30T01:00:00Z"),
+            m("g", "2026-11-30T13:00:00Z"),
+        ];
+        // Last 2: g, f. Daily 2: g (30th), e (29th). Weekly 2 (ISO weeks
+        // 49, 48): g, e. Monthly 3: g (Nov), b (Oct), a (Sep).
+        let gone = expired(&all, 2, 2, 2, 3);
+        assert_eq!(gone, vec!["d".to_owned(), "c".to_owned()], "{gone:?}");
+        assert!(expired(&all, 10, 0, 0, 0).is_empty());
+        assert_eq!(expired(&all, 1, 0, 0, 0).len(), 6);
+    }
+
+    #[test]
+    fn ids_are_path_safe() {
+        assert!(valid_id("20261130T021500Z-0a1b2c3d"));
+        assert!(!valid_id("../etc"));
+        assert!(!valid_id(""));
+        assert!(!valid_id("a/b"));
+    }
+}
+
+/// What a restore drill checked, and how it went.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillReport {
+    pub backup_id: String,
+    pub ok: bool,
+    pub seconds: f64,
+    /// Check name → passed, with a word on failures.
+    pub checks: Vec<(String, bool, String)>,
+}
+
+/// Restores a backup (the newest when `id` is none) into a scratch store,
+/// checks it, records the result in `store` as evidence, and on failure
+/// opens an incident and alerts. The scratch store is removed afterwards.
+pub async fn drill(
+    store: &Store,
+    provider: std::sync::Arc<dyn KeyProvider>,
+    target: &Path,
+    id: Option<&str>,
+    alerts: &crate::detection::AlertSettings,
+    clock: &strongroom_core::clock::SharedClock,
+) -> anyhow::Result<DrillReport> {
+    let id = match id {
+        Some(i) => i.to_owned(),
+        None => list(target)?
+            .last()
+            .map(|m| m.id.clone())
+            .ok_or_else(|| anyhow!("there is no backup in {} to drill", target.display()))?,
+    };
+    let started = clock.now();
+    let timer = std::time::Instant::now();
+    let scratch = std::env::temp_dir().join(format!(
+        "strongroom-drill-{}",
+        hex::encode(strongroom_crypto::token::random_bytes::<6>()?)
+    ));
+    std::fs::create_dir_all(&scratch)?;
+    let result = drill_into(&scratch, provider, target, &id, clock).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let checks = match result {
+        Ok(c) => c,
+        Err(e) => vec![("restore".to_owned(), false, format!("{e:#}"))],
+    };
+    let ok = checks.iter().all(|c| c.1);
+    let report = DrillReport {
+        backup_id: id.clone(),
+        ok,
+        seconds: timer.elapsed().as_secs_f64(),
+        checks,
+    };
+    let finished = clock.now();
+    store
+        .record_backup_run(&strongroom_store::BackupRun {
+            kind: "drill".into(),
+            backup_id: id.clone(),
+            started_at: started,
+            finished_at: finished,
+            ok,
+            detail: serde_json::json!({
+                "seconds": report.seconds,
+                "checks": report.checks.iter().map(|(n, ok, why)| serde_json::json!({"check": n, "ok": ok, "detail": why})).collect::<Vec<_>>(),
+            }),
+        })
+        .await?;
+    if !ok {
+        let failed: Vec<&str> = report
+            .checks
+            .iter()
+            .filter(|c| !c.1)
+            .map(|c| c.0.as_str())
+            .collect();
+        let summary = format!("restore drill of backup {id} failed: {}", failed.join(", "));
+        let incident = store
+            .open_incident(
+                strongroom_core::audit::SERVER_CHAIN,
+                "restore_drill",
+                &format!("backup:{id}"),
+                &summary,
+                "alert",
+                finished,
+            )
+            .await?;
+        for channel in alerts.channels() {
+            let payload = serde_json::json!({
+                "type": "strongroom.incident", "incident": incident, "company": null,
+                "detector": "restore_drill", "subject": format!("backup:{id}"),
+                "summary": summary, "response": "alert", "at": finished, "channel": channel,
+            });
+            store.enqueue_alert(&payload.to_string(), finished).await?;
+        }
+    }
+    Ok(report)
+}
+
+async fn drill_into(
+    scratch: &Path,
+    provider: std::sync::Arc<dyn KeyProvider>,
+    target: &Path,
+    id: &str,
+    clock: &strongroom_core::clock::SharedClock,
+) -> anyhow::Result<Vec<(String, bool, String)>> {
+    let url = scratch.join("drill.db");
+    let db = Store::connect(&url.to_string_lossy(), Default::default()).await?;
+    let mut checks = Vec::new();
+    let checked = restore(
+        provider.as_ref(),
+        target,
+        id,
+        &db,
+        false,
+        clock.now(),
+        &|_, _| {},
+    )
+    .await?;
+    let m = &checked.manifest;
+    checks.push(("restore".into(), true, format!("{} rows", m.total_rows())));
+    let v = db.schema_version().await?;
+    checks.push((
+        "schema_version".into(),
+        v == SCHEMA_VERSION,
+        format!("{v} (backup {})", m.schema_version),
+    ));
+    let mut counts_ok = true;
+    let mut why = String::new();
+    for t in &m.tables {
+        let n = db.count_rows(&t.name).await?;
+        if n != t.rows as i64 {
+            counts_ok = false;
+            why = format!("{}: {n} rows, manifest {}", t.name, t.rows);
+        }
+    }
+    checks.push(("row_counts".into(), counts_ok, why));
+    let ring = crate::keys::KeyRing::new(provider.clone(), db.clone());
+    let mut chains_ok = true;
+    let mut why = String::new();
+    for chain in db.audit_chains().await? {
+        let company = db.company_code(strongroom_core::CompanyId(chain)).await?;
+        let v = crate::audit::verify(&db, &ring, chain, company.is_some(), None)
+            .await
+            .map_err(|e| anyhow!(e.message))?;
+        let head_ok = m
+            .chain_heads
+            .get(&chain)
+            .is_none_or(|h| h.seq == v.events || v.events > h.seq);
+        if v.problem.is_some() || !head_ok {
+            chains_ok = false;
+            why = format!(
+                "chain {chain}: {}",
+                v.problem
+                    .unwrap_or_else(|| "head differs from the manifest".into())
+            );
+        }
+    }
+    checks.push(("audit_chains".into(), chains_ok, why));
+    // A sample of encrypted values must open with the restored keys.
+    let mut opened = 0;
+    let mut open_ok = true;
+    let mut why = String::new();
+    for c in db.list_companies().await? {
+        let Some((company, _)) = db.company_by_code(&c.code).await? else {
+            continue;
+        };
+        for t in db.list_record_types(company).await? {
+            let Some(rt) = db.record_type(company, &t.key).await? else {
+                continue;
+            };
+            let sealer = crate::sealing::Sealer::new(&ring, company, &c.code, &rt.view).await;
+            let sealer = match sealer {
+                Ok(s) => s,
+                Err(e) => {
+                    open_ok = false;
+                    why = e.message;
+                    continue;
+                }
+            };
+            let q = strongroom_store::RecordQuery {
+                limit: 5,
+                deleted: strongroom_proto::DeletedFilter::Include,
+                ..Default::default()
+            };
+            for r in db.list_records(company, &rt, &q).await?.0 {
+                match sealer.open(&ring, company, &r.view.id, &r.view.data).await {
+                    Ok(_) => opened += 1,
+                    Err(e) => {
+                        open_ok = false;
+                        why = format!("{}/{}: {}", t.key, r.view.id, e.message);
+                    }
+                }
+            }
+        }
+    }
+    checks.push((
+        "decrypt_sample".into(),
+        open_ok,
+        if open_ok {
+            format!("{opened} records opened")
+        } else {
+            why
+        },
+    ));
+    db.close().await;
+    Ok(checks)
+}
+
+/// The server's own schedule: backups every `interval` (with retention
+/// applied after each) and a drill of the newest backup every
+/// `drill_every`. Failures are logged and recorded; the next run comes
+/// all the same.
+pub struct Schedule {
+    pub target: PathBuf,
+    pub interval: Option<std::time::Duration>,
+    pub drill_every: Option<std::time::Duration>,
+    pub keep: (usize, usize, usize, usize),
+    pub alerts: crate::detection::AlertSettings,
+}
+
+pub fn spawn_schedule(
+    store: Store,
+    provider: std::sync::Arc<dyn KeyProvider>,
+    clock: strongroom_core::clock::SharedClock,
+    s: Schedule,
+) {
+    if let Some(every) = s.interval {
+        let (store, provider, clock, target, keep) = (
+            store.clone(),
+            provider.clone(),
+            clock.clone(),
+            s.target.clone(),
+            s.keep,
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let started = clock.now();
+                let t = std::time::Instant::now();
+                let run = match create(&store, provider.as_ref(), &target, started).await {
+                    Ok(m) => {
+                        tracing::info!(backup = %m.id, rows = m.total_rows(), "scheduled backup written");
+                        if let Ok(all) = list(&target) {
+                            for id in expired(&all, keep.0, keep.1, keep.2, keep.3) {
+                                if let Err(e) = remove(&target, &id) {
+                                    tracing::warn!(backup = %id, error = %e, "retention could not delete a backup");
+                                }
+                            }
+                        }
+                        strongroom_store::BackupRun {
+                            kind: "backup".into(),
+                            backup_id: m.id.clone(),
+                            started_at: started,
+                            finished_at: clock.now(),
+                            ok: true,
+                            detail: serde_json::json!({"rows": m.total_rows(), "seconds": t.elapsed().as_secs_f64()}),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "scheduled backup failed");
+                        strongroom_store::BackupRun {
+                            kind: "backup".into(),
+                            backup_id: String::new(),
+                            started_at: started,
+                            finished_at: clock.now(),
+                            ok: false,
+                            detail: serde_json::json!({"error": format!("{e:#}")}),
+                        }
+                    }
+                };
+                if let Err(e) = store.record_backup_run(&run).await {
+                    tracing::error!(error = %e, "could not record a backup run");
+                }
+            }
+        });
+    }
+    if let Some(every) = s.drill_every {
+        // The drill runs on a blocking thread of its own (it is long, and
+        // its future is not `Send` for every lifetime the compiler asks).
+        let handle = tokio::runtime::Handle::current();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(every);
+            let run = drill(&store, provider.clone(), &s.target, None, &s.alerts, &clock);
+            match handle.block_on(run) {
+                Ok(r) => {
+                    tracing::info!(backup = %r.backup_id, ok = r.ok, "scheduled restore drill")
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "scheduled restore drill failed to run")
+                }
+            }
+        });
+    }
+}

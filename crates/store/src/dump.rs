@@ -1,0 +1,354 @@
+//! Logical dump and load of the whole store, for backups: every table read
+//! inside one read-only transaction (one consistent snapshot while the
+//! server keeps serving), rows as plain cells independent of the backend,
+//! and loading them into an empty store of the same schema version.
+
+use futures_util::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use sqlx::{Column, Row, TypeInfo, ValueRef};
+
+use crate::{Dialect, Store, StoreError, StoreResult};
+
+/// Every table a backup holds, parents before children (the order a
+/// restore loads them in). Sessions and pending sign-in challenges are
+/// left out on purpose: after a restore everyone signs in again.
+pub const BACKUP_TABLES: &[&str] = &[
+    "companies",
+    "departments",
+    "users",
+    "record_types",
+    "record_fields",
+    "records",
+    "record_versions",
+    "record_index",
+    "company_keys",
+    "key_rotations",
+    "audit_events",
+    "audit_heads",
+    "audit_checkpoints",
+    "audit_anchors",
+    "forward_cursors",
+    "detector_rules",
+    "address_blocks",
+    "account_locks",
+    "incidents",
+    "sign_in_history",
+    "alert_outbox",
+    "ip_rules",
+    "access_windows",
+    "company_settings",
+    "password_rules",
+    "password_history",
+    "sign_in_policy",
+    "sign_in_failures",
+    "user_password_rules",
+    "totp_factors",
+    "recovery_codes",
+    "passkeys",
+    "api_keys",
+    "roles",
+    "user_roles",
+    "department_roles",
+    "pledge_versions",
+    "pledge_acceptances",
+    "training_policy",
+    "backup_runs",
+];
+
+/// One stored value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Cell {
+    Null,
+    Int(i64),
+    Text(String),
+    Blob { b: String },
+}
+
+impl Cell {
+    fn blob(bytes: &[u8]) -> Cell {
+        use base64::Engine;
+        Cell::Blob {
+            b: base64::engine::general_purpose::STANDARD.encode(bytes),
+        }
+    }
+}
+
+/// A consistent read of the whole store.
+pub struct Snapshot {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+}
+
+impl Store {
+    /// Opens a read-only snapshot: everything read through it is as of one
+    /// moment, whatever is written meanwhile.
+    pub async fn snapshot(&self) -> StoreResult<Snapshot> {
+        let mut tx = self.pool.begin().await?;
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
+        // SQLite (WAL): a deferred transaction's snapshot starts at its first
+        // read and holds until it ends.
+        sqlx::query("SELECT COUNT(*) FROM companies")
+            .execute(&mut *tx)
+            .await?;
+        Ok(Snapshot { tx })
+    }
+
+    /// Loads rows into a table, in the caller's transaction of restore.
+    pub async fn load_rows(
+        &self,
+        loader: &mut Loader<'_>,
+        table: &str,
+        columns: &[String],
+        rows: &[Vec<Cell>],
+    ) -> StoreResult<()> {
+        check_name(table)?;
+        for c in columns {
+            check_name(c)?;
+        }
+        for row in rows {
+            if row.len() != columns.len() {
+                return Err(StoreError::Corrupt(format!(
+                    "a row of {table} has {} values for {} columns",
+                    row.len(),
+                    columns.len()
+                )));
+            }
+            // NULLs are written into the SQL, so no untyped NULL parameter
+            // reaches PostgreSQL.
+            let mut marks = Vec::with_capacity(row.len());
+            let mut n = 0;
+            for cell in row {
+                if *cell == Cell::Null {
+                    marks.push("NULL".to_owned());
+                } else {
+                    n += 1;
+                    marks.push(format!("${n}"));
+                }
+            }
+            let sql = format!(
+                "INSERT INTO {table} ({}) VALUES ({})",
+                columns.join(", "),
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for cell in row {
+                q = match cell {
+                    Cell::Null => q,
+                    Cell::Int(i) => q.bind(*i),
+                    Cell::Text(s) => q.bind(s.clone()),
+                    Cell::Blob { b } => {
+                        use base64::Engine;
+                        let bytes = base64::engine::general_purpose::STANDARD
+                            .decode(b)
+                            .map_err(|_| StoreError::Corrupt(format!("a blob of {table}")))?;
+                        q.bind(bytes)
+                    }
+                };
+            }
+            q.execute(&mut *loader.tx.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts a restore: one transaction for the whole load, so a failure
+    /// leaves the target as it was.
+    pub async fn begin_load(&self) -> StoreResult<Loader<'_>> {
+        let mut tx = self.write_tx().await?;
+        if self.dialect == Dialect::Sqlite {
+            // Rows arrive parents first, but self-references and the odd
+            // cycle are checked at commit.
+            sqlx::query("PRAGMA defer_foreign_keys = ON")
+                .execute(&mut *tx.tx)
+                .await?;
+        }
+        Ok(Loader { tx })
+    }
+
+    /// Ends a load: identity counters continue after the loaded ids.
+    pub async fn finish_load(&self, loader: Loader<'_>) -> StoreResult<()> {
+        let mut loader = loader;
+        if self.dialect == Dialect::Postgres {
+            for t in BACKUP_TABLES {
+                let has_id = sqlx::query(
+                    "SELECT 1 AS one FROM information_schema.columns WHERE table_name = $1 \
+                     AND column_name = 'id' AND is_identity = 'YES'",
+                )
+                .bind(*t)
+                .fetch_optional(&mut *loader.tx.tx)
+                .await?
+                .is_some();
+                if has_id {
+                    sqlx::query(&format!(
+                        "SELECT setval(pg_get_serial_sequence('{t}', 'id'), \
+                         COALESCE((SELECT MAX(id) FROM {t}), 0) + 1, false)"
+                    ))
+                    .execute(&mut *loader.tx.tx)
+                    .await?;
+                }
+            }
+        }
+        loader.tx.commit().await
+    }
+
+    /// Rows in one of the backed-up tables.
+    pub async fn count_rows(&self, table: &str) -> StoreResult<i64> {
+        if !BACKUP_TABLES.contains(&table) {
+            return Err(StoreError::NotFound(format!("no table {table}")));
+        }
+        let row = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
+            .fetch_one(&self.pool)
+            .await?;
+        crate::get(&row, "n")
+    }
+
+    /// Whether the store holds nothing a restore would overwrite.
+    pub async fn is_blank(&self) -> StoreResult<bool> {
+        for t in ["companies", "audit_events", "company_keys"] {
+            let row = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {t}"))
+                .fetch_one(&self.pool)
+                .await?;
+            if crate::get::<i64>(&row, "n")? > 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Empties every table a backup holds (a forced restore).
+    pub async fn wipe(&self) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        for t in ["sessions", "sign_in_challenges"]
+            .iter()
+            .chain(BACKUP_TABLES.iter().rev())
+        {
+            sqlx::query(&format!("DELETE FROM {t}"))
+                .execute(&mut *w.tx)
+                .await?;
+        }
+        w.commit().await
+    }
+}
+
+/// A restore in progress.
+pub struct Loader<'a> {
+    tx: crate::WriteTx<'a>,
+}
+
+fn check_name(s: &str) -> StoreResult<()> {
+    if !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "'{}' is not a table or column name",
+            s.chars().take(64).collect::<String>()
+        )))
+    }
+}
+
+impl Snapshot {
+    /// Streams a table's rows (column names first) to `each`, in key order.
+    pub async fn table<F>(&mut self, table: &str, mut each: F) -> StoreResult<Vec<String>>
+    where
+        F: FnMut(&[String], Vec<Cell>) -> StoreResult<()>,
+    {
+        check_name(table)?;
+        let mut columns: Vec<String> = Vec::new();
+        let sql = format!("SELECT * FROM {table} ORDER BY 1");
+        let mut rows = sqlx::query(&sql).fetch(&mut *self.tx);
+        while let Some(row) = rows.try_next().await? {
+            if columns.is_empty() {
+                columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
+            }
+            let mut cells = Vec::with_capacity(columns.len());
+            for i in 0..columns.len() {
+                let raw = row.try_get_raw(i)?;
+                if raw.is_null() {
+                    cells.push(Cell::Null);
+                    continue;
+                }
+                let kind = raw.type_info().name().to_ascii_uppercase();
+                let cell = match kind.as_str() {
+                    "TEXT" => Cell::Text(row.try_get::<String, _>(i)?),
+                    "BLOB" => Cell::blob(&row.try_get::<Vec<u8>, _>(i)?),
+                    _ => match row.try_get::<i64, _>(i) {
+                        Ok(v) => Cell::Int(v),
+                        Err(_) => match row.try_get::<String, _>(i) {
+                            Ok(s) => Cell::Text(s),
+                            Err(_) => Cell::blob(&row.try_get::<Vec<u8>, _>(i)?),
+                        },
+                    },
+                };
+                cells.push(cell);
+            }
+            each(&columns, cells)?;
+        }
+        Ok(columns)
+    }
+
+    pub async fn end(self) -> StoreResult<()> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+}
+
+/// One backup or drill, as recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupRun {
+    pub kind: String,
+    pub backup_id: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: chrono::DateTime<chrono::Utc>,
+    pub ok: bool,
+    pub detail: serde_json::Value,
+}
+
+impl Store {
+    pub async fn record_backup_run(&self, r: &BackupRun) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO backup_runs (kind, backup_id, started_at, finished_at, ok, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&r.kind)
+        .bind(&r.backup_id)
+        .bind(crate::ts(r.started_at))
+        .bind(crate::ts(r.finished_at))
+        .bind(i64::from(r.ok))
+        .bind(r.detail.to_string())
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await
+    }
+
+    /// The newest runs first.
+    pub async fn backup_runs(&self, limit: i64) -> StoreResult<Vec<BackupRun>> {
+        let rows = sqlx::query(
+            "SELECT kind, backup_id, started_at, finished_at, ok, detail FROM backup_runs \
+             ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let detail: String = crate::get(r, "detail")?;
+                Ok(BackupRun {
+                    kind: crate::get(r, "kind")?,
+                    backup_id: crate::get(r, "backup_id")?,
+                    started_at: crate::from_ts(crate::get(r, "started_at")?)?,
+                    finished_at: crate::from_ts(crate::get(r, "finished_at")?)?,
+                    ok: crate::flag(r, "ok")?,
+                    detail: serde_json::from_str(&detail).unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+}
