@@ -41,6 +41,16 @@ enum What {
         database_url: Option<String>,
     },
 
+    /// Backup, verify and restore of a store of N records (three encrypted
+    /// fields each), next to restic and borgbackup on the same store file
+    /// when they are installed.
+    ///
+    /// Example: cargo run --release -p strongroom-bench -- backup --records 50000
+    Backup {
+        #[arg(long, default_value_t = 20000)]
+        records: usize,
+    },
+
     /// An authenticated, audited read of a record with three encrypted
     /// fields, next to the bare endpoint of the same server (same TLS and
     /// router) and to the same read with auditing off; and audit-chain
@@ -80,6 +90,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(lookups(records, database_url))?;
         }
         What::Audit { seconds } => rt.block_on(audit_bench(seconds))?,
+        What::Backup { records } => rt.block_on(backup_bench(records))?,
     }
     Ok(())
 }
@@ -525,6 +536,239 @@ async fn audit_bench(secs: u64) -> anyhow::Result<()> {
         v.checkpoints,
         n as f64 / verify_t.as_secs_f64(),
         sha_t.as_secs_f64() / verify_t.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Fills a fresh SQLite store with `records` customers (three encrypted
+/// fields each). Returns the directory, the store and the key provider.
+async fn populate(
+    records: usize,
+) -> anyhow::Result<(
+    tempfile::TempDir,
+    strongroom_store::Store,
+    Arc<dyn strongroom_crypto::provider::KeyProvider>,
+)> {
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(dir.path().join("data"))?;
+    let url = dir
+        .path()
+        .join("data")
+        .join("bench.db")
+        .display()
+        .to_string();
+    let clock = SystemClock;
+    let store = strongroom_store::Store::connect(&url, Default::default()).await?;
+    store.migrate(clock.now()).await?;
+    let (provider, _) =
+        strongroom_crypto::keyfile::open(&dir.path().join("keys"), &dir.path().join("data"), true)?;
+    let provider: Arc<dyn strongroom_crypto::provider::KeyProvider> = Arc::new(provider);
+    strongroom_server::init_company(
+        &store,
+        provider.as_ref(),
+        clock.now(),
+        strongroom_server::NewCompany {
+            code: "BENCH",
+            name: "Bench",
+            admin: "master",
+            admin_name: "Master",
+            password: "plum orchard violin tram",
+        },
+    )
+    .await?;
+    let (company, _) = store.company_by_code("BENCH").await?.context("company")?;
+    let owner = store.user(company, "master").await?.context("master")?.key;
+    let keys = strongroom_server::keys::KeyRing::new(provider.clone(), store.clone());
+    let rt = store
+        .record_type(company, "customer")
+        .await?
+        .context("customer type")?;
+    let sealer = Sealer::new(&keys, company, "BENCH", &rt.view)
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    for i in 0..records {
+        let patch: RecordData = json!({
+            "name": format!("Customer {i}"),
+            "email": format!("c{i}@example.com"),
+            "national_id": format!("0792{i:08}"),
+            "card_number": "4539578763621486",
+            "bank_account": format!("00710{i:08}"),
+        })
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+        let plain = apply_patch(&rt.view.fields, &RecordData::new(), &patch)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let (stored, index) = sealer
+            .seal(&id, &plain)
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+        store
+            .insert_record(
+                company,
+                &rt,
+                &id,
+                None,
+                &stored,
+                &index,
+                owner,
+                &[],
+                clock.now(),
+            )
+            .await?;
+    }
+    Ok((dir, store, provider))
+}
+
+fn dir_bytes(p: &std::path::Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|es| {
+            es.flatten()
+                .map(|e| {
+                    let m = e.metadata().map(|m| m.len()).unwrap_or(0);
+                    if e.path().is_dir() {
+                        dir_bytes(&e.path())
+                    } else {
+                        m
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Runs a command, timing it; `None` when the tool is not installed.
+fn timed(cmd: &mut std::process::Command) -> Option<Duration> {
+    let t = Instant::now();
+    match cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+    {
+        Ok(s) if s.success() => Some(t.elapsed()),
+        _ => None,
+    }
+}
+
+async fn backup_bench(records: usize) -> anyhow::Result<()> {
+    use strongroom_server::backup;
+    let load = Instant::now();
+    let (dir, store, provider) = populate(records).await?;
+    println!(
+        "## Backup and restore of {records} records (SQLite; loaded in {:.1} s)",
+        load.elapsed().as_secs_f64()
+    );
+    // Checkpoint the WAL so the store file is whole for the file-level tools.
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(store.raw_pool())
+        .await?;
+    let db = dir.path().join("data").join("bench.db");
+    let db_mb = std::fs::metadata(&db)?.len() as f64 / 1e6;
+    let target = dir.path().join("backups");
+    let t = Instant::now();
+    let m = backup::create(&store, provider.as_ref(), &target, SystemClock.now()).await?;
+    let b = t.elapsed();
+    let size = dir_bytes(&target.join(&m.id)) as f64 / 1e6;
+    let t = Instant::now();
+    backup::verify(provider.as_ref(), &target, &m.id)?;
+    let v = t.elapsed();
+    let into = strongroom_store::Store::connect(
+        &dir.path().join("restored.db").display().to_string(),
+        Default::default(),
+    )
+    .await?;
+    let t = Instant::now();
+    backup::restore(
+        provider.as_ref(),
+        &target,
+        &m.id,
+        &into,
+        false,
+        SystemClock.now(),
+        &|_, _| {},
+    )
+    .await?;
+    let r = t.elapsed();
+    println!("store file {db_mb:.1} MB, {} rows", m.total_rows());
+    println!("| tool | backup s | MB/s of store | backup MB | restore s |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| strongroom (logical, encrypted) | {:.2} | {:.1} | {size:.1} | {:.2} (verify alone {:.2}) |",
+        b.as_secs_f64(),
+        db_mb / b.as_secs_f64(),
+        r.as_secs_f64(),
+        v.as_secs_f64()
+    );
+    // The same store file with restic and borgbackup (encrypted repositories).
+    let repo = dir.path().join("restic");
+    let out = dir.path().join("restic-out");
+    let restic = |args: &[&str]| {
+        let mut c = std::process::Command::new("restic");
+        c.args(args)
+            .env("RESTIC_PASSWORD", "bench-password")
+            .env("RESTIC_REPOSITORY", &repo);
+        c
+    };
+    if timed(&mut restic(&["init"])).is_some() {
+        let bk = timed(&mut restic(&["backup", &db.display().to_string()]));
+        let rs = timed(&mut restic(&[
+            "restore",
+            "latest",
+            "--target",
+            &out.display().to_string(),
+        ]));
+        if let (Some(bk), Some(rs)) = (bk, rs) {
+            println!(
+                "| restic | {:.2} | {:.1} | {:.1} | {:.2} |",
+                bk.as_secs_f64(),
+                db_mb / bk.as_secs_f64(),
+                dir_bytes(&repo) as f64 / 1e6,
+                rs.as_secs_f64()
+            );
+        }
+    } else {
+        println!("| restic | not installed (apt-get install restic) | | | |");
+    }
+    let brepo = dir.path().join("borg");
+    let bout = dir.path().join("borg-out");
+    std::fs::create_dir_all(&bout)?;
+    let borg = |args: &[&str]| {
+        let mut c = std::process::Command::new("borg");
+        c.args(args)
+            .env("BORG_PASSPHRASE", "bench-password")
+            .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+            .current_dir(&bout);
+        c
+    };
+    let archive = format!("{}::a", brepo.display());
+    if timed(&mut borg(&[
+        "init",
+        "--encryption=repokey",
+        &brepo.display().to_string(),
+    ]))
+    .is_some()
+    {
+        let bk = timed(&mut borg(&[
+            "create",
+            "--compression",
+            "zstd,3",
+            &archive,
+            &db.display().to_string(),
+        ]));
+        let rs = timed(&mut borg(&["extract", &archive]));
+        if let (Some(bk), Some(rs)) = (bk, rs) {
+            println!(
+                "| borgbackup | {:.2} | {:.1} | {:.1} | {:.2} |",
+                bk.as_secs_f64(),
+                db_mb / bk.as_secs_f64(),
+                dir_bytes(&brepo) as f64 / 1e6,
+                rs.as_secs_f64()
+            );
+        }
+    } else {
+        println!("| borgbackup | not installed (apt-get install borgbackup) | | | |");
+    }
+    println!(
+        "Strongroom's backup is a logical export (every row decoded, re-encoded, compressed and sealed) and its restore a transactional load with index rebuilds; restic and borg copy the store file's blocks."
     );
     Ok(())
 }

@@ -165,6 +165,27 @@ enum Command {
         id: Option<String>,
     },
 
+    /// A warm standby: follow a backup target, restoring each new backup
+    /// into this machine's own store as it appears (`standby --source DIR`),
+    /// until `standby promote` makes this store a primary that `serve`
+    /// starts on. This machine needs the primary's master key (a copy of
+    /// the key file, or the same PKCS#11 token).
+    ///
+    /// Example: strongroom standby --source /mnt/backups --every 60
+    Standby {
+        #[command(subcommand)]
+        action: Option<StandbyAction>,
+        /// The primary's backup target to follow.
+        #[arg(long, value_name = "DIR")]
+        source: Option<PathBuf>,
+        /// Seconds between looks at the source.
+        #[arg(long, default_value_t = 60)]
+        every: u64,
+        /// Look once, restore if there is something new, and stop.
+        #[arg(long)]
+        once: bool,
+    },
+
     /// Print the OpenAPI document of this version's API.
     ///
     /// Example: strongroom openapi > openapi.json
@@ -226,6 +247,14 @@ enum AuditCommand {
 }
 
 #[derive(Subcommand)]
+enum StandbyAction {
+    /// Stop following and make this store a primary.
+    ///
+    /// Example: strongroom standby promote
+    Promote,
+}
+
+#[derive(Subcommand)]
 enum BackupCommand {
     /// Take a backup of the whole store now, into backup_target, while the
     /// server keeps serving.
@@ -241,7 +270,8 @@ enum BackupCommand {
     ///
     /// Example: strongroom backup verify 20261130T020000Z-1a2b3c4d
     Verify { id: String },
-    /// Delete the backups the retention settings no longer keep.
+    /// Delete the backups the retention settings no longer keep, and
+    /// leftovers of interrupted backups older than a day.
     ///
     /// Example: strongroom backup prune
     Prune,
@@ -362,6 +392,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Restore { id, into, force } => {
             let (config, _) = load_config(cli.config.as_deref())?;
             restore_command(&config, &id, &into, force).await
+        }
+        Command::Standby {
+            action,
+            source,
+            every,
+            once,
+        } => {
+            let (config, _) = load_config(cli.config.as_deref())?;
+            match action {
+                Some(StandbyAction::Promote) => {
+                    let st = strongroom_server::backup::promote(&config.data_dir)?;
+                    say!(
+                        "Promoted: this store holds backup {} (taken {}). Start it with `strongroom serve`.",
+                        st.restored.unwrap_or_default(),
+                        st.backup_created_at
+                            .map(|t| t.to_rfc3339())
+                            .unwrap_or_default()
+                    );
+                    Ok(())
+                }
+                None => {
+                    let source =
+                        source.context("give the backup target to follow with --source DIR")?;
+                    standby(&config, &source, every, once).await
+                }
+            }
         }
         Command::Drill { id } => {
             let (config, _) = load_config(cli.config.as_deref())?;
@@ -1043,6 +1099,10 @@ async fn backup_command(config: &Config, cmd: BackupCommand) -> anyhow::Result<(
                 backup::remove(target, id)?;
                 say!("Deleted backup {id}.");
             }
+            let left = backup::remove_leftovers(target, std::time::Duration::from_secs(24 * 3600))?;
+            if left > 0 {
+                say!("Removed {left} leftovers of interrupted backups.");
+            }
             say!("{} backups kept.", all.len() - gone.len());
             Ok(())
         }
@@ -1122,5 +1182,44 @@ async fn drill_command(config: &Config, id: Option<&str>) -> anyhow::Result<()> 
     if !r.ok {
         bail!("the restore drill failed; an incident was opened");
     }
+    Ok(())
+}
+
+async fn standby(config: &Config, source: &Path, every: u64, once: bool) -> anyhow::Result<()> {
+    let store = strongroom_server::open_store(config).await?;
+    store.migrate(SystemClock.now()).await?;
+    // Never a new master key here: the backups open only with the primary's.
+    let (provider, _) = strongroom_server::open_key_provider_with(config, false)
+        .await
+        .context("a standby needs the primary's master key (copy the key file into key_dir, or use the same token)")?;
+    loop {
+        let now = SystemClock.now();
+        let t = std::time::Instant::now();
+        match strongroom_server::backup::standby_step(&store, provider.as_ref(), &config.data_dir, source, now).await {
+            Ok(Some(m)) => say!(
+                "Restored backup {} ({} rows) in {:.1} s; it is {} s behind the primary's backup time.",
+                m.id,
+                m.total_rows(),
+                t.elapsed().as_secs_f64(),
+                (SystemClock.now() - m.created_at).num_seconds()
+            ),
+            Ok(None) => {}
+            Err(e) if once => return Err(e),
+            Err(e) => {
+                if strongroom_server::backup::read_standby(&config.data_dir)?
+                    .is_some_and(|s| s.promoted)
+                {
+                    say!("Promoted; no longer following.");
+                    break;
+                }
+                say!("standby: {e:#}; trying again in {every} s");
+            }
+        }
+        if once {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(every.max(1))).await;
+    }
+    store.close().await;
     Ok(())
 }

@@ -468,11 +468,7 @@ fn backup_verify_restore_and_drill_from_the_command_line() {
     let o = s.run(&["backup", "create"]);
     assert!(o.status.success(), "{}", text(&o));
     let out = text(&o);
-    let id = out
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
+    let id = out.split_whitespace().nth(1).unwrap_or_default().to_owned();
     assert!(out.starts_with("Backup "), "{out}");
     let o = s.run(&["backup", "list"]);
     assert!(text(&o).contains(&id), "{}", text(&o));
@@ -494,4 +490,46 @@ fn backup_verify_restore_and_drill_from_the_command_line() {
     let o = s.run(&["backup", "verify", "nope"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("no backup nope"), "{}", text(&o));
+}
+
+#[test]
+fn a_backup_killed_midway_never_looks_complete() {
+    let s = Setup::new();
+    let pw = s.password_file("plum orchard violin tram");
+    let o = s.run(&[
+        "init",
+        "--company",
+        "ACME",
+        "--company-name",
+        "Acme",
+        "--admin-password-file",
+        &pw,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    for delay_ms in [0u64, 5, 20, 60, 150] {
+        let mut child = s.cmd().args(["backup", "create"]).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // Whatever got as far as being listed is a whole, verifiable backup.
+    let o = s.run(&["backup", "list"]);
+    assert!(o.status.success(), "{}", text(&o));
+    for line in String::from_utf8_lossy(&o.stdout).lines() {
+        let Some(id) = line.split_whitespace().next() else {
+            continue;
+        };
+        if line.starts_with("No backups") || line.starts_with("drill") {
+            continue;
+        }
+        let v = s.run(&["backup", "verify", id]);
+        assert!(
+            v.status.success(),
+            "listed backup {id} does not verify: {}",
+            text(&v)
+        );
+    }
+    // And a backup after all that works.
+    let o = s.run(&["backup", "create"]);
+    assert!(o.status.success(), "{}", text(&o));
 }

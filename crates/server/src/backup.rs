@@ -481,9 +481,7 @@ pub async fn restore(
     // table in one transaction.
     let mut loader = into.begin_load().await?;
     if force {
-        drop(loader);
-        into.wipe().await?;
-        loader = into.begin_load().await?;
+        into.wipe(&mut loader).await?;
     }
     let mut batch: Vec<Line> = Vec::new();
     let mut pending: Vec<Vec<Line>> = Vec::new();
@@ -570,6 +568,33 @@ pub fn expired(
         .filter(|m| !keep.contains(m.id.as_str()))
         .map(|m| m.id.clone())
         .collect()
+}
+
+/// Removes what interrupted backups and deletions left behind
+/// (`.partial-*`, `.deleting-*`) when untouched for `age`, so a backup
+/// still being written is left alone. Returns how many.
+pub fn remove_leftovers(target: &Path, age: std::time::Duration) -> anyhow::Result<usize> {
+    let mut n = 0;
+    let Ok(entries) = std::fs::read_dir(target) else {
+        return Ok(0);
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with(".partial-") || name.starts_with(".deleting-")) {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|el| el >= age);
+        if old {
+            std::fs::remove_dir_all(e.path())?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Deletes one backup directory.
@@ -920,4 +945,97 @@ pub fn spawn_schedule(
             }
         });
     }
+}
+
+/// A standby's state, kept in `<data_dir>/standby.json`: which backup it
+/// holds, and whether it was promoted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StandbyState {
+    pub source: PathBuf,
+    pub restored: Option<String>,
+    pub backup_created_at: Option<DateTime<Utc>>,
+    pub restored_at: Option<DateTime<Utc>>,
+    pub promoted: bool,
+}
+
+pub fn standby_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("standby.json")
+}
+
+pub fn read_standby(data_dir: &Path) -> anyhow::Result<Option<StandbyState>> {
+    let p = standby_file(data_dir);
+    match std::fs::read(&p) {
+        Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
+            format!(
+                "{} is damaged; remove it only if this store is not a standby",
+                p.display()
+            )
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow!("cannot read {}: {e}", p.display())),
+    }
+}
+
+pub fn write_standby(data_dir: &Path, s: &StandbyState) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir)?;
+    let p = standby_file(data_dir);
+    let tmp = p.with_extension("json.tmp");
+    write_synced(&tmp, &serde_json::to_vec_pretty(s)?)?;
+    std::fs::rename(&tmp, &p)?;
+    Ok(())
+}
+
+/// One step of a standby: restores the source's newest backup into the
+/// standby's store if it is newer than what it holds. Returns the backup
+/// restored, if any.
+pub async fn standby_step(
+    store: &Store,
+    provider: &dyn KeyProvider,
+    data_dir: &Path,
+    source: &Path,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<Manifest>> {
+    let mut state = read_standby(data_dir)?.unwrap_or_else(|| StandbyState {
+        source: source.to_owned(),
+        ..Default::default()
+    });
+    if state.promoted {
+        bail!("this store was promoted to a primary; it no longer follows backups");
+    }
+    let Some(newest) = list(source)?.pop() else {
+        return Ok(None);
+    };
+    if state.restored.as_deref() == Some(newest.id.as_str()) {
+        return Ok(None);
+    }
+    // The standby's store holds only what earlier steps restored, so it is
+    // replaced in one transaction; until it commits, the previous backup
+    // stays whole.
+    let force = state.restored.is_some() || !store.is_blank().await.unwrap_or(true);
+    if force && state.restored.is_none() {
+        bail!("the standby's store is not empty and holds no restored backup; give the standby a store of its own");
+    }
+    restore(provider, source, &newest.id, store, force, now, &|_, _| {}).await?;
+    state.source = source.to_owned();
+    state.restored = Some(newest.id.clone());
+    state.backup_created_at = Some(newest.created_at);
+    state.restored_at = Some(now);
+    write_standby(data_dir, &state)?;
+    Ok(Some(newest))
+}
+
+/// Makes a standby a primary: it stops following, and `serve` starts on it.
+pub fn promote(data_dir: &Path) -> anyhow::Result<StandbyState> {
+    let mut s = read_standby(data_dir)?.ok_or_else(|| {
+        anyhow!(
+            "this store is not a standby (no {})",
+            standby_file(data_dir).display()
+        )
+    })?;
+    if s.restored.is_none() {
+        bail!("the standby has not restored any backup yet; there is nothing to serve");
+    }
+    s.promoted = true;
+    write_standby(data_dir, &s)?;
+    Ok(s)
 }

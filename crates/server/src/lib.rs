@@ -108,6 +108,14 @@ pub async fn prepare_with(
         &config.data_dir,
     )?;
     let tls = tls::server_config(&tls_files)?;
+    if let Some(st) = backup::read_standby(&config.data_dir)? {
+        if !st.promoted {
+            anyhow::bail!(
+                "this store is a standby following {}; run `strongroom standby promote` to make it a primary first",
+                st.source.display()
+            );
+        }
+    }
     let store = open_store(config).await?;
     let schema = store.migrate(clock.now()).await?;
     let (provider, master_key_created) = open_key_provider(config, &store).await?;
@@ -247,6 +255,15 @@ pub async fn open_key_provider(
     store: &Store,
 ) -> anyhow::Result<(Arc<dyn strongroom_crypto::provider::KeyProvider>, bool)> {
     let may_create = !store.has_wrapped_keys().await?;
+    open_key_provider_with(config, may_create).await
+}
+
+/// Opens the configured key provider; a master key is made only when
+/// `may_create` (never for a standby, which must use the primary's).
+pub async fn open_key_provider_with(
+    config: &Config,
+    may_create: bool,
+) -> anyhow::Result<(Arc<dyn strongroom_crypto::provider::KeyProvider>, bool)> {
     if let Some(settings) = config.pkcs11() {
         // Token operations block; they are short, but keep them off the executor.
         let (p, created) = tokio::task::spawn_blocking(move || {

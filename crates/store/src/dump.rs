@@ -117,25 +117,35 @@ impl Store {
                     columns.len()
                 )));
             }
-            // NULLs are written into the SQL, so no untyped NULL parameter
-            // reaches PostgreSQL.
-            let mut marks = Vec::with_capacity(row.len());
+        }
+        // Many rows per statement (bounded by both backends' parameter
+        // limits). NULLs are written into the SQL, so no untyped NULL
+        // parameter reaches PostgreSQL.
+        let per = (30_000 / columns.len().max(1)).clamp(1, 200);
+        for group in rows.chunks(per) {
+            let mut tuples = Vec::with_capacity(group.len());
             let mut n = 0;
-            for cell in row {
-                if *cell == Cell::Null {
-                    marks.push("NULL".to_owned());
-                } else {
-                    n += 1;
-                    marks.push(format!("${n}"));
-                }
+            for row in group {
+                let marks: Vec<String> = row
+                    .iter()
+                    .map(|cell| {
+                        if *cell == Cell::Null {
+                            "NULL".to_owned()
+                        } else {
+                            n += 1;
+                            format!("${n}")
+                        }
+                    })
+                    .collect();
+                tuples.push(format!("({})", marks.join(", ")));
             }
             let sql = format!(
-                "INSERT INTO {table} ({}) VALUES ({})",
+                "INSERT INTO {table} ({}) VALUES {}",
                 columns.join(", "),
-                marks.join(", ")
+                tuples.join(", ")
             );
-            let mut q = sqlx::query(&sql);
-            for cell in row {
+            let mut q = sqlx::query(&sql).persistent(false);
+            for cell in group.iter().flatten() {
                 q = match cell {
                     Cell::Null => q,
                     Cell::Int(i) => q.bind(*i),
@@ -218,18 +228,18 @@ impl Store {
         Ok(true)
     }
 
-    /// Empties every table a backup holds (a forced restore).
-    pub async fn wipe(&self) -> StoreResult<()> {
-        let mut w = self.write_tx().await?;
+    /// Empties every table a backup holds (a forced restore), inside the
+    /// load's transaction: if the load fails, nothing was emptied.
+    pub async fn wipe(&self, loader: &mut Loader<'_>) -> StoreResult<()> {
         for t in ["sessions", "sign_in_challenges"]
             .iter()
             .chain(BACKUP_TABLES.iter().rev())
         {
             sqlx::query(&format!("DELETE FROM {t}"))
-                .execute(&mut *w.tx)
+                .execute(&mut *loader.tx.tx)
                 .await?;
         }
-        w.commit().await
+        Ok(())
     }
 }
 

@@ -407,3 +407,85 @@ async fn drills_record_evidence_and_failures_raise_an_incident() {
         "{incidents:?}"
     );
 }
+
+#[tokio::test]
+async fn a_standby_follows_new_backups_and_serves_once_promoted() {
+    let srv = populated().await;
+    let target = tempfile::tempdir().unwrap();
+    let provider = srv.state.keys.provider();
+    let m1 = backup::create(srv.store(), provider, target.path(), srv.clock.now())
+        .await
+        .unwrap();
+
+    // The standby: a store and data directory of its own, the primary's
+    // master key.
+    let standby_dir = tempfile::tempdir().unwrap();
+    let data_dir = standby_dir.path().join("data");
+    let db = data_dir.join("strongroom.db");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let store = Store::connect(&db.to_string_lossy(), Default::default())
+        .await
+        .unwrap();
+    let step = |now| {
+        let store = store.clone();
+        let (data_dir, source) = (data_dir.clone(), target.path().to_owned());
+        async move { backup::standby_step(&store, provider, &data_dir, &source, now).await }
+    };
+    assert_eq!(step(srv.clock.now()).await.unwrap().unwrap().id, m1.id);
+    assert!(
+        step(srv.clock.now()).await.unwrap().is_none(),
+        "nothing new"
+    );
+
+    // New work on the primary, a new backup: the standby catches up.
+    let admin = srv.sign_in("ACME", "master").await;
+    add_record(
+        &admin,
+        "customer",
+        json!({"name": "After the first backup"}),
+    )
+    .await;
+    srv.clock.advance(chrono::Duration::minutes(15));
+    let m2 = backup::create(srv.store(), provider, target.path(), srv.clock.now())
+        .await
+        .unwrap();
+    assert_eq!(step(srv.clock.now()).await.unwrap().unwrap().id, m2.id);
+    let company = store.company_by_code("ACME").await.unwrap().unwrap().0;
+    assert_eq!(store.count_records(company).await.unwrap(), 32);
+    let st = backup::read_standby(&data_dir).unwrap().unwrap();
+    assert_eq!(st.restored.as_deref(), Some(m2.id.as_str()));
+    store.close().await;
+
+    // A standby does not serve until promoted; then it does, and stops
+    // following.
+    let mut env = srv.env.clone();
+    for (k, v) in env.iter_mut() {
+        match k.as_str() {
+            "STRONGROOM_DATABASE_URL" => *v = db.to_string_lossy().into_owned(),
+            "STRONGROOM_DATA_DIR" => *v = data_dir.to_string_lossy().into_owned(),
+            _ => {}
+        }
+    }
+    let (config, resolved) = strongroom_server::config::Config::load(None, &env).unwrap();
+    let clock: strongroom_core::clock::SharedClock = Arc::new(srv.clock.clone());
+    let e = strongroom_server::prepare(&config, &resolved, clock.clone())
+        .await
+        .err()
+        .expect("a standby refuses to serve");
+    assert!(format!("{e:#}").contains("promote"), "{e:#}");
+    backup::promote(&data_dir).unwrap();
+    let prepared = strongroom_server::prepare(&config, &resolved, clock)
+        .await
+        .expect("a promoted standby serves");
+    assert_eq!(
+        prepared.state.store.count_records(company).await.unwrap(),
+        32
+    );
+    let again = Store::connect(&db.to_string_lossy(), Default::default())
+        .await
+        .unwrap();
+    let e = backup::standby_step(&again, provider, &data_dir, target.path(), srv.clock.now())
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("promoted"), "{e:#}");
+}
