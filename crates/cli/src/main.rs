@@ -175,8 +175,8 @@ enum Command {
     Standby {
         #[command(subcommand)]
         action: Option<StandbyAction>,
-        /// The primary's backup target to follow.
-        #[arg(long, value_name = "DIR")]
+        /// The primary's backup target to follow (a directory or s3://bucket/prefix).
+        #[arg(long, value_name = "DIR|URL")]
         source: Option<PathBuf>,
         /// Seconds between looks at the source.
         #[arg(long, default_value_t = 60)]
@@ -1004,13 +1004,13 @@ async fn open_for_backup(
 
 async fn backup_command(config: &Config, cmd: BackupCommand) -> anyhow::Result<()> {
     use strongroom_server::backup;
-    let target = &config.backup_target;
+    let target = &backup::Location::parse(&config.backup_target)?;
     match cmd {
         BackupCommand::Create => {
             let (store, provider) = open_for_backup(config).await?;
             let started = SystemClock.now();
             let t = std::time::Instant::now();
-            let m = backup::create(&store, provider.as_ref(), target, started).await?;
+            let m = backup::create_at(&store, provider.as_ref(), target, started).await?;
             let secs = t.elapsed().as_secs_f64();
             store
                 .record_backup_run(&strongroom_store::BackupRun {
@@ -1033,16 +1033,16 @@ async fn backup_command(config: &Config, cmd: BackupCommand) -> anyhow::Result<(
             say!(
                 "Backup {} written to {}: {} rows in {} chunks, {secs:.1} s.",
                 m.id,
-                target.join(&m.id).display(),
+                target.describe(),
                 m.total_rows(),
                 m.chunks.len()
             );
             Ok(())
         }
         BackupCommand::List => {
-            let all = backup::list(target)?;
+            let all = backup::list_at(target).await?;
             if all.is_empty() {
-                say!("No backups in {}.", target.display());
+                say!("No backups in {}.", target.describe());
             }
             for m in &all {
                 say!(
@@ -1077,7 +1077,8 @@ async fn backup_command(config: &Config, cmd: BackupCommand) -> anyhow::Result<(
         BackupCommand::Verify { id } => {
             let (store, provider) = open_for_backup(config).await?;
             store.close().await;
-            let c = backup::verify(provider.as_ref(), target, &id)?;
+            let l = backup::local(target, &id).await?;
+            let c = backup::verify(provider.as_ref(), &l.root, &id)?;
             say!(
                 "Backup {id}: manifest authentic, {} chunks intact and decrypting, {} rows in {} tables as the manifest says.",
                 c.manifest.chunks.len(),
@@ -1087,7 +1088,7 @@ async fn backup_command(config: &Config, cmd: BackupCommand) -> anyhow::Result<(
             Ok(())
         }
         BackupCommand::Prune => {
-            let all = backup::list(target)?;
+            let all = backup::list_at(target).await?;
             let gone = backup::expired(
                 &all,
                 config.backup_keep_last as usize,
@@ -1096,10 +1097,15 @@ async fn backup_command(config: &Config, cmd: BackupCommand) -> anyhow::Result<(
                 config.backup_keep_monthly as usize,
             );
             for id in &gone {
-                backup::remove(target, id)?;
+                backup::remove_at(target, id).await?;
                 say!("Deleted backup {id}.");
             }
-            let left = backup::remove_leftovers(target, std::time::Duration::from_secs(24 * 3600))?;
+            let left = match target {
+                backup::Location::Dir(d) => {
+                    backup::remove_leftovers(d, std::time::Duration::from_secs(24 * 3600))?
+                }
+                backup::Location::S3 { .. } => 0,
+            };
             if left > 0 {
                 say!("Removed {left} leftovers of interrupted backups.");
             }
@@ -1127,10 +1133,12 @@ async fn restore_command(config: &Config, id: &str, into: &str, force: bool) -> 
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} rows ({eta})")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    let loc = strongroom_server::backup::Location::parse(&config.backup_target)?;
+    let local = strongroom_server::backup::local(&loc, id).await?;
     let t = std::time::Instant::now();
     let result = strongroom_server::backup::restore(
         provider.as_ref(),
-        &config.backup_target,
+        &local.root,
         id,
         &target,
         force,
@@ -1160,10 +1168,11 @@ async fn restore_command(config: &Config, id: &str, into: &str, force: bool) -> 
 async fn drill_command(config: &Config, id: Option<&str>) -> anyhow::Result<()> {
     let (store, provider) = open_for_backup(config).await?;
     let clock: strongroom_core::clock::SharedClock = Arc::new(SystemClock);
+    let loc = strongroom_server::backup::Location::parse(&config.backup_target)?;
     let r = strongroom_server::backup::drill(
         &store,
         provider,
-        &config.backup_target,
+        &loc,
         id,
         &strongroom_server::alert_settings(config),
         &clock,
@@ -1186,6 +1195,7 @@ async fn drill_command(config: &Config, id: Option<&str>) -> anyhow::Result<()> 
 }
 
 async fn standby(config: &Config, source: &Path, every: u64, once: bool) -> anyhow::Result<()> {
+    let source = &strongroom_server::backup::Location::parse(source)?;
     let store = strongroom_server::open_store(config).await?;
     store.migrate(SystemClock.now()).await?;
     // Never a new master key here: the backups open only with the primary's.

@@ -674,17 +674,18 @@ pub struct DrillReport {
 pub async fn drill(
     store: &Store,
     provider: std::sync::Arc<dyn KeyProvider>,
-    target: &Path,
+    loc: &Location,
     id: Option<&str>,
     alerts: &crate::detection::AlertSettings,
     clock: &strongroom_core::clock::SharedClock,
 ) -> anyhow::Result<DrillReport> {
     let id = match id {
         Some(i) => i.to_owned(),
-        None => list(target)?
+        None => list_at(loc)
+            .await?
             .last()
             .map(|m| m.id.clone())
-            .ok_or_else(|| anyhow!("there is no backup in {} to drill", target.display()))?,
+            .ok_or_else(|| anyhow!("there is no backup in {} to drill", loc.describe()))?,
     };
     let started = clock.now();
     let timer = std::time::Instant::now();
@@ -693,7 +694,10 @@ pub async fn drill(
         hex::encode(strongroom_crypto::token::random_bytes::<6>()?)
     ));
     std::fs::create_dir_all(&scratch)?;
-    let result = drill_into(&scratch, provider, target, &id, clock).await;
+    let result = match local(loc, &id).await {
+        Ok(l) => drill_into(&scratch, provider, &l.root, &id, clock).await,
+        Err(e) => Err(e),
+    };
     let _ = std::fs::remove_dir_all(&scratch);
     let checks = match result {
         Ok(c) => c,
@@ -865,7 +869,7 @@ async fn drill_into(
 /// `drill_every`. Failures are logged and recorded; the next run comes
 /// all the same.
 pub struct Schedule {
-    pub target: PathBuf,
+    pub target: Location,
     pub interval: Option<std::time::Duration>,
     pub drill_every: Option<std::time::Duration>,
     pub keep: (usize, usize, usize, usize),
@@ -891,12 +895,12 @@ pub fn spawn_schedule(
                 tokio::time::sleep(every).await;
                 let started = clock.now();
                 let t = std::time::Instant::now();
-                let run = match create(&store, provider.as_ref(), &target, started).await {
+                let run = match create_at(&store, provider.as_ref(), &target, started).await {
                     Ok(m) => {
                         tracing::info!(backup = %m.id, rows = m.total_rows(), "scheduled backup written");
-                        if let Ok(all) = list(&target) {
+                        if let Ok(all) = list_at(&target).await {
                             for id in expired(&all, keep.0, keep.1, keep.2, keep.3) {
-                                if let Err(e) = remove(&target, &id) {
+                                if let Err(e) = remove_at(&target, &id).await {
                                     tracing::warn!(backup = %id, error = %e, "retention could not delete a backup");
                                 }
                             }
@@ -951,7 +955,7 @@ pub fn spawn_schedule(
 /// holds, and whether it was promoted.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct StandbyState {
-    pub source: PathBuf,
+    pub source: String,
     pub restored: Option<String>,
     pub backup_created_at: Option<DateTime<Utc>>,
     pub restored_at: Option<DateTime<Utc>>,
@@ -992,17 +996,17 @@ pub async fn standby_step(
     store: &Store,
     provider: &dyn KeyProvider,
     data_dir: &Path,
-    source: &Path,
+    source: &Location,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Option<Manifest>> {
     let mut state = read_standby(data_dir)?.unwrap_or_else(|| StandbyState {
-        source: source.to_owned(),
+        source: source.describe(),
         ..Default::default()
     });
     if state.promoted {
         bail!("this store was promoted to a primary; it no longer follows backups");
     }
-    let Some(newest) = list(source)?.pop() else {
+    let Some(newest) = list_at(source).await?.pop() else {
         return Ok(None);
     };
     if state.restored.as_deref() == Some(newest.id.as_str()) {
@@ -1015,8 +1019,9 @@ pub async fn standby_step(
     if force && state.restored.is_none() {
         bail!("the standby's store is not empty and holds no restored backup; give the standby a store of its own");
     }
-    restore(provider, source, &newest.id, store, force, now, &|_, _| {}).await?;
-    state.source = source.to_owned();
+    let l = local(source, &newest.id).await?;
+    restore(provider, &l.root, &newest.id, store, force, now, &|_, _| {}).await?;
+    state.source = source.describe();
     state.restored = Some(newest.id.clone());
     state.backup_created_at = Some(newest.created_at);
     state.restored_at = Some(now);
@@ -1038,4 +1043,249 @@ pub fn promote(data_dir: &Path) -> anyhow::Result<StandbyState> {
     s.promoted = true;
     write_standby(data_dir, &s)?;
     Ok(s)
+}
+
+/// Where backups live: a directory, or S3-compatible object storage
+/// (`s3://bucket/prefix`; credentials, region and endpoint from the usual
+/// `AWS_*` environment variables, e.g. `AWS_ENDPOINT` and `AWS_ALLOW_HTTP`
+/// for a local server). On object storage a backup is staged locally and
+/// uploaded chunks first, manifest last: the manifest's arrival is what
+/// makes it a backup, so an interrupted upload never looks complete.
+#[derive(Clone)]
+pub enum Location {
+    Dir(PathBuf),
+    S3 {
+        store: std::sync::Arc<dyn object_store::ObjectStore>,
+        prefix: String,
+        display: String,
+    },
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Location {
+    pub fn parse(target: &Path) -> anyhow::Result<Location> {
+        let text = target.to_string_lossy();
+        let Some(rest) = text.strip_prefix("s3://") else {
+            return Ok(Location::Dir(target.to_owned()));
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            bail!("backup_target: '{text}' names no bucket; use s3://bucket/prefix");
+        }
+        let store = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|e| anyhow!("backup_target {text}: {e}"))?;
+        Ok(Location::S3 {
+            store: std::sync::Arc::new(store),
+            prefix: prefix.trim_matches('/').to_owned(),
+            display: text.into_owned(),
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Location::Dir(p) => p.display().to_string(),
+            Location::S3 { display, .. } => display.clone(),
+        }
+    }
+
+    fn key(prefix: &str, rest: &str) -> object_store::path::Path {
+        if prefix.is_empty() {
+            object_store::path::Path::from(rest)
+        } else {
+            object_store::path::Path::from(format!("{prefix}/{rest}"))
+        }
+    }
+}
+
+/// A local directory that holds a backup for reading: the target itself,
+/// or a scratch copy of an object-storage backup (removed when dropped).
+pub struct Local {
+    pub root: PathBuf,
+    scratch: bool,
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        if self.scratch {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+fn scratch_dir(what: &str) -> anyhow::Result<PathBuf> {
+    let p = std::env::temp_dir().join(format!(
+        "strongroom-{what}-{}",
+        hex::encode(strongroom_crypto::token::random_bytes::<6>()?)
+    ));
+    std::fs::create_dir_all(&p)?;
+    Ok(p)
+}
+
+/// Takes a backup into `loc`.
+pub async fn create_at(
+    store: &Store,
+    provider: &dyn KeyProvider,
+    loc: &Location,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Manifest> {
+    match loc {
+        Location::Dir(d) => create(store, provider, d, now).await,
+        Location::S3 {
+            store: os, prefix, ..
+        } => {
+            let stage = Local {
+                root: scratch_dir("upload")?,
+                scratch: true,
+            };
+            let m = create(store, provider, &stage.root, now).await?;
+            let dir = stage.root.join(&m.id);
+            for c in &m.chunks {
+                let bytes = std::fs::read(dir.join(&c.file))?;
+                os.put(
+                    &Location::key(prefix, &format!("{}/{}", m.id, c.file)),
+                    bytes.into(),
+                )
+                .await
+                .map_err(|e| anyhow!("uploading {} failed: {e}", c.file))?;
+            }
+            let bytes = std::fs::read(dir.join("manifest.json"))?;
+            os.put(
+                &Location::key(prefix, &format!("{}/manifest.json", m.id)),
+                bytes.into(),
+            )
+            .await
+            .map_err(|e| anyhow!("uploading the manifest failed: {e}"))?;
+            Ok(m)
+        }
+    }
+}
+
+/// The backups in `loc`, oldest first.
+pub async fn list_at(loc: &Location) -> anyhow::Result<Vec<Manifest>> {
+    match loc {
+        Location::Dir(d) => list(d),
+        Location::S3 {
+            store: os, prefix, ..
+        } => {
+            let base =
+                (!prefix.is_empty()).then(|| object_store::path::Path::from(prefix.as_str()));
+            let listed = os
+                .list_with_delimiter(base.as_ref())
+                .await
+                .map_err(|e| anyhow!("cannot list {}: {e}", loc.describe()))?;
+            let mut out = Vec::new();
+            for p in listed.common_prefixes {
+                let Some(id) = p.filename().map(str::to_owned) else {
+                    continue;
+                };
+                if !valid_id(&id) {
+                    continue;
+                }
+                let key = Location::key(prefix, &format!("{id}/manifest.json"));
+                let Ok(got) = os.get(&key).await else {
+                    continue; // no manifest yet: not a backup
+                };
+                let bytes = got.bytes().await?;
+                if let Ok(m) = serde_json::from_slice::<Manifest>(&bytes) {
+                    out.push(m);
+                }
+            }
+            out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+            Ok(out)
+        }
+    }
+}
+
+/// A local view of backup `id` for verify, restore and drills.
+pub async fn local(loc: &Location, id: &str) -> anyhow::Result<Local> {
+    if !valid_id(id) {
+        bail!("'{id}' is not a backup id; `strongroom backup list` shows them");
+    }
+    match loc {
+        Location::Dir(d) => Ok(Local {
+            root: d.clone(),
+            scratch: false,
+        }),
+        Location::S3 {
+            store: os, prefix, ..
+        } => {
+            let l = Local {
+                root: scratch_dir("download")?,
+                scratch: true,
+            };
+            let dir = l.root.join(id);
+            std::fs::create_dir_all(&dir)?;
+            let manifest_key = Location::key(prefix, &format!("{id}/manifest.json"));
+            let got = os
+                .get(&manifest_key)
+                .await
+                .map_err(|_| anyhow!("there is no backup {id} in {}", loc.describe()))?;
+            let manifest = got.bytes().await?;
+            std::fs::write(dir.join("manifest.json"), &manifest)?;
+            // The chunks the manifest names (whatever else lies there is
+            // not part of the backup).
+            if let Ok(m) = serde_json::from_slice::<Manifest>(&manifest) {
+                for c in &m.chunks {
+                    if !valid_chunk_name(&c.file) {
+                        bail!("the manifest names a chunk outside the backup: {}", c.file);
+                    }
+                    // A chunk that is not there is reported as missing by
+                    // the checks that follow.
+                    if let Ok(g) = os
+                        .get(&Location::key(prefix, &format!("{id}/{}", c.file)))
+                        .await
+                    {
+                        std::fs::write(dir.join(&c.file), g.bytes().await?)?;
+                    }
+                }
+            }
+            Ok(l)
+        }
+    }
+}
+
+fn valid_chunk_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !name.contains("..")
+}
+
+/// Deletes backup `id` from `loc` (the manifest first, so a half-deleted
+/// backup is never listed).
+pub async fn remove_at(loc: &Location, id: &str) -> anyhow::Result<()> {
+    match loc {
+        Location::Dir(d) => remove(d, id),
+        Location::S3 {
+            store: os, prefix, ..
+        } => {
+            if !valid_id(id) {
+                bail!("'{id}' is not a backup id");
+            }
+            os.delete(&Location::key(prefix, &format!("{id}/manifest.json")))
+                .await
+                .map_err(|e| anyhow!("cannot delete backup {id}: {e}"))?;
+            use futures_util::TryStreamExt;
+            let all: Vec<_> = os
+                .list(Some(&Location::key(prefix, id)))
+                .try_collect()
+                .await
+                .map_err(|e| anyhow!("cannot list backup {id}: {e}"))?;
+            for o in all {
+                os.delete(&o.location)
+                    .await
+                    .map_err(|e| anyhow!("cannot delete {}: {e}", o.location))?;
+            }
+            Ok(())
+        }
+    }
 }

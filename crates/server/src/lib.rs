@@ -112,7 +112,7 @@ pub async fn prepare_with(
         if !st.promoted {
             anyhow::bail!(
                 "this store is a standby following {}; run `strongroom standby promote` to make it a primary first",
-                st.source.display()
+                st.source
             );
         }
     }
@@ -201,7 +201,7 @@ pub async fn prepare_with(
         state.keys.shared_provider(),
         clock.clone(),
         backup::Schedule {
-            target: config.backup_target.clone(),
+            target: backup::Location::parse(&config.backup_target)?,
             interval: (config.backup_interval_minutes > 0)
                 .then(|| minutes(config.backup_interval_minutes)),
             drill_every: (config.backup_interval_minutes > 0 && config.drill_interval_days > 0)

@@ -352,7 +352,7 @@ async fn drills_record_evidence_and_failures_raise_an_incident() {
     let r = backup::drill(
         srv.store(),
         srv.state.keys.shared_provider(),
-        target.path(),
+        &backup::Location::Dir(target.path().to_owned()),
         None,
         &Default::default(),
         &clock,
@@ -386,7 +386,7 @@ async fn drills_record_evidence_and_failures_raise_an_incident() {
     let r = backup::drill(
         srv.store(),
         srv.state.keys.shared_provider(),
-        target.path(),
+        &backup::Location::Dir(target.path().to_owned()),
         None,
         &Default::default(),
         &clock,
@@ -428,7 +428,10 @@ async fn a_standby_follows_new_backups_and_serves_once_promoted() {
         .unwrap();
     let step = |now| {
         let store = store.clone();
-        let (data_dir, source) = (data_dir.clone(), target.path().to_owned());
+        let (data_dir, source) = (
+            data_dir.clone(),
+            backup::Location::Dir(target.path().to_owned()),
+        );
         async move { backup::standby_step(&store, provider, &data_dir, &source, now).await }
     };
     assert_eq!(step(srv.clock.now()).await.unwrap().unwrap().id, m1.id);
@@ -484,8 +487,148 @@ async fn a_standby_follows_new_backups_and_serves_once_promoted() {
     let again = Store::connect(&db.to_string_lossy(), Default::default())
         .await
         .unwrap();
-    let e = backup::standby_step(&again, provider, &data_dir, target.path(), srv.clock.now())
-        .await
-        .unwrap_err();
+    let e = backup::standby_step(
+        &again,
+        provider,
+        &data_dir,
+        &backup::Location::Dir(target.path().to_owned()),
+        srv.clock.now(),
+    )
+    .await
+    .unwrap_err();
     assert!(format!("{e:#}").contains("promoted"), "{e:#}");
+}
+
+/// An S3-compatible server on loopback (s3s-fs: buckets are directories),
+/// started by the test itself.
+async fn s3_server(root: &Path) -> String {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    std::fs::create_dir_all(root.join("backups")).unwrap();
+    let fs = s3s_fs::FileSystem::new(root).unwrap();
+    let mut b = s3s::service::S3ServiceBuilder::new(fs);
+    b.set_auth(s3s::auth::SimpleAuth::from_single(
+        "test-key",
+        "test-secret",
+    ));
+    let service = b.build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                continue;
+            };
+            let service = service.clone();
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(socket), service)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn backups_to_s3_compatible_storage() {
+    let srv = populated().await;
+    let root = tempfile::tempdir().unwrap();
+    let endpoint = s3_server(root.path()).await;
+    let os = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&endpoint)
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_bucket_name("backups")
+        .with_access_key_id("test-key")
+        .with_secret_access_key("test-secret")
+        .build()
+        .unwrap();
+    let loc = backup::Location::S3 {
+        store: Arc::new(os),
+        prefix: "strongroom/prod".into(),
+        display: "s3://backups/strongroom/prod".into(),
+    };
+    let provider = srv.state.keys.provider();
+    let m = backup::create_at(srv.store(), provider, &loc, srv.clock.now())
+        .await
+        .unwrap();
+    // An upload that stopped before its manifest is not a backup.
+    use object_store::ObjectStore;
+    if let backup::Location::S3 { store, .. } = &loc {
+        store
+            .put(
+                &object_store::path::Path::from(
+                    "strongroom/prod/20990101T000000Z-00000000/chunk-000001.bin",
+                ),
+                b"half".to_vec().into(),
+            )
+            .await
+            .unwrap();
+    }
+    let listed: Vec<String> = backup::list_at(&loc)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(listed, vec![m.id.clone()]);
+    // The objects hold nothing readable.
+    for e in walk(&root.path().join("backups")) {
+        let bytes = std::fs::read(&e).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains(NATIONAL_ID) && !text.contains("Hanoi Trading"),
+            "{}",
+            e.display()
+        );
+    }
+    let local = backup::local(&loc, &m.id).await.unwrap();
+    backup::verify(provider, &local.root, &m.id).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let restored = Store::connect(
+        &dir.path().join("r.db").to_string_lossy(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    backup::restore(
+        provider,
+        &local.root,
+        &m.id,
+        &restored,
+        false,
+        srv.clock.now(),
+        &|_, _| {},
+    )
+    .await
+    .unwrap();
+    let company = restored.company_by_code("ACME").await.unwrap().unwrap().0;
+    assert_eq!(restored.count_records(company).await.unwrap(), 31);
+    // Drills work from object storage too; deleting removes it.
+    let clock: strongroom_core::clock::SharedClock = Arc::new(srv.clock.clone());
+    let r = backup::drill(
+        srv.store(),
+        srv.state.keys.shared_provider(),
+        &loc,
+        None,
+        &Default::default(),
+        &clock,
+    )
+    .await
+    .unwrap();
+    assert!(r.ok, "{:?}", r.checks);
+    backup::remove_at(&loc, &m.id).await.unwrap();
+    assert!(backup::list_at(&loc).await.unwrap().is_empty());
+}
+
+fn walk(p: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(p).unwrap().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
 }
