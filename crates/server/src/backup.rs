@@ -370,39 +370,62 @@ fn read_chunks<F>(dir: &Path, m: &Manifest, key: &SecretKey, mut each: F) -> any
 where
     F: FnMut(Line) -> anyhow::Result<()>,
 {
-    for (i, c) in m.chunks.iter().enumerate() {
-        let name = &c.file;
-        if name.contains('/') || name.contains("..") {
-            bail!("the manifest names a chunk outside the backup: {name}");
-        }
-        let sealed = read_limited(&dir.join(name))
-            .with_context(|| format!("chunk {name} of backup {} is missing", m.id))?;
-        if hex::encode(Sha256::digest(&sealed)) != c.sha256 {
-            bail!(
-                "chunk {name} of backup {} is damaged (checksum mismatch)",
-                m.id
-            );
-        }
-        let packed = open_raw(key, &chunk_aad(&m.id, i + 1), &sealed)
-            .map_err(|_| anyhow!("chunk {name} of backup {} does not decrypt", m.id))?;
-        let plain = zstd::decode_all(packed.as_slice())
-            .map_err(|_| anyhow!("chunk {name} of backup {} does not decompress", m.id))?;
-        let mut rows = 0u64;
-        for line in plain.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let l: Line = serde_json::from_slice(line)
-                .map_err(|_| anyhow!("chunk {name} of backup {} holds a damaged row", m.id))?;
-            rows += 1;
+    for i in 0..m.chunks.len() {
+        for l in read_chunk(dir, m, key, i)? {
             each(l)?;
-        }
-        if rows != c.rows {
-            bail!(
-                "chunk {name} of backup {} holds {rows} rows, not {}",
-                m.id,
-                c.rows
-            );
         }
     }
     Ok(())
+}
+
+/// The most a chunk may decompress to (a chunk holds about CHUNK_BYTES;
+/// more is a forgery meant to exhaust memory).
+const MAX_CHUNK_PLAIN: u64 = 64 << 20;
+
+/// Reads and checks chunk `i` (checksum, decryption, bounded
+/// decompression, row shape and count).
+fn read_chunk(dir: &Path, m: &Manifest, key: &SecretKey, i: usize) -> anyhow::Result<Vec<Line>> {
+    use std::io::Read;
+    let c = &m.chunks[i];
+    let name = &c.file;
+    if name.contains('/') || name.contains("..") {
+        bail!("the manifest names a chunk outside the backup: {name}");
+    }
+    let sealed = read_limited(&dir.join(name))
+        .with_context(|| format!("chunk {name} of backup {} is missing", m.id))?;
+    if hex::encode(Sha256::digest(&sealed)) != c.sha256 {
+        bail!(
+            "chunk {name} of backup {} is damaged (checksum mismatch)",
+            m.id
+        );
+    }
+    let packed = open_raw(key, &chunk_aad(&m.id, i + 1), &sealed)
+        .map_err(|_| anyhow!("chunk {name} of backup {} does not decrypt", m.id))?;
+    let mut plain = Vec::new();
+    zstd::stream::read::Decoder::new(packed.as_slice())
+        .and_then(|d| d.take(MAX_CHUNK_PLAIN + 1).read_to_end(&mut plain))
+        .map_err(|_| anyhow!("chunk {name} of backup {} does not decompress", m.id))?;
+    if plain.len() as u64 > MAX_CHUNK_PLAIN {
+        bail!(
+            "chunk {name} of backup {} is larger than any chunk Strongroom writes",
+            m.id
+        );
+    }
+    let mut out = Vec::new();
+    for line in plain.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let l: Line = serde_json::from_slice(line)
+            .map_err(|_| anyhow!("chunk {name} of backup {} holds a damaged row", m.id))?;
+        out.push(l);
+    }
+    if out.len() as u64 != c.rows {
+        bail!(
+            "chunk {name} of backup {} holds {} rows, not {}",
+            m.id,
+            out.len(),
+            c.rows
+        );
+    }
+    Ok(out)
 }
 
 /// Checks a backup completely without restoring it: manifest MAC, every
@@ -483,18 +506,11 @@ pub async fn restore(
     if force {
         into.wipe(&mut loader).await?;
     }
-    let mut batch: Vec<Line> = Vec::new();
-    let mut pending: Vec<Vec<Line>> = Vec::new();
-    read_chunks(&dir, m, &key, |l| {
-        batch.push(l);
-        if batch.len() >= 2000 {
-            pending.push(std::mem::take(&mut batch));
-        }
-        Ok(())
-    })?;
-    pending.push(batch);
+    // One chunk in memory at a time (it was checked above, and is checked
+    // again as it is read).
     let mut done = 0u64;
-    for lines in pending {
+    for n in 0..m.chunks.len() {
+        let lines = read_chunk(&dir, m, &key, n)?;
         let mut i = 0;
         while i < lines.len() {
             let t = lines[i].t.clone();
