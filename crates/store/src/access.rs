@@ -67,9 +67,14 @@ impl Store {
         company: CompanyId,
         user: UserKey,
     ) -> StoreResult<Option<AccessFacts>> {
+        // Two indexed reads: the user with the pledge and training state,
+        // then every role they hold, personally or through their department.
         let Some(u) = sqlx::query(
             "SELECT u.clearance, u.department_id, u.is_master, u.is_admin, u.training_completed_at, \
                (SELECT MAX(version) FROM pledge_versions p WHERE p.company_id = u.company_id) AS pledge, \
+               (SELECT COUNT(*) FROM pledge_acceptances a WHERE a.company_id = u.company_id \
+                  AND a.user_key = u.id AND a.version = \
+                  (SELECT MAX(version) FROM pledge_versions p2 WHERE p2.company_id = u.company_id)) AS accepted, \
                t.required AS training_required, t.interval_days \
              FROM users u LEFT JOIN training_policy t ON t.company_id = u.company_id \
              WHERE u.company_id = $1 AND u.id = $2",
@@ -83,33 +88,31 @@ impl Store {
         };
         let department: Option<i64> = get(&u, "department_id")?;
         let pledge_version: Option<i64> = get(&u, "pledge")?;
-        let pledge_accepted = match pledge_version {
-            None => true,
-            Some(v) => sqlx::query(
-                "SELECT 1 AS one FROM pledge_acceptances WHERE company_id = $1 AND user_key = $2 AND version = $3",
-            )
-            .bind(company.0)
-            .bind(user.0)
-            .bind(v)
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some(),
-        };
-        let own_roles = sqlx::query(&format!(
-            "SELECT {ROLE_COLUMNS} FROM roles r JOIN user_roles ur ON ur.role_id = r.id \
-             WHERE ur.company_id = $1 AND ur.user_key = $2 ORDER BY r.name"
+        let pledge_accepted = pledge_version.is_none() || get::<i64>(&u, "accepted")? > 0;
+        let mut own_roles = Vec::new();
+        let mut department_roles = Vec::new();
+        for r in sqlx::query(&format!(
+            "SELECT {ROLE_COLUMNS}, 0 AS via FROM roles r JOIN user_roles ur ON ur.role_id = r.id \
+               WHERE ur.company_id = $1 AND ur.user_key = $2 \
+             UNION ALL \
+             SELECT {ROLE_COLUMNS}, 1 AS via FROM roles r \
+               JOIN department_roles dr ON dr.role_id = r.id \
+               JOIN users u ON u.department_id = dr.department_id AND u.company_id = dr.company_id \
+               WHERE dr.company_id = $1 AND u.id = $2 \
+             ORDER BY 2"
         ))
         .bind(company.0)
         .bind(user.0)
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(role_from_row)
-        .collect::<StoreResult<Vec<_>>>()?;
-        let department_roles = match department {
-            Some(d) => self.department_roles(company, d).await?,
-            None => Vec::new(),
-        };
+        {
+            if get::<i64>(r, "via")? == 0 {
+                own_roles.push(role_from_row(r)?);
+            } else {
+                department_roles.push(role_from_row(r)?);
+            }
+        }
         Ok(Some(AccessFacts {
             clearance: get(&u, "clearance")?,
             department,
