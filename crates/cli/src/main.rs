@@ -1169,13 +1169,15 @@ async fn drill_command(config: &Config, id: Option<&str>) -> anyhow::Result<()> 
     let (store, provider) = open_for_backup(config).await?;
     let clock: strongroom_core::clock::SharedClock = Arc::new(SystemClock);
     let loc = strongroom_server::backup::Location::parse(&config.backup_target)?;
-    let r = strongroom_server::backup::drill(
+    let probe = config.drill_probe();
+    let r = strongroom_server::backup::drill_with_probe(
         &store,
         provider,
         &loc,
         id,
         &strongroom_server::alert_settings(config),
         &clock,
+        probe.as_ref(),
     )
     .await?;
     store.close().await;

@@ -695,6 +695,22 @@ pub async fn drill(
     alerts: &crate::detection::AlertSettings,
     clock: &strongroom_core::clock::SharedClock,
 ) -> anyhow::Result<DrillReport> {
+    drill_with_probe(store, provider, loc, id, alerts, clock, None).await
+}
+
+/// A probe account a drill signs in with: company, user, password.
+pub type Probe = (String, String, secrecy::SecretString);
+
+/// [`drill`], also signing in with a probe account on the restored store.
+pub async fn drill_with_probe(
+    store: &Store,
+    provider: std::sync::Arc<dyn KeyProvider>,
+    loc: &Location,
+    id: Option<&str>,
+    alerts: &crate::detection::AlertSettings,
+    clock: &strongroom_core::clock::SharedClock,
+    probe: Option<&Probe>,
+) -> anyhow::Result<DrillReport> {
     let id = match id {
         Some(i) => i.to_owned(),
         None => list_at(loc)
@@ -711,7 +727,7 @@ pub async fn drill(
     ));
     std::fs::create_dir_all(&scratch)?;
     let result = match local(loc, &id).await {
-        Ok(l) => drill_into(&scratch, provider, &l.root, &id, clock).await,
+        Ok(l) => drill_into(&scratch, provider, &l.root, &id, clock, probe).await,
         Err(e) => Err(e),
     };
     let _ = std::fs::remove_dir_all(&scratch);
@@ -776,6 +792,7 @@ async fn drill_into(
     target: &Path,
     id: &str,
     clock: &strongroom_core::clock::SharedClock,
+    probe: Option<&Probe>,
 ) -> anyhow::Result<Vec<(String, bool, String)>> {
     let url = scratch.join("drill.db");
     let db = Store::connect(&url.to_string_lossy(), Default::default()).await?;
@@ -876,6 +893,24 @@ async fn drill_into(
             why
         },
     ));
+    if let Some((company, user, password)) = probe {
+        use secrecy::ExposeSecret;
+        let account = db.login_account(company, user).await?;
+        let hasher = strongroom_crypto::password::PasswordHasher::new(Default::default())?;
+        let ok = account.as_ref().is_some_and(|a| {
+            a.status == strongroom_proto::UserStatus::Active
+                && hasher.verify(password.expose_secret(), Some(&a.password_hash))
+        });
+        checks.push((
+            "probe_sign_in".into(),
+            ok,
+            if ok {
+                format!("{company}/{user} signs in")
+            } else {
+                format!("{company}/{user} cannot sign in on the restored store")
+            },
+        ));
+    }
     db.close().await;
     Ok(checks)
 }
@@ -890,6 +925,7 @@ pub struct Schedule {
     pub drill_every: Option<std::time::Duration>,
     pub keep: (usize, usize, usize, usize),
     pub alerts: crate::detection::AlertSettings,
+    pub probe: Option<Probe>,
 }
 
 pub fn spawn_schedule(
@@ -954,7 +990,15 @@ pub fn spawn_schedule(
         let handle = tokio::runtime::Handle::current();
         std::thread::spawn(move || loop {
             std::thread::sleep(every);
-            let run = drill(&store, provider.clone(), &s.target, None, &s.alerts, &clock);
+            let run = drill_with_probe(
+                &store,
+                provider.clone(),
+                &s.target,
+                None,
+                &s.alerts,
+                &clock,
+                s.probe.as_ref(),
+            );
             match handle.block_on(run) {
                 Ok(r) => {
                     tracing::info!(backup = %r.backup_id, ok = r.ok, "scheduled restore drill")

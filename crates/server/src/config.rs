@@ -18,6 +18,7 @@ const SECRET_KEYS: &[&str] = &[
     "pkcs11_pin",
     "alert_webhook_secret",
     "smtp_url",
+    "drill_probe_password",
 ];
 
 /// Largest configuration file read.
@@ -158,6 +159,15 @@ pub struct Config {
     /// Days between scheduled restore drills of the newest backup (0: none).
     #[serde(default = "d_drill_days")]
     pub drill_interval_days: i64,
+    /// An account drills sign in with on the restored store, as
+    /// `COMPANY/USER` (empty: no sign-in check).
+    #[serde(default)]
+    pub drill_probe: String,
+    /// Its password (a secret; or `drill_probe_password_file`).
+    #[serde(default)]
+    drill_probe_password: Option<SecretString>,
+    #[serde(default)]
+    drill_probe_password_file: Option<PathBuf>,
 }
 
 fn d_backup_target() -> PathBuf {
@@ -330,6 +340,9 @@ impl Config {
             backup_keep_weekly: d_keep_weekly(),
             backup_keep_monthly: d_keep_monthly(),
             drill_interval_days: d_drill_days(),
+            drill_probe: String::new(),
+            drill_probe_password: None,
+            drill_probe_password_file: None,
         }
     }
 
@@ -392,6 +405,11 @@ impl Config {
         )?;
         resolve_secret("smtp_url", &mut self.smtp_url, self.smtp_url_file.take())?;
         resolve_secret(
+            "drill_probe_password",
+            &mut self.drill_probe_password,
+            self.drill_probe_password_file.take(),
+        )?;
+        resolve_secret(
             "alert_webhook_secret",
             &mut self.alert_webhook_secret,
             self.alert_webhook_secret_file.take(),
@@ -405,6 +423,16 @@ impl Config {
 
     pub fn alert_webhook_secret(&self) -> Option<SecretString> {
         self.alert_webhook_secret.clone()
+    }
+
+    /// The drill's probe account: company, user and password.
+    pub fn drill_probe(&self) -> Option<(String, String, SecretString)> {
+        let (c, u) = self.drill_probe.trim().split_once('/')?;
+        Some((
+            c.to_owned(),
+            u.to_owned(),
+            self.drill_probe_password.clone()?,
+        ))
     }
 
     /// PKCS#11 settings, when `key_provider = "pkcs11"`.
@@ -482,6 +510,13 @@ impl Config {
         range("backup_keep_weekly", self.backup_keep_weekly, 0, 10_000)?;
         range("backup_keep_monthly", self.backup_keep_monthly, 0, 10_000)?;
         range("drill_interval_days", self.drill_interval_days, 0, 3650)?;
+        if !self.drill_probe.trim().is_empty()
+            && (!self.drill_probe.contains('/') || self.drill_probe_password.is_none())
+        {
+            return Err(cerr(
+                "drill_probe: give COMPANY/USER, and its password as drill_probe_password or drill_probe_password_file",
+            ));
+        }
         if self.backup_target.starts_with(&self.data_dir) {
             return Err(cerr(
                 "backup_target: must not be inside data_dir (a backup on the same disk as the data proves little)",
@@ -709,6 +744,8 @@ fn defaults_table() -> toml::Table {
     t.insert("public_origin".into(), s(""));
     t.insert("password_deny_list".into(), s(""));
     t.insert("backup_target".into(), s(""));
+    t.insert("drill_probe".into(), s(""));
+    t.insert("drill_probe_password".into(), s(""));
     for k in [
         "backup_interval_minutes",
         "backup_keep_last",

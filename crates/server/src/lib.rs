@@ -213,6 +213,7 @@ pub async fn prepare_with(
                 config.backup_keep_monthly as usize,
             ),
             alerts: alert_settings(config),
+            probe: config.drill_probe(),
         },
     );
     let router = app::router(

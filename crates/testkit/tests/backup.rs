@@ -373,6 +373,32 @@ async fn drills_record_evidence_and_failures_raise_an_incident() {
     let runs = srv.store().backup_runs(10).await.unwrap();
     assert_eq!(runs[0].kind, "drill");
     assert!(runs[0].ok);
+    // With a probe account, the drill also signs in on the restored store.
+    let loc = backup::Location::Dir(target.path().to_owned());
+    for (password, ok) in [
+        (strongroom_testkit::PASSWORD, true),
+        ("not the password at all", false),
+    ] {
+        let probe = (
+            "ACME".to_owned(),
+            "ann".to_owned(),
+            secrecy::SecretString::from(password.to_owned()),
+        );
+        let r = backup::drill_with_probe(
+            srv.store(),
+            srv.state.keys.shared_provider(),
+            &loc,
+            None,
+            &Default::default(),
+            &clock,
+            Some(&probe),
+        )
+        .await
+        .unwrap();
+        let check = r.checks.iter().find(|c| c.0 == "probe_sign_in").unwrap();
+        assert_eq!(check.1, ok, "{check:?}");
+        assert_eq!(r.ok, ok);
+    }
 
     // A damaged newest backup fails its drill: recorded, and an incident.
     srv.clock.advance(chrono::Duration::hours(1));
