@@ -145,11 +145,48 @@ async fn run_one(
             });
         }
         if !first_pass && changed_this_pass == 0 {
-            return Ok(());
+            return reseal_user_secrets(store, keys, company, &code).await;
         }
         first_pass = false;
         after = 0;
     }
+}
+
+/// Moves users' sealed secrets (TOTP secrets, passkeys) to the current
+/// data key, so an older key version is truly unused when it is retired.
+async fn reseal_user_secrets(
+    store: &Store,
+    keys: &KeyRing,
+    company: CompanyId,
+    code: &str,
+) -> anyhow::Result<()> {
+    use strongroom_crypto::envelope;
+    use strongroom_store::KeyPurpose;
+    let current = keys.current(company, KeyPurpose::Data).await?;
+    for (kind, id, user, sealed) in store.sealed_user_secrets(company).await? {
+        let Some(v) = envelope::stored_version(&sealed) else {
+            anyhow::bail!("a sealed {kind} secret of user #{} is damaged", user.0);
+        };
+        if v == current.version() {
+            continue;
+        }
+        let field = if kind == "totp" {
+            "totp_secret"
+        } else {
+            "passkey"
+        };
+        let user_ref = user.0.to_string();
+        let ctx = crate::second_factor::ctx(code, &user_ref, field);
+        let old = keys.key(company, KeyPurpose::Data, v).await?;
+        let plain = envelope::decrypt_field(&old, ctx, &sealed).map_err(|_| {
+            anyhow::anyhow!("a sealed {kind} secret of user #{} does not open", user.0)
+        })?;
+        let fresh = envelope::encrypt_field(&current, ctx, &plain)?;
+        store
+            .reseal_user_secret(company, &kind, id, &sealed, &fresh)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Re-encrypts one record and its history. Returns whether anything changed.

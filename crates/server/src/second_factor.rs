@@ -75,7 +75,8 @@ pub async fn required(state: &AppState, a: &LoginAccount) -> ApiResult<bool> {
     ))
 }
 
-fn ctx<'a>(company_code: &'a str, user_ref: &'a str, field: &'a str) -> FieldContext<'a> {
+/// Where a user's sealed secret belongs (bound into its ciphertext).
+pub fn ctx<'a>(company_code: &'a str, user_ref: &'a str, field: &'a str) -> FieldContext<'a> {
     FieldContext {
         company: company_code,
         record_type: "_user",

@@ -513,6 +513,61 @@ impl Store {
         w.commit().await
     }
 
+    /// Every sealed user secret of a company (for re-encryption after a
+    /// data-key rotation): (kind `totp`|`passkey`, row id, user, sealed).
+    pub async fn sealed_user_secrets(
+        &self,
+        company: CompanyId,
+    ) -> StoreResult<Vec<(String, i64, UserKey, String)>> {
+        let rows = sqlx::query(
+            "SELECT 'totp' AS kind, user_key AS id, user_key, secret AS sealed FROM totp_factors \
+               WHERE company_id = $1 \
+             UNION ALL \
+             SELECT 'passkey' AS kind, id, user_key, passkey AS sealed FROM passkeys \
+               WHERE company_id = $1",
+        )
+        .bind(company.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    get(r, "kind")?,
+                    get(r, "id")?,
+                    UserKey(get(r, "user_key")?),
+                    get(r, "sealed")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Replaces a sealed user secret if it is still `old` (a change made
+    /// meanwhile wins).
+    pub async fn reseal_user_secret(
+        &self,
+        company: CompanyId,
+        kind: &str,
+        id: i64,
+        old: &str,
+        new: &str,
+    ) -> StoreResult<bool> {
+        let sql = match kind {
+            "totp" => "UPDATE totp_factors SET secret = $4 WHERE company_id = $1 AND user_key = $2 AND secret = $3",
+            _ => "UPDATE passkeys SET passkey = $4 WHERE company_id = $1 AND id = $2 AND passkey = $3",
+        };
+        let mut w = self.write_tx().await?;
+        let n = sqlx::query(sql)
+            .bind(company.0)
+            .bind(id)
+            .bind(old)
+            .bind(new)
+            .execute(&mut *w.tx)
+            .await?
+            .rows_affected();
+        w.commit().await?;
+        Ok(n == 1)
+    }
+
     // ----- challenges ------------------------------------------------------
 
     #[allow(clippy::too_many_arguments)]

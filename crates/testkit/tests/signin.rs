@@ -957,3 +957,43 @@ async fn api_keys_obey_scopes_ip_rules_hours_and_revocation() {
         .unwrap_err();
     assert!(e.to_string().contains("records:read"), "{e}");
 }
+
+#[tokio::test]
+async fn a_data_key_rotation_moves_totp_secrets_to_the_new_key() {
+    let srv = TestServer::start().await;
+    let admin = srv.company_master("ACME").await;
+    with_user(&srv, &admin, "ann", false).await;
+    let ann = srv.sign_in("ACME", "ann").await;
+    srv.enrol_totp("ACME", "ann", &ann).await;
+    let (company, _) = srv.store().company_by_code("ACME").await.unwrap().unwrap();
+    let ann_key = srv.store().user(company, "ann").await.unwrap().unwrap().key;
+    let sealed = |s: &TestServer| {
+        let store = s.store().clone();
+        async move {
+            store
+                .totp_factor(company, ann_key)
+                .await
+                .unwrap()
+                .unwrap()
+                .sealed_secret
+        }
+    };
+    let before = sealed(&srv).await;
+    assert_eq!(
+        strongroom_crypto::envelope::stored_version(&before),
+        Some(1)
+    );
+    let keys = srv.state.keys.clone();
+    keys.rotate_data_key(company, "ACME", srv.clock.now())
+        .await
+        .unwrap();
+    let clock = srv.clock.clone();
+    strongroom_server::reencrypt::run_pending(srv.store(), &keys, || clock.now(), |_| {})
+        .await
+        .unwrap();
+    let after = sealed(&srv).await;
+    assert_eq!(strongroom_crypto::envelope::stored_version(&after), Some(2));
+    // And the authenticator app still signs her in.
+    srv.clock.advance(Duration::seconds(60));
+    srv.sign_in("ACME", "ann").await.session().await.unwrap();
+}
