@@ -161,68 +161,20 @@ fn field_crypto() {
 /// record) against finding one by e-mail (plaintext index), on the real
 /// store and sealing code.
 async fn lookups(records: usize, database_url: Option<String>) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let url = database_url.unwrap_or_else(|| dir.path().join("bench.db").display().to_string());
-    let clock = SystemClock;
-    let store = strongroom_store::Store::connect(&url, Default::default()).await?;
-    store.migrate(clock.now()).await?;
-    let (provider, _) =
-        strongroom_crypto::keyfile::open(&dir.path().join("keys"), &dir.path().join("data"), true)?;
-    let provider: Arc<dyn strongroom_crypto::provider::KeyProvider> = Arc::new(provider);
-    let code = format!("B{}", std::process::id());
-    strongroom_server::init_company(
-        &store,
-        provider.as_ref(),
-        clock.now(),
-        strongroom_server::NewCompany {
-            code: &code,
-            name: "Bench",
-            admin: "master",
-            admin_name: "Master",
-            password: "plum orchard violin tram",
-        },
-    )
-    .await?;
-    let (company, _) = store.company_by_code(&code).await?.context("company")?;
-    let owner = store.user(company, "master").await?.context("master")?.key;
-    let keys = strongroom_server::keys::KeyRing::new(provider, store.clone());
-    let rt = store
-        .record_type(company, "customer")
-        .await?
-        .context("customer type")?;
+    let load = Instant::now();
+    let Populated {
+        dir: _dir,
+        url,
+        store,
+        keys,
+        company,
+        code,
+        rt,
+        ..
+    } = populate(records, database_url).await?;
     let sealer = Sealer::new(&keys, company, &code, &rt.view)
         .await
         .map_err(|e| anyhow::anyhow!(e.message))?;
-
-    let load = Instant::now();
-    for i in 0..records {
-        let patch: RecordData = json!({
-            "name": format!("Customer {i}"),
-            "email": format!("c{i}@example.com"),
-            "national_id": format!("0792{i:08}"),
-        })
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-        let plain = apply_patch(&rt.view.fields, &RecordData::new(), &patch)?;
-        let id = uuid::Uuid::new_v4().to_string();
-        let (stored, index) = sealer
-            .seal(&id, &plain)
-            .map_err(|e| anyhow::anyhow!(e.message))?;
-        store
-            .insert_record(
-                company,
-                &rt,
-                &id,
-                None,
-                &stored,
-                &index,
-                owner,
-                &[],
-                clock.now(),
-            )
-            .await?;
-    }
     // Planner statistics as a live system would have them.
     store.analyze().await?;
     println!(
@@ -540,35 +492,45 @@ async fn audit_bench(secs: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fills a fresh SQLite store with `records` customers (three encrypted
-/// fields each). Returns the directory, the store and the key provider.
-async fn populate(
-    records: usize,
-) -> anyhow::Result<(
-    tempfile::TempDir,
-    strongroom_store::Store,
-    Arc<dyn strongroom_crypto::provider::KeyProvider>,
-)> {
+/// A benchmark data set: a company with `records` customers (three
+/// encrypted fields each) in a store of its own.
+struct Populated {
+    dir: tempfile::TempDir,
+    url: String,
+    store: strongroom_store::Store,
+    provider: Arc<dyn strongroom_crypto::provider::KeyProvider>,
+    keys: strongroom_server::keys::KeyRing,
+    company: strongroom_core::CompanyId,
+    code: String,
+    rt: strongroom_store::StoredRecordType,
+}
+
+/// Fills `database_url` (default: a fresh SQLite file in a temporary
+/// directory) with a new company of `records` customers.
+async fn populate(records: usize, database_url: Option<String>) -> anyhow::Result<Populated> {
     let dir = tempfile::tempdir()?;
     std::fs::create_dir_all(dir.path().join("data"))?;
-    let url = dir
-        .path()
-        .join("data")
-        .join("bench.db")
-        .display()
-        .to_string();
+    let url = database_url.unwrap_or_else(|| {
+        dir.path()
+            .join("data")
+            .join("bench.db")
+            .display()
+            .to_string()
+    });
     let clock = SystemClock;
     let store = strongroom_store::Store::connect(&url, Default::default()).await?;
     store.migrate(clock.now()).await?;
     let (provider, _) =
         strongroom_crypto::keyfile::open(&dir.path().join("keys"), &dir.path().join("data"), true)?;
     let provider: Arc<dyn strongroom_crypto::provider::KeyProvider> = Arc::new(provider);
+    // A company of its own, so a reused PostgreSQL database works too.
+    let code = format!("B{}", std::process::id());
     strongroom_server::init_company(
         &store,
         provider.as_ref(),
         clock.now(),
         strongroom_server::NewCompany {
-            code: "BENCH",
+            code: &code,
             name: "Bench",
             admin: "master",
             admin_name: "Master",
@@ -576,14 +538,14 @@ async fn populate(
         },
     )
     .await?;
-    let (company, _) = store.company_by_code("BENCH").await?.context("company")?;
+    let (company, _) = store.company_by_code(&code).await?.context("company")?;
     let owner = store.user(company, "master").await?.context("master")?.key;
     let keys = strongroom_server::keys::KeyRing::new(provider.clone(), store.clone());
     let rt = store
         .record_type(company, "customer")
         .await?
         .context("customer type")?;
-    let sealer = Sealer::new(&keys, company, "BENCH", &rt.view)
+    let sealer = Sealer::new(&keys, company, &code, &rt.view)
         .await
         .map_err(|e| anyhow::anyhow!(e.message))?;
     for i in 0..records {
@@ -616,7 +578,17 @@ async fn populate(
             )
             .await?;
     }
-    Ok((dir, store, provider))
+    drop(sealer);
+    Ok(Populated {
+        dir,
+        url,
+        store,
+        provider,
+        keys,
+        company,
+        code,
+        rt,
+    })
 }
 
 fn dir_bytes(p: &std::path::Path) -> u64 {
@@ -652,7 +624,12 @@ fn timed(cmd: &mut std::process::Command) -> Option<Duration> {
 async fn backup_bench(records: usize) -> anyhow::Result<()> {
     use strongroom_server::backup;
     let load = Instant::now();
-    let (dir, store, provider) = populate(records).await?;
+    let Populated {
+        dir,
+        store,
+        provider,
+        ..
+    } = populate(records, None).await?;
     println!(
         "## Backup and restore of {records} records (SQLite; loaded in {:.1} s)",
         load.elapsed().as_secs_f64()

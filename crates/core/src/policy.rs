@@ -210,6 +210,17 @@ pub enum FieldAccess {
     Withheld,
 }
 
+impl ListScope {
+    /// The store's form of this scope: `None` for every record, else the
+    /// department and owner a record must match (one of them).
+    pub fn as_filter(self) -> Option<(Option<i64>, Option<UserKey>)> {
+        match self {
+            ListScope::All => None,
+            ListScope::Limited { department, owner } => Some((department, owner)),
+        }
+    }
+}
+
 impl Profile {
     /// The level the reader may see now: lapsed training caps it at
     /// internal.
@@ -331,11 +342,7 @@ impl Profile {
         if !is_protected(field) {
             return FieldAccess::Visible;
         }
-        let may_reveal = self.is_master
-            || self
-                .matching(record_type, Action::Reveal)
-                .any(|g| self.scope_covers(g.scope, record));
-        if reveal && may_reveal {
+        if reveal && self.may_reveal(record_type, record) {
             FieldAccess::Visible
         } else {
             FieldAccess::Masked

@@ -190,9 +190,23 @@ pub async fn require(
     action: &str,
     target: &str,
 ) -> ApiResult<AdminAuthority> {
+    Ok(require_profiled(state, caller, client, action, target)
+        .await?
+        .0)
+}
+
+/// [`require`], also handing back the caller's profile it read, for
+/// handlers that check more against it (one read per request).
+pub async fn require_profiled(
+    state: &AppState,
+    caller: &Caller,
+    client: &ClientInfo,
+    action: &str,
+    target: &str,
+) -> ApiResult<(AdminAuthority, Profile)> {
     let profile = profile(state, caller).await?;
     match caller.principal.authority(&profile, power_for(action)) {
-        Ok(a) => Ok(a),
+        Ok(a) => Ok((a, profile)),
         Err(e) => Err(audit::refused(state, caller, client, action, target, e.into()).await),
     }
 }
@@ -254,7 +268,7 @@ pub async fn put_role(
     ApiJson(req): ApiJson<PutRole>,
 ) -> ApiResult<Json<RoleView>> {
     let what = format!("role/{}", name.chars().take(64).collect::<String>());
-    let auth = require(&state, &caller, &client, "role.update", &what).await?;
+    let (auth, mine) = require_profiled(&state, &caller, &client, "role.update", &what).await?;
     let name = ident::key("role name", &name)?;
     let description = ident::display_text("role description", &req.description, 500)
         .or_else(|e| req.description.is_empty().then(String::new).ok_or(e))?;
@@ -272,7 +286,6 @@ pub async fn put_role(
             })
         })
         .collect::<ApiResult<BTreeSet<_>>>()?;
-    let mine = profile(&state, &caller).await?;
     if let Some(p) = powers.iter().find(|p| mine.has_power(**p).is_err()) {
         return Err(audit::refused(
             &state,
@@ -398,11 +411,11 @@ pub async fn check_target(
     state: &AppState,
     caller: &Caller,
     client: &ClientInfo,
+    mine: &Profile,
     action: &str,
     what: &str,
     target: &strongroom_store::StoredUser,
 ) -> ApiResult<()> {
-    let mine = profile(state, caller).await?;
     let p = &caller.principal;
     let refusal = if mine.is_master {
         None
@@ -445,9 +458,8 @@ pub async fn set_user_access(
     ApiJson(req): ApiJson<UserAccess>,
 ) -> ApiResult<Json<UserAccess>> {
     let what = format!("user/{}", user_id.chars().take(64).collect::<String>());
-    let auth = require(&state, &caller, &client, "user.access", &what).await?;
+    let (auth, mine) = require_profiled(&state, &caller, &client, "user.access", &what).await?;
     let target = crate::admin::target_user(&state, &auth, &user_id).await?;
-    let mine = profile(&state, &caller).await?;
     let (ids, rows) = role_ids(&state, auth.company(), &req.roles).await?;
     let refusal = if target.key == caller.principal.user {
         Some(
@@ -541,9 +553,9 @@ pub async fn set_department_roles(
     ApiJson(req): ApiJson<DepartmentRoles>,
 ) -> ApiResult<Json<DepartmentRoles>> {
     let what = format!("department/{}", code.chars().take(64).collect::<String>());
-    let auth = require(&state, &caller, &client, "department.roles", &what).await?;
+    let (auth, mine) =
+        require_profiled(&state, &caller, &client, "department.roles", &what).await?;
     let dept = crate::admin::department_id(&state, auth.company(), &code).await?;
-    let mine = profile(&state, &caller).await?;
     let (ids, rows) = role_ids(&state, auth.company(), &req.roles).await?;
     if let Err(m) = check_grantable(&mine, &rows) {
         return Err(audit::refused(

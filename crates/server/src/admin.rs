@@ -185,10 +185,10 @@ pub async fn create_user(
     ApiJson(req): ApiJson<CreateUser>,
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
     let what = format!("user/{}", req.user_id.trim().to_ascii_lowercase());
-    let auth = audit::require_admin(&state, &caller, &client, "user.create", &what).await?;
+    let (auth, mine) =
+        crate::access::require_profiled(&state, &caller, &client, "user.create", &what).await?;
     let detail = serde_json::json!({ "is_admin": req.is_admin, "department": req.department,
         "clearance": req.clearance.as_str(), "roles": req.roles });
-    let mine = crate::access::profile(&state, &caller).await?;
     let (role_ids, role_rows) = crate::access::role_ids(&state, auth.company(), &req.roles).await?;
     let refusal = if req.is_admin && !mine.is_master && !caller.principal.is_admin {
         Some(
@@ -324,7 +324,8 @@ pub async fn update_user(
     ApiJson(req): ApiJson<UpdateUser>,
 ) -> ApiResult<Json<UserView>> {
     let what = format!("user/{user_id}");
-    let auth = audit::require_admin(&state, &caller, &client, "user.update", &what).await?;
+    let (auth, mine) =
+        crate::access::require_profiled(&state, &caller, &client, "user.update", &what).await?;
     let detail = serde_json::to_value(&req).unwrap_or_default();
     let target = target_user(&state, &auth, &user_id).await?;
     access::check_user_update(
@@ -343,7 +344,6 @@ pub async fn update_user(
     // A department "change" to the same department is no change, and must
     // not end the user's sessions.
     let department_id = department_id.filter(|d| *d != target.department_id);
-    let mine = crate::access::profile(&state, &caller).await?;
     let refusal = if req.is_admin.is_some() && !mine.is_master && !caller.principal.is_admin {
         Some("only the master account or an administrator holding every power changes who is an administrator")
     } else if !mine.is_master && target.view.clearance > mine.clearance {
@@ -363,8 +363,16 @@ pub async fn update_user(
         .await);
     }
     if target.key != caller.principal.user {
-        crate::access::check_target(&state, &caller, &client, "user.update", &what, &target)
-            .await?;
+        crate::access::check_target(
+            &state,
+            &caller,
+            &client,
+            &mine,
+            "user.update",
+            &what,
+            &target,
+        )
+        .await?;
     }
     // A move takes away at once what came with the old department.
     let removed_roles = match department_id {
@@ -438,13 +446,16 @@ pub async fn set_password(
     ApiJson(req): ApiJson<SetPassword>,
 ) -> ApiResult<StatusCode> {
     let what = format!("user/{user_id}");
-    let auth = audit::require_admin(&state, &caller, &client, "user.set_password", &what).await?;
+    let (auth, mine) =
+        crate::access::require_profiled(&state, &caller, &client, "user.set_password", &what)
+            .await?;
     let detail = serde_json::json!({ "must_change": req.must_change });
     let target = target_user(&state, &auth, &user_id).await?;
     crate::access::check_target(
         &state,
         &caller,
         &client,
+        &mine,
         "user.set_password",
         &what,
         &target,
@@ -492,7 +503,8 @@ pub async fn delete_user(
     Path(user_id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let what = format!("user/{user_id}");
-    let auth = audit::require_admin(&state, &caller, &client, "user.delete", &what).await?;
+    let (auth, mine) =
+        crate::access::require_profiled(&state, &caller, &client, "user.delete", &what).await?;
     let detail = serde_json::json!({});
     let target = target_user(&state, &auth, &user_id).await?;
     access::check_user_delete(
@@ -502,7 +514,16 @@ pub async fn delete_user(
             is_master: target.view.is_master,
         },
     )?;
-    crate::access::check_target(&state, &caller, &client, "user.delete", &what, &target).await?;
+    crate::access::check_target(
+        &state,
+        &caller,
+        &client,
+        &mine,
+        "user.delete",
+        &what,
+        &target,
+    )
+    .await?;
     state.store.delete_user(auth.company(), target.key).await?;
     audit::record(&state, &caller, &client, "user.delete", &what, detail).await?;
     Ok(StatusCode::NO_CONTENT)

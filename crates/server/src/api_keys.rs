@@ -192,10 +192,20 @@ pub async fn create(
         "user/{}/api-keys",
         user_id.chars().take(64).collect::<String>()
     );
-    let auth = audit::require_admin(&state, &caller, &client, "api_key.create", &what).await?;
+    let (auth, mine) =
+        crate::access::require_profiled(&state, &caller, &client, "api_key.create", &what).await?;
     let target = crate::admin::target_user(&state, &auth, &user_id).await?;
     // A key acts as its user: making one must not lend more than one holds.
-    crate::access::check_target(&state, &caller, &client, "api_key.create", &what, &target).await?;
+    crate::access::check_target(
+        &state,
+        &caller,
+        &client,
+        &mine,
+        "api_key.create",
+        &what,
+        &target,
+    )
+    .await?;
     let label = req.label.trim();
     let mut scopes: Vec<String> = req.scopes.iter().map(|s| s.trim().to_owned()).collect();
     scopes.sort();

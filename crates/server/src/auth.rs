@@ -313,7 +313,10 @@ pub async fn login(
     };
     // A blocked address is refused before the password is looked at, so it
     // learns nothing about it.
-    let detector_block = state.blocks.is_blocked(chain, client.ip, state.clock.now());
+    let detector_block = state
+        .blocks
+        .is_blocked_fresh(&state.store, chain, client.ip, state.clock.now())
+        .await?;
     // The company's own IP lists refuse before the password too; a user's
     // own list refuses like a wrong password (it must not tell whether the
     // user exists).

@@ -34,6 +34,28 @@ impl Blocks {
             .any(|c| map.get(&(*c, ip)).is_some_and(|until| *until > now))
     }
 
+    /// Like [`Blocks::is_blocked`], but also asks the store, so a block that
+    /// another node made in the last minute applies here at once. For the
+    /// sign-in steps (which hash a password anyway), not for every request.
+    pub async fn is_blocked_fresh(
+        &self,
+        store: &Store,
+        chain: i64,
+        ip: IpAddr,
+        now: DateTime<Utc>,
+    ) -> strongroom_store::StoreResult<bool> {
+        if self.is_blocked(chain, ip, now) {
+            return Ok(true);
+        }
+        for c in [chain, SERVER_CHAIN] {
+            if let Some(until) = store.address_blocked_until(c, &ip.to_string(), now).await? {
+                self.add(c, ip, until);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     pub(crate) fn add(&self, chain: i64, ip: IpAddr, until: DateTime<Utc>) {
         self.map
             .write()

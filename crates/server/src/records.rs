@@ -510,12 +510,7 @@ pub async fn list(
         anyone,
     )
     .await?;
-    q.only = match scope {
-        strongroom_core::policy::ListScope::All => None,
-        strongroom_core::policy::ListScope::Limited { department, owner } => {
-            Some((department, owner))
-        }
-    };
+    q.only = scope.as_filter();
     let (stored, next) = state.store.list_records(p.company, &rt, &q).await?;
     let mut items = Vec::with_capacity(stored.len());
     'records: for rec in stored {
@@ -601,12 +596,7 @@ pub async fn export(
     let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
     let mut q = RecordQuery {
         limit: MAX_PAGE,
-        only: match scope {
-            strongroom_core::policy::ListScope::All => None,
-            strongroom_core::policy::ListScope::Limited { department, owner } => {
-                Some((department, owner))
-            }
-        },
+        only: scope.as_filter(),
         ..Default::default()
     };
     let mut body = Vec::new();

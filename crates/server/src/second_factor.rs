@@ -652,13 +652,20 @@ pub async fn reset(
     Path(user_id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let what = format!("user/{}", user_id.chars().take(64).collect::<String>());
-    let auth =
-        audit::require_admin(&state, &caller, &client, "user.second_factor_reset", &what).await?;
+    let (auth, mine) = crate::access::require_profiled(
+        &state,
+        &caller,
+        &client,
+        "user.second_factor_reset",
+        &what,
+    )
+    .await?;
     let target = crate::admin::target_user(&state, &auth, &user_id).await?;
     crate::access::check_target(
         &state,
         &caller,
         &client,
+        &mine,
         "user.second_factor_reset",
         &what,
         &target,
@@ -695,13 +702,15 @@ pub async fn user_settings(
     ApiJson(req): ApiJson<strongroom_proto::UserSignInSettings>,
 ) -> ApiResult<StatusCode> {
     let what = format!("user/{}", user_id.chars().take(64).collect::<String>());
-    let auth =
-        audit::require_admin(&state, &caller, &client, "user.sign_in_settings", &what).await?;
+    let (auth, mine) =
+        crate::access::require_profiled(&state, &caller, &client, "user.sign_in_settings", &what)
+            .await?;
     let target = crate::admin::target_user(&state, &auth, &user_id).await?;
     crate::access::check_target(
         &state,
         &caller,
         &client,
+        &mine,
         "user.sign_in_settings",
         &what,
         &target,

@@ -142,6 +142,24 @@ impl Store {
     }
 
     /// Blocks still in force.
+    /// Until when an address is blocked for a chain, if it is.
+    pub async fn address_blocked_until(
+        &self,
+        chain: i64,
+        address: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<DateTime<Utc>>> {
+        let row = sqlx::query(
+            "SELECT until FROM address_blocks WHERE chain = $1 AND address = $2 AND until > $3",
+        )
+        .bind(chain)
+        .bind(address)
+        .bind(ts(now))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| from_ts(get(&r, "until")?)).transpose()
+    }
+
     pub async fn active_blocks(&self, now: DateTime<Utc>) -> StoreResult<Vec<AddressBlock>> {
         let rows = sqlx::query(
             "SELECT chain, address, until, reason FROM address_blocks WHERE until > $1",

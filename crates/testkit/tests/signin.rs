@@ -997,3 +997,42 @@ async fn a_data_key_rotation_moves_totp_secrets_to_the_new_key() {
     srv.clock.advance(Duration::seconds(60));
     srv.sign_in("ACME", "ann").await.session().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_block_made_by_another_node_applies_at_sign_in_at_once() {
+    let srv = TestServer::start_with(opts(&[("TRUSTED_PROXIES", "127.0.0.1")])).await;
+    srv.company("ACME").await;
+    let (company, _) = srv.store().company_by_code("ACME").await.unwrap().unwrap();
+    // Another node blocked the address in the shared store; this node has
+    // not reloaded its in-memory view.
+    srv.store()
+        .block_address(
+            &strongroom_store::AddressBlock {
+                chain: company.0,
+                address: "198.51.100.23".into(),
+                until: srv.clock.now() + Duration::minutes(15),
+                reason: "too_many_failed_sign_ins".into(),
+            },
+            srv.clock.now(),
+        )
+        .await
+        .unwrap();
+    let before = srv.state.hashing.verifications();
+    let e = srv
+        .client()
+        .forwarded_for("198.51.100.23")
+        .login("ACME", "master", PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(403));
+    assert_eq!(
+        srv.state.hashing.verifications(),
+        before,
+        "no hash computed"
+    );
+    srv.client()
+        .forwarded_for("198.51.100.24")
+        .login("ACME", "master", PASSWORD)
+        .await
+        .unwrap();
+}
