@@ -87,6 +87,36 @@ pub struct Options {
     pub env: Vec<(String, String)>,
 }
 
+impl Options {
+    /// Settings from `(KEY, value)` pairs, e.g. `[("TRUSTED_PROXIES", "127.0.0.1")]`.
+    pub fn with(pairs: &[(&str, &str)]) -> Options {
+        Options {
+            env: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+}
+
+/// Sends a JSON body with any method, for tests that look at the raw
+/// answer; panics only when the request cannot be made at all.
+pub async fn send_json(
+    c: &Client,
+    method: reqwest::Method,
+    path: &str,
+    body: serde_json::Value,
+) -> strongroom_client::RawResponse {
+    c.raw(
+        method,
+        path,
+        Some("application/json"),
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
 pub struct TestServer {
     /// The configuration the server was started with, as environment pairs.
     pub env: Vec<(String, String)>,

@@ -10,19 +10,8 @@ use chrono::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 use strongroom_proto::*;
-use strongroom_testkit::client::{Client, RawResponse};
-use strongroom_testkit::{new_user, Options, TestServer};
-
-async fn send(c: &Client, method: Method, path: &str, body: Value) -> RawResponse {
-    c.raw(
-        method,
-        path,
-        Some("application/json"),
-        serde_json::to_vec(&body).unwrap(),
-    )
-    .await
-    .unwrap()
-}
+use strongroom_testkit::client::Client;
+use strongroom_testkit::{new_user, send_json as send, Options, TestServer};
 
 fn person(id: &str, dept: Option<&str>, clearance: Classification, roles: &[&str]) -> CreateUser {
     CreateUser {

@@ -1106,12 +1106,7 @@ async fn every_documented_endpoint_but_the_public_ones_needs_a_session() {
 // ----- flood protection ------------------------------------------------------
 
 fn opts(pairs: &[(&str, &str)]) -> Options {
-    Options {
-        env: pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
+    Options::with(pairs)
 }
 
 #[tokio::test]

@@ -9,32 +9,12 @@
 
 use chrono::Duration;
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 use strongroom_core::clock::Clock;
 use strongroom_crypto::totp;
 use strongroom_proto::*;
-use strongroom_testkit::client::{Client, LoginStep, RawResponse};
-use strongroom_testkit::{add_record, new_user, Options, TestServer, PASSWORD};
-
-fn opts(env: &[(&str, &str)]) -> Options {
-    Options {
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
-}
-
-async fn send(c: &Client, method: Method, path: &str, body: Value) -> RawResponse {
-    c.raw(
-        method,
-        path,
-        Some("application/json"),
-        serde_json::to_vec(&body).unwrap(),
-    )
-    .await
-    .unwrap()
-}
+use strongroom_testkit::client::{Client, LoginStep};
+use strongroom_testkit::{add_record, new_user, send_json as send, Options, TestServer, PASSWORD};
 
 async fn challenge(srv: &TestServer, company: &str, user: &str) -> SecondFactorChallenge {
     match srv
@@ -337,7 +317,7 @@ async fn passkey_registration_and_sign_in_with_a_software_authenticator() {
     use webauthn_authenticator_rs::softpasskey::SoftPasskey;
     use webauthn_authenticator_rs::WebauthnAuthenticator;
     let origin = "https://records.example.test";
-    let srv = TestServer::start_with(opts(&[("PUBLIC_ORIGIN", origin)])).await;
+    let srv = TestServer::start_with(Options::with(&[("PUBLIC_ORIGIN", origin)])).await;
     let admin = srv.company_master("ACME").await;
     with_user(&srv, &admin, "ann", false).await;
     let ann = srv.sign_in("ACME", "ann").await;
@@ -419,7 +399,8 @@ async fn passkey_registration_and_sign_in_with_a_software_authenticator() {
 #[tokio::test]
 async fn lockout_grows_with_each_lockout_and_can_wait_for_an_admin() {
     // Many sign-ins from one address: lift the per-address sign-in rate.
-    let srv = TestServer::start_with(opts(&[("LOGIN_RATE_PER_IP_PER_MINUTE", "1000")])).await;
+    let srv =
+        TestServer::start_with(Options::with(&[("LOGIN_RATE_PER_IP_PER_MINUTE", "1000")])).await;
     let admin = srv.company_master("ACME").await;
     with_user(&srv, &admin, "ann", false).await;
     let fail = |n: usize| {
@@ -493,7 +474,7 @@ async fn lock_state_lives_in_the_store_for_every_node() {
 
 #[tokio::test]
 async fn one_address_cannot_spray_many_accounts() {
-    let srv = TestServer::start_with(opts(&[("TRUSTED_PROXIES", "127.0.0.1")])).await;
+    let srv = TestServer::start_with(Options::with(&[("TRUSTED_PROXIES", "127.0.0.1")])).await;
     let admin = srv.company_master("ACME").await.forwarded_for("192.0.2.10");
     let mut p = admin.sign_in_policy().await.unwrap();
     p.address_threshold = 6;
@@ -700,7 +681,11 @@ async fn the_operators_deny_list_applies_to_every_new_password() {
         ),
     )
     .unwrap();
-    let srv = TestServer::start_with(opts(&[("PASSWORD_DENY_LIST", list.to_str().unwrap())])).await;
+    let srv = TestServer::start_with(Options::with(&[(
+        "PASSWORD_DENY_LIST",
+        list.to_str().unwrap(),
+    )]))
+    .await;
     let admin = srv.company_master("ACME").await;
     for bad in ["Marble Canyon Echo Drift", "velvet otter sings loudly"] {
         let mut u = new_user("ann", false);
@@ -767,7 +752,7 @@ async fn idle_timeout_per_user_and_per_company() {
 
 #[tokio::test]
 async fn api_keys_obey_scopes_ip_rules_hours_and_revocation() {
-    let srv = TestServer::start_with(opts(&[("TRUSTED_PROXIES", "127.0.0.1")])).await;
+    let srv = TestServer::start_with(Options::with(&[("TRUSTED_PROXIES", "127.0.0.1")])).await;
     let admin = srv.company_master("ACME").await.forwarded_for("192.0.2.10");
     admin.create_user(&new_user("erp", false)).await.unwrap();
     let erp = srv.sign_in("ACME", "erp").await;
@@ -1000,7 +985,7 @@ async fn a_data_key_rotation_moves_totp_secrets_to_the_new_key() {
 
 #[tokio::test]
 async fn a_block_made_by_another_node_applies_at_sign_in_at_once() {
-    let srv = TestServer::start_with(opts(&[("TRUSTED_PROXIES", "127.0.0.1")])).await;
+    let srv = TestServer::start_with(Options::with(&[("TRUSTED_PROXIES", "127.0.0.1")])).await;
     srv.company("ACME").await;
     let (company, _) = srv.store().company_by_code("ACME").await.unwrap().unwrap();
     // Another node blocked the address in the shared store; this node has
