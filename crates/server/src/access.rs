@@ -174,8 +174,13 @@ pub fn profile_from(user: UserKey, f: &AccessFacts, now: DateTime<Utc>) -> Profi
 pub async fn profile(state: &AppState, caller: &Caller) -> ApiResult<Profile> {
     let p = &caller.principal;
     let facts = state
-        .store
-        .access_facts(p.company, p.user)
+        .policy
+        .access
+        .get_or_load(
+            (p.company.0, p.user.0),
+            caller.epoch,
+            state.store.access_facts(p.company, p.user),
+        )
         .await?
         .ok_or_else(|| ApiError::unauthenticated("the session has ended; sign in again"))?;
     Ok(profile_from(p.user, &facts, state.clock.now()))

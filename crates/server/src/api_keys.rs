@@ -111,8 +111,9 @@ pub async fn caller(parts: &mut Parts, state: &AppState, key: &str) -> ApiResult
             .await?;
         return Err(invalid());
     }
+    let epoch = state.store.policy_epoch(k.key.company).await?;
     if let Some(reason) =
-        crate::auth::admission(state, k.key.company, k.key.user, client.ip).await?
+        crate::auth::admission(state, k.key.company, k.key.user, client.ip, Some(epoch)).await?
     {
         state
             .audit
@@ -156,6 +157,7 @@ pub async fn caller(parts: &mut Parts, state: &AppState, key: &str) -> ApiResult
         token_hash: hash,
         session: None,
         api_key: Some(k.key.public_id.clone()),
+        epoch: Some(epoch),
     })
 }
 

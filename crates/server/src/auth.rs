@@ -34,6 +34,9 @@ pub struct Caller {
     pub session: Option<strongroom_store::SessionRecord>,
     /// The API key's id, when the caller used one.
     pub api_key: Option<String>,
+    /// The company's policy epoch, read with the session or key: what the
+    /// request's checks may take from [`crate::policy_cache`].
+    pub epoch: Option<i64>,
 }
 
 /// API keys start with this, so a request says which kind of secret it
@@ -71,12 +74,13 @@ pub async fn admission(
     company: CompanyId,
     user: UserKey,
     ip: std::net::IpAddr,
+    epoch: Option<i64>,
 ) -> ApiResult<Option<&'static str>> {
-    let hours = crate::hours::check(state, company, user).await?;
+    let hours = crate::hours::check(state, company, user, epoch).await?;
     if hours != strongroom_core::hours::HoursDecision::Allowed {
         return Ok(Some(crate::hours::reason(hours)));
     }
-    let ip_refused = crate::ip_rules::check(state, company, Some(user), ip).await?
+    let ip_refused = crate::ip_rules::check(state, company, Some(user), ip, epoch).await?
         != strongroom_core::ip_policy::IpDecision::Allowed;
     if ip_refused || state.blocks.is_blocked(company.0, ip, state.clock.now()) {
         return Ok(Some("ip_not_allowed"));
@@ -175,7 +179,15 @@ impl FromRequestParts<AppState> for Caller {
         }
         // Access hours, IP rules and blocks: a session ends when its window
         // closes or its address is no longer allowed.
-        if let Some(reason) = admission(state, session.company, session.user, client.ip).await? {
+        if let Some(reason) = admission(
+            state,
+            session.company,
+            session.user,
+            client.ip,
+            Some(session.policy_epoch),
+        )
+        .await?
+        {
             end_session(state, &session, &hash, reason, Some(&client)).await?;
             return Err(admission_error(reason));
         }
@@ -198,6 +210,7 @@ impl FromRequestParts<AppState> for Caller {
                 is_master: session.is_master,
             },
             token_hash: hash,
+            epoch: Some(session.policy_epoch),
             session: Some(session),
             api_key: None,
         })
@@ -329,6 +342,7 @@ pub async fn login(
             CompanyId(chain),
             account.as_ref().map(|a| a.key),
             client.ip,
+            None,
         )
         .await?;
         (
@@ -359,7 +373,7 @@ pub async fn login(
         _ => false,
     };
     let hours = match &account {
-        Some(a) if password_ok => Some(crate::hours::check(&state, a.company, a.key).await?),
+        Some(a) if password_ok => Some(crate::hours::check(&state, a.company, a.key, None).await?),
         _ => None,
     }
     .filter(|d| *d != strongroom_core::hours::HoursDecision::Allowed);

@@ -24,8 +24,17 @@ pub async fn check(
     state: &AppState,
     company: CompanyId,
     user: UserKey,
+    epoch: Option<i64>,
 ) -> ApiResult<HoursDecision> {
-    let s = state.store.hours_settings(company, user).await?;
+    let s = state
+        .policy
+        .hours
+        .get_or_load(
+            (company.0, user.0),
+            epoch,
+            state.store.hours_settings(company, user),
+        )
+        .await?;
     let tz = parse_tz(&s.timezone)
         .map_err(|_| ApiError::internal(format!("stored time zone {} is unknown", s.timezone)))?;
     Ok(decide(

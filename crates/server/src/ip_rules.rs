@@ -24,8 +24,17 @@ pub async fn decisions(
     company: CompanyId,
     user: Option<UserKey>,
     ip: IpAddr,
+    epoch: Option<i64>,
 ) -> ApiResult<(IpDecision, IpDecision)> {
-    let (company_rules, user_rules) = state.store.ip_rules_for(company, user).await?;
+    let (company_rules, user_rules) = state
+        .policy
+        .ip_rules
+        .get_or_load(
+            (company.0, user.map(|u| u.0)),
+            epoch,
+            state.store.ip_rules_for(company, user),
+        )
+        .await?;
     Ok((
         decide(ip, &company_rules, &[]),
         decide(ip, &company_rules, &user_rules),
@@ -38,8 +47,9 @@ pub async fn check(
     company: CompanyId,
     user: Option<UserKey>,
     ip: IpAddr,
+    epoch: Option<i64>,
 ) -> ApiResult<IpDecision> {
-    Ok(decisions(state, company, user, ip).await?.1)
+    Ok(decisions(state, company, user, ip, epoch).await?.1)
 }
 
 fn views(rules: &[IpRule]) -> Vec<IpRuleView> {

@@ -21,6 +21,7 @@ pub mod lockout;
 pub mod metrics;
 pub mod passkeys;
 pub mod passwords;
+pub mod policy_cache;
 pub mod records;
 pub mod reencrypt;
 pub mod sealing;
@@ -158,6 +159,7 @@ pub async fn prepare_with(
     let state = AppState {
         deny_list: Arc::new(deny_list),
         webauthn: Arc::new(webauthn),
+        policy: Arc::default(),
         store: store.clone(),
         clock: clock.clone(),
         sessions: SessionPolicy {

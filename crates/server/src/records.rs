@@ -36,11 +36,17 @@ async fn record_type(
     state: &AppState,
     company: CompanyId,
     key: &str,
+    epoch: Option<i64>,
 ) -> ApiResult<StoredRecordType> {
     let key = ident::key("record type", key).map_err(|_| ApiError::not_found("record type"))?;
     state
-        .store
-        .record_type(company, &key)
+        .policy
+        .record_types
+        .get_or_load(
+            (company.0, key.clone()),
+            epoch,
+            state.store.record_type(company, &key),
+        )
         .await?
         .ok_or_else(|| ApiError::not_found("record type"))
 }
@@ -104,7 +110,7 @@ pub async fn get_type(
     Path(key): Path<String>,
 ) -> ApiResult<Json<RecordTypeView>> {
     let prof = profile(&state, &caller).await?;
-    let rt = record_type(&state, caller.principal.company, &key).await?;
+    let rt = record_type(&state, caller.principal.company, &key, caller.epoch).await?;
     let all = prof
         .has_power(strongroom_core::policy::Power::Security)
         .is_ok();
@@ -146,7 +152,7 @@ pub async fn create_type(
         .store
         .create_record_type(auth.company(), &def, state.clock.now())
         .await?;
-    let rt = record_type(&state, auth.company(), &def.key).await?;
+    let rt = record_type(&state, auth.company(), &def.key, None).await?;
     audit::record(
         &state,
         &caller,
@@ -177,7 +183,7 @@ pub async fn add_fields(
     let what = format!("record_type/{}", key.chars().take(64).collect::<String>());
     let auth =
         audit::require_admin(&state, &caller, &client, "record_type.add_fields", &what).await?;
-    let rt = record_type(&state, auth.company(), &key).await?;
+    let rt = record_type(&state, auth.company(), &key, None).await?;
     if let Some(f) = req.fields.iter().find(|f| f.required) {
         return Err(ApiError::new(
             ErrorCode::ValidationFailed,
@@ -201,7 +207,9 @@ pub async fn add_fields(
         serde_json::json!({ "fields": req.fields.iter().map(|f| &f.key).collect::<Vec<_>>() }),
     )
     .await?;
-    Ok(Json(record_type(&state, auth.company(), &key).await?.view))
+    Ok(Json(
+        record_type(&state, auth.company(), &key, None).await?.view,
+    ))
 }
 
 // ----- records -------------------------------------------------------------
@@ -480,7 +488,7 @@ pub async fn list(
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Page<RecordView>>> {
     let p = &caller.principal;
-    let rt = record_type(&state, p.company, &type_key).await?;
+    let rt = record_type(&state, p.company, &type_key, caller.epoch).await?;
     let prof = profile(&state, &caller).await?;
     let action = if pairs.iter().any(|(k, _)| k.starts_with("f.")) {
         "record.search"
@@ -491,7 +499,7 @@ pub async fn list(
         Ok(s) => s,
         Err(why) => return Err(denied(&state, &caller, &client, action, &rt.view.key, why).await),
     };
-    let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
+    let sealer = Sealer::for_request(&state, &caller, &rt.view).await?;
     let (mut q, exact) = parse_list_query(&rt, &sealer, pairs)?;
     // Searching by a field one may not see would tell its values.
     let filtered: Vec<String> = q.equals.iter().map(|(f, _)| f.clone()).collect();
@@ -585,7 +593,7 @@ pub async fn export(
 ) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse;
     let p = &caller.principal;
-    let rt = record_type(&state, p.company, &type_key).await?;
+    let rt = record_type(&state, p.company, &type_key, caller.epoch).await?;
     let prof = profile(&state, &caller).await?;
     let scope = match prof.list_scope(&rt.view.key, rt.view.classification, Action::Export) {
         Ok(s) => s,
@@ -593,7 +601,7 @@ pub async fn export(
             return Err(denied(&state, &caller, &client, "record.export", &rt.view.key, why).await)
         }
     };
-    let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
+    let sealer = Sealer::for_request(&state, &caller, &rt.view).await?;
     let mut q = RecordQuery {
         limit: MAX_PAGE,
         only: scope.as_filter(),
@@ -664,7 +672,7 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateRecord>,
 ) -> ApiResult<(StatusCode, Json<RecordView>)> {
     let p = &caller.principal;
-    let rt = record_type(&state, p.company, &type_key).await?;
+    let rt = record_type(&state, p.company, &type_key, caller.epoch).await?;
     let prof = profile(&state, &caller).await?;
     decide_type(
         &state,
@@ -706,7 +714,7 @@ pub async fn create(
     )
     .await?;
     let plain = apply_patch(&rt.view.fields, &RecordData::new(), &req.data)?;
-    let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
+    let sealer = Sealer::for_request(&state, &caller, &rt.view).await?;
     let id = uuid::Uuid::new_v4().to_string();
     let (stored, index) = sealer.seal(&id, &plain)?;
     let event = audit::event(
@@ -769,7 +777,7 @@ pub async fn get(
         }
     }
     let p = &caller.principal;
-    let rt = record_type(&state, p.company, &type_key).await?;
+    let rt = record_type(&state, p.company, &type_key, caller.epoch).await?;
     let rec = found(&state, &caller, &client, "record.read", &rt, &id).await?;
     if rec.view.deleted_at.is_some() && !include_deleted {
         return Err(ApiError::new(
@@ -797,7 +805,7 @@ pub async fn get(
         );
         return Err(audit::refused(&state, &caller, &client, "record.reveal", &target, e).await);
     }
-    let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
+    let sealer = Sealer::for_request(&state, &caller, &rt.view).await?;
     let view = shown(&state, &sealer, p.company, &prof, &rec, &reveal).await?;
     // The read (and any reveal) is recorded before the values leave the server.
     audit::record(
@@ -836,7 +844,7 @@ pub async fn update(
     ApiJson(req): ApiJson<UpdateRecord>,
 ) -> ApiResult<Json<RecordView>> {
     let p = &caller.principal;
-    let rt = record_type(&state, p.company, &type_key).await?;
+    let rt = record_type(&state, p.company, &type_key, caller.epoch).await?;
     let rec = found(&state, &caller, &client, "record.update", &rt, &id).await?;
     let prof = profile(&state, &caller).await?;
     decide(
@@ -878,7 +886,7 @@ pub async fn update(
             ));
         }
     }
-    let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
+    let sealer = Sealer::for_request(&state, &caller, &rt.view).await?;
     let current = sealer
         .open(&state.keys, p.company, &rec.view.id, &rec.view.data)
         .await?;
@@ -962,7 +970,7 @@ pub async fn delete(
     Path((type_key, id)): Path<(String, String)>,
 ) -> ApiResult<Json<RecordView>> {
     let p = &caller.principal;
-    let rt = record_type(&state, p.company, &type_key).await?;
+    let rt = record_type(&state, p.company, &type_key, caller.epoch).await?;
     let rec = found(&state, &caller, &client, "record.delete", &rt, &id).await?;
     let prof = profile(&state, &caller).await?;
     decide(
@@ -982,7 +990,7 @@ pub async fn delete(
             "record is already deleted",
         ));
     }
-    let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
+    let sealer = Sealer::for_request(&state, &caller, &rt.view).await?;
     let plain = sealer
         .open(&state.keys, p.company, &rec.view.id, &rec.view.data)
         .await?;
@@ -1015,7 +1023,7 @@ pub async fn history(
     Path((type_key, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Vec<RecordVersionView>>> {
     let p = &caller.principal;
-    let rt = record_type(&state, p.company, &type_key).await?;
+    let rt = record_type(&state, p.company, &type_key, caller.epoch).await?;
     let rec = found(&state, &caller, &client, "record.history", &rt, &id).await?;
     let prof = profile(&state, &caller).await?;
     decide(
@@ -1029,7 +1037,7 @@ pub async fn history(
         &rec,
     )
     .await?;
-    let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
+    let sealer = Sealer::for_request(&state, &caller, &rt.view).await?;
     let mut out = Vec::new();
     for mut v in state.store.record_history(p.company, &rec).await? {
         let plain = sealer
@@ -1070,7 +1078,7 @@ pub async fn restore(
     OptionalJson(req): OptionalJson<RestoreRecord>,
 ) -> ApiResult<Json<RecordView>> {
     let p = &caller.principal;
-    let rt = record_type(&state, p.company, &type_key).await?;
+    let rt = record_type(&state, p.company, &type_key, caller.epoch).await?;
     let rec = found(&state, &caller, &client, "record.restore", &rt, &id).await?;
     let prof = profile(&state, &caller).await?;
     // Undeleting needs the right to delete; going back to a version, the
@@ -1105,7 +1113,7 @@ pub async fn restore(
         )
         .await?;
     }
-    let sealer = Sealer::new(&state.keys, p.company, &p.company_code, &rt.view).await?;
+    let sealer = Sealer::for_request(&state, &caller, &rt.view).await?;
     match req.version {
         None => {
             if rec.view.deleted_at.is_none() {

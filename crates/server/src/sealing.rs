@@ -87,6 +87,32 @@ pub struct Sealer<'a> {
 }
 
 impl<'a> Sealer<'a> {
+    /// The keys a request's caller works with: the current key versions
+    /// come from the policy cache under the caller's epoch (a rotation
+    /// moves the epoch), the keys themselves from the key ring's cache.
+    pub async fn for_request(
+        state: &crate::state::AppState,
+        caller: &'a crate::auth::Caller,
+        record_type: &'a RecordTypeView,
+    ) -> Result<Sealer<'a>, ApiError> {
+        let company = caller.principal.company;
+        let (d, i) = state
+            .policy
+            .key_versions
+            .get_or_load(
+                company.0,
+                caller.epoch,
+                state.store.current_data_and_index_versions(company),
+            )
+            .await?;
+        Ok(Sealer {
+            company_code: &caller.principal.company_code,
+            record_type,
+            data_key: state.keys.key(company, KeyPurpose::Data, d).await?,
+            index_key: state.keys.key(company, KeyPurpose::Index, i).await?,
+        })
+    }
+
     pub async fn new(
         keys: &KeyRing,
         company: CompanyId,

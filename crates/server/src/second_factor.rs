@@ -304,7 +304,7 @@ pub async fn answer(
     } else if locked {
         Some("account_locked")
     } else {
-        crate::auth::admission(&state, ch.company, ch.user, client.ip).await?
+        crate::auth::admission(&state, ch.company, ch.user, client.ip, None).await?
     };
     if let Some(reason) = refusal {
         state.store.delete_challenge(&hash).await?;

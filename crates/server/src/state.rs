@@ -30,6 +30,8 @@ pub struct AppState {
     pub deny_list: Arc<crate::passwords::DenyList>,
     /// Passkey ceremonies, bound to the public origin's host name.
     pub webauthn: Arc<webauthn_rs::Webauthn>,
+    /// Security checks' inputs, cached under each company's policy epoch.
+    pub policy: Arc<crate::policy_cache::PolicyCache>,
 }
 
 /// Password hashing off the async executor, a bounded number at a time, so

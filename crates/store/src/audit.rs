@@ -87,6 +87,10 @@ fn checkpoint_from_row(r: &AnyRow) -> StoreResult<Checkpoint> {
 /// Appends events to their chains inside `tx`: each chain's head is locked,
 /// so concurrent writers (several nodes on PostgreSQL) take turns and the
 /// chain never forks.
+/// Events stored by one INSERT (15 parameters each, well under both
+/// backends' parameter limits).
+const ROWS_PER_INSERT: usize = 50;
+
 pub(crate) async fn chain_events(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     dialect: Dialect,
@@ -115,31 +119,50 @@ pub(crate) async fn chain_events(
         .await?;
         let mut seq: i64 = get(&head, "seq")?;
         let mut prev: Vec<u8> = get(&head, "hash")?;
-        for e in events.iter().filter(|e| e.chain == chain) {
-            seq += 1;
-            let hash = chain_hash(&prev, &e.canonical(seq)).to_vec();
-            sqlx::query(&format!(
-                "INSERT INTO audit_events ({EVENT_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
-            ))
-            .bind(chain)
-            .bind(seq)
-            .bind(ts(e.at))
-            .bind(&e.actor)
-            .bind(&e.action)
-            .bind(&e.target)
-            .bind(e.outcome.as_str())
-            .bind(e.reason.as_deref())
-            .bind(&e.detail)
-            .bind(e.session.as_deref())
-            .bind(e.client_ip.as_deref())
-            .bind(e.user_agent.as_deref())
-            .bind(e.request_id.as_deref())
-            .bind(prev.clone())
-            .bind(hash.clone())
-            .execute(&mut **tx)
-            .await?;
-            prev = hash;
+        // Linked in order, then stored with one statement per group of
+        // rows (a batch of a few hundred events is a few statements, not a
+        // few hundred).
+        let mine: Vec<&AuditEvent> = events.iter().filter(|e| e.chain == chain).collect();
+        for group in mine.chunks(ROWS_PER_INSERT) {
+            let mut sql = format!("INSERT INTO audit_events ({EVENT_COLUMNS}) VALUES ");
+            let mut links = Vec::with_capacity(group.len());
+            for (i, e) in group.iter().enumerate() {
+                seq += 1;
+                let hash = chain_hash(&prev, &e.canonical(seq)).to_vec();
+                links.push((seq, std::mem::replace(&mut prev, hash.clone()), hash));
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                let b = i * 15;
+                sql.push('(');
+                for c in 1..=15 {
+                    if c > 1 {
+                        sql.push_str(", ");
+                    }
+                    sql.push_str(&format!("${}", b + c));
+                }
+                sql.push(')');
+            }
+            let mut q = sqlx::query(&sql);
+            for (e, (seq, prev, hash)) in group.iter().zip(links) {
+                q = q
+                    .bind(chain)
+                    .bind(seq)
+                    .bind(ts(e.at))
+                    .bind(e.actor.clone())
+                    .bind(e.action.clone())
+                    .bind(e.target.clone())
+                    .bind(e.outcome.as_str())
+                    .bind(e.reason.clone())
+                    .bind(e.detail.clone())
+                    .bind(e.session.clone())
+                    .bind(e.client_ip.clone())
+                    .bind(e.user_agent.clone())
+                    .bind(e.request_id.clone())
+                    .bind(prev)
+                    .bind(hash);
+            }
+            q.execute(&mut **tx).await?;
         }
         sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE chain = $1")
             .bind(chain)

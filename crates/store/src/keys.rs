@@ -545,6 +545,11 @@ impl Store {
         if n != 1 {
             return Err(StoreError::NotFound("no such company".into()));
         }
+        // Last: the deletions above moved it once more.
+        sqlx::query("DELETE FROM policy_epochs WHERE company_id = $1")
+            .bind(company.0)
+            .execute(&mut *w.tx)
+            .await?;
         w.commit().await
     }
 }

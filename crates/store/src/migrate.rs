@@ -62,10 +62,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "backup and drill evidence",
         sql: include_str!("../migrations/0010_backup_runs.sql"),
     },
+    Migration {
+        version: 11,
+        name: "policy epochs: a counter per company that security changes move",
+        sql: include_str!("../migrations/0011_policy_epochs.sql"),
+    },
 ];
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 10;
+pub const SCHEMA_VERSION: i64 = 11;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationReport {
@@ -81,7 +86,83 @@ fn render(sql: &str, dialect: Dialect) -> String {
             "BYTEA",
         ),
     };
-    sql.replace("{id}", id).replace("{blob}", blob)
+    let sql = sql.replace("{id}", id).replace("{blob}", blob);
+    if sql.contains("{policy_epoch_triggers}") {
+        sql.replace("{policy_epoch_triggers}", &policy_epoch_triggers(dialect))
+    } else {
+        sql
+    }
+}
+
+/// The tables whose rows the per-request security checks read (and a node
+/// may cache), with the column naming their company.
+pub const POLICY_TABLES: &[(&str, &str)] = &[
+    ("companies", "id"),
+    ("departments", "company_id"),
+    ("users", "company_id"),
+    ("access_windows", "company_id"),
+    ("ip_rules", "company_id"),
+    ("company_settings", "company_id"),
+    ("roles", "company_id"),
+    ("user_roles", "company_id"),
+    ("department_roles", "company_id"),
+    ("pledge_versions", "company_id"),
+    ("pledge_acceptances", "company_id"),
+    ("training_policy", "company_id"),
+    ("record_types", "company_id"),
+    ("record_fields", "company_id"),
+    ("company_keys", "company_id"),
+];
+
+/// Triggers that move a company's policy epoch whenever a row of a
+/// [`POLICY_TABLES`] table is inserted, changed or deleted. (A deleted
+/// company's counter is removed by `delete_company`, not re-made.)
+fn policy_epoch_triggers(dialect: Dialect) -> String {
+    let mut out = String::new();
+    match dialect {
+        Dialect::Sqlite => {
+            for (table, col) in POLICY_TABLES {
+                for (op, row) in [("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")] {
+                    if *table == "companies" && op == "DELETE" {
+                        continue;
+                    }
+                    out.push_str(&format!(
+                        "CREATE TRIGGER policy_epoch_{table}_{name} AFTER {op} ON {table} BEGIN \
+                         INSERT INTO policy_epochs (company_id, epoch) VALUES ({row}.{col}, 1) \
+                         ON CONFLICT (company_id) DO UPDATE SET epoch = epoch + 1; END;\n",
+                        name = op.to_ascii_lowercase()
+                    ));
+                }
+            }
+        }
+        Dialect::Postgres => {
+            out.push_str(
+                "CREATE FUNCTION policy_epoch_bump() RETURNS trigger LANGUAGE plpgsql AS $$\n\
+                 DECLARE c BIGINT;\n\
+                 BEGIN\n\
+                   IF TG_TABLE_NAME = 'companies' THEN c := NEW.id;\n\
+                   ELSIF TG_OP = 'DELETE' THEN c := OLD.company_id;\n\
+                   ELSE c := NEW.company_id;\n\
+                   END IF;\n\
+                   INSERT INTO policy_epochs (company_id, epoch) VALUES (c, 1)\n\
+                     ON CONFLICT (company_id) DO UPDATE SET epoch = policy_epochs.epoch + 1;\n\
+                   RETURN NULL;\n\
+                 END $$;\n",
+            );
+            for (table, _) in POLICY_TABLES {
+                let ops = if *table == "companies" {
+                    "INSERT OR UPDATE"
+                } else {
+                    "INSERT OR UPDATE OR DELETE"
+                };
+                out.push_str(&format!(
+                    "CREATE TRIGGER policy_epoch_{table} AFTER {ops} ON {table} \
+                     FOR EACH ROW EXECUTE FUNCTION policy_epoch_bump();\n"
+                ));
+            }
+        }
+    }
+    out
 }
 
 impl Store {

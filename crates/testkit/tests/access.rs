@@ -945,3 +945,76 @@ async fn deleting_a_company_removes_its_access_and_sign_in_state() {
         assert_eq!(n, 0, "{table} still holds rows of the deleted company");
     }
 }
+
+/// The server caches what its checks read (roles, IP rules, access hours,
+/// record types) under a counter the store moves on every such change. A
+/// change made beneath this server (by another node, a tool, plain SQL)
+/// must apply at the next request all the same.
+#[tokio::test]
+async fn changes_made_beneath_the_server_apply_at_the_next_request() {
+    let srv = TestServer::start().await;
+    let admin = srv.company_master("ACME").await;
+    let r = record_in(&admin, "customer", None, customer("Beneath")).await;
+    admin
+        .create_user(&person(
+            "pat",
+            None,
+            Classification::Restricted,
+            &["records_full"],
+        ))
+        .await
+        .unwrap();
+    let pat = srv.sign_in("ACME", "pat").await;
+    for _ in 0..3 {
+        pat.record("customer", &r.id).await.unwrap();
+    }
+
+    // Roles taken away in the store: the next read is refused.
+    let removed = srv
+        .raw_sql(
+            "DELETE FROM user_roles WHERE user_key = (SELECT id FROM users WHERE user_id = 'pat')",
+        )
+        .await;
+    assert_eq!(removed, 1);
+    assert_eq!(
+        pat.record("customer", &r.id).await.unwrap_err().status(),
+        Some(403)
+    );
+    // And given back the same way: allowed again.
+    srv.raw_sql(
+        "INSERT INTO user_roles (company_id, user_key, role_id) \
+         SELECT u.company_id, u.id, r.id FROM users u JOIN roles r ON r.company_id = u.company_id \
+         WHERE u.user_id = 'pat' AND r.name = 'records_full'",
+    )
+    .await;
+    pat.record("customer", &r.id).await.unwrap();
+
+    // Clearance lowered to the record type's level, then the type raised
+    // above it, in the store: refused at once.
+    srv.raw_sql("UPDATE users SET clearance = 'confidential' WHERE user_id = 'pat'")
+        .await;
+    pat.record("customer", &r.id).await.unwrap();
+    srv.raw_sql(
+        "UPDATE record_types SET classification = 'restricted' WHERE type_key = 'customer'",
+    )
+    .await;
+    assert_eq!(
+        pat.record("customer", &r.id).await.unwrap_err().status(),
+        Some(403)
+    );
+    srv.raw_sql("UPDATE users SET clearance = 'restricted' WHERE user_id = 'pat'")
+        .await;
+    pat.record("customer", &r.id).await.unwrap();
+
+    // A company block list naming the test client's address: refused, and
+    // the session is ended.
+    srv.raw_sql(
+        "INSERT INTO ip_rules (company_id, user_key, kind, network, label, created_at) \
+         SELECT id, NULL, 'block', '127.0.0.0/8', 'beneath', 0 FROM companies WHERE code = 'ACME'",
+    )
+    .await;
+    assert_eq!(
+        pat.record("customer", &r.id).await.unwrap_err().status(),
+        Some(403)
+    );
+}
