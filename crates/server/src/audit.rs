@@ -90,6 +90,9 @@ async fn writer(
     detection: crate::detection::Detection,
     mut rx: mpsc::Receiver<(Vec<AuditEvent>, Reply)>,
 ) {
+    // The newest checkpoint's sequence number per chain, as far as this
+    // writer knows (it only grows; a stale value costs one query).
+    let mut signed: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let mut n = batch[0].0.len();
@@ -103,7 +106,8 @@ async fn writer(
             }
         }
         let events: Vec<AuditEvent> = batch.iter().flat_map(|(e, _)| e.iter().cloned()).collect();
-        let result = store.append_audit(&events).await.map_err(|e| e.to_string());
+        let written = store.append_audit(&events).await.map_err(|e| e.to_string());
+        let result = written.as_ref().map(|_| ()).map_err(Clone::clone);
         if let Err(e) = &result {
             tracing::error!(error = %e, events = events.len(), "AUDIT WRITE FAILED; the requests waiting for it fail");
         }
@@ -115,13 +119,33 @@ async fn writer(
         for (_, reply) in batch {
             let _ = reply.send(result.clone());
         }
-        if result.is_ok() {
-            // Every CHECKPOINT_EVERY events a chain gets a signed checkpoint.
-            let mut chains: Vec<i64> = events.iter().map(|e| e.chain).collect();
-            chains.dedup();
-            for chain in chains {
-                if let Err(e) = checkpoint(&store, &keys, chain, clock.now(), false).await {
-                    tracing::warn!(chain, error = %e.message, "audit checkpoint failed");
+        // Every CHECKPOINT_EVERY events a chain gets a signed checkpoint.
+        for head in written.unwrap_or_default() {
+            if head.chain == SERVER_CHAIN {
+                continue;
+            }
+            let known = signed.get(&head.chain).copied().unwrap_or(i64::MIN / 2);
+            if head.seq - known < CHECKPOINT_EVERY {
+                continue;
+            }
+            let last = match store.last_checkpoint_seq(head.chain).await {
+                Ok(last) => last.unwrap_or(0),
+                Err(e) => {
+                    tracing::warn!(chain = head.chain, error = %e, "audit checkpoint failed");
+                    continue;
+                }
+            };
+            signed.insert(head.chain, last);
+            if head.seq - last < CHECKPOINT_EVERY {
+                continue;
+            }
+            match sign_checkpoint(&store, &keys, head.chain, head.seq, head.hash, clock.now()).await
+            {
+                Ok(()) => {
+                    signed.insert(head.chain, head.seq);
+                }
+                Err(e) => {
+                    tracing::warn!(chain = head.chain, error = %e.message, "audit checkpoint failed")
                 }
             }
         }
@@ -228,16 +252,25 @@ pub async fn checkpoint(
     let Some((seq, hash)) = store.audit_head(chain).await? else {
         return Ok(None);
     };
-    let last = store
-        .checkpoints(chain)
-        .await?
-        .last()
-        .map(|c| c.seq)
-        .unwrap_or(0);
+    let last = store.last_checkpoint_seq(chain).await?.unwrap_or(0);
     let due = seq - last >= CHECKPOINT_EVERY || (force && seq > last);
     if !due {
         return Ok(None);
     }
+    sign_checkpoint(store, keys, chain, seq, hash, now).await?;
+    Ok(Some(seq))
+}
+
+/// Signs a checkpoint of a chain at `seq` (whose event hash is `hash`) with
+/// the company's audit-signing key, and stores it.
+async fn sign_checkpoint(
+    store: &Store,
+    keys: &KeyRing,
+    chain: i64,
+    seq: i64,
+    hash: Vec<u8>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> ApiResult<()> {
     let key = keys
         .current(CompanyId(chain), KeyPurpose::AuditSigning)
         .await?;
@@ -254,7 +287,7 @@ pub async fn checkpoint(
             signature: sig.as_ref().to_vec(),
         })
         .await?;
-    Ok(Some(seq))
+    Ok(())
 }
 
 /// Checkpoints every chain that is due; with `force`, every chain with

@@ -95,7 +95,8 @@ pub(crate) async fn chain_events(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     dialect: Dialect,
     events: &[AuditEvent],
-) -> StoreResult<()> {
+) -> StoreResult<Vec<ChainHead>> {
+    let mut heads = Vec::new();
     let mut chains: Vec<i64> = events.iter().map(|e| e.chain).collect();
     chains.sort_unstable();
     chains.dedup();
@@ -167,23 +168,46 @@ pub(crate) async fn chain_events(
         sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE chain = $1")
             .bind(chain)
             .bind(seq)
-            .bind(prev)
+            .bind(prev.clone())
             .execute(&mut **tx)
             .await?;
+        heads.push(ChainHead {
+            chain,
+            seq,
+            hash: prev,
+        });
     }
-    Ok(())
+    Ok(heads)
+}
+
+/// Where a chain ended after a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHead {
+    pub chain: i64,
+    pub seq: i64,
+    pub hash: Vec<u8>,
 }
 
 impl Store {
     /// Stores events durably (one transaction for the batch). Returns only
-    /// once they are committed.
-    pub async fn append_audit(&self, events: &[AuditEvent]) -> StoreResult<()> {
+    /// once they are committed, with where each chain written to now ends.
+    pub async fn append_audit(&self, events: &[AuditEvent]) -> StoreResult<Vec<ChainHead>> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut w = self.write_tx().await?;
-        chain_events(&mut w.tx, self.dialect, events).await?;
-        w.commit().await
+        let heads = chain_events(&mut w.tx, self.dialect, events).await?;
+        w.commit().await?;
+        Ok(heads)
+    }
+
+    /// The sequence number of a chain's newest signed checkpoint.
+    pub async fn last_checkpoint_seq(&self, chain: i64) -> StoreResult<Option<i64>> {
+        let row = sqlx::query("SELECT MAX(seq) AS seq FROM audit_checkpoints WHERE chain = $1")
+            .bind(chain)
+            .fetch_one(&self.pool)
+            .await?;
+        get(&row, "seq")
     }
 
     /// A page of one chain's events, oldest first, after `q.after_seq`.

@@ -94,6 +94,11 @@ pub enum Dialect {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Where write transactions run. For SQLite, one connection of its own:
+    /// SQLite has one writer at a time anyway, and a writer (the audit log's
+    /// group commit above all) must not queue for a connection behind
+    /// dozens of reads. For PostgreSQL, the shared pool.
+    write_pool: AnyPool,
     dialect: Dialect,
     /// SQLite allows one writer at a time; taking this before a write
     /// transaction turns "database is locked" errors into a short wait.
@@ -179,16 +184,25 @@ impl Store {
             });
         }
         let pool = pool_opts
+            .clone()
             .connect(&url)
             .await
             .map_err(|e| StoreError::Config(describe_connect_error(&e, dialect)))?;
-        if dialect == Dialect::Sqlite {
+        let write_pool = if dialect == Dialect::Sqlite {
             sqlx::raw_sql("PRAGMA journal_mode = WAL;")
                 .execute(&pool)
                 .await?;
-        }
+            pool_opts
+                .max_connections(1)
+                .connect(&url)
+                .await
+                .map_err(|e| StoreError::Config(describe_connect_error(&e, dialect)))?
+        } else {
+            pool.clone()
+        };
         Ok(Store {
             pool,
+            write_pool,
             dialect,
             write_lock: (dialect == Dialect::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(()))),
         })
@@ -212,6 +226,7 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.write_pool.close().await;
     }
 
     /// Starts a write transaction (serialised on SQLite).
@@ -220,7 +235,7 @@ impl Store {
             Some(l) => Some(l.lock().await),
             None => None,
         };
-        let tx = self.pool.begin().await?;
+        let tx = self.write_pool.begin().await?;
         Ok(WriteTx { tx, _guard: guard })
     }
 
