@@ -129,6 +129,12 @@ async fn start(no_audit: bool, database_url: Option<&str>, tag: &str) -> anyhow:
             "100000".into(),
         ),
     ];
+    // The operator's own STRONGROOM_* settings apply too (to try a setting's
+    // effect, e.g. STRONGROOM_DB_MAX_CONNECTIONS=4), after the suite's.
+    env.extend(
+        std::env::vars()
+            .filter(|(k, _)| k.starts_with("STRONGROOM_") && k != "STRONGROOM_BENCH_TOKEN"),
+    );
     let database = match database_url {
         Some(u) if u.starts_with("postgres") => {
             let (db, url) = ScratchDatabase::new(u, tag).await?;
