@@ -13,11 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
-use serde_json::{json, Value};
+use serde_json::Value;
 use strongroom_core::clock::{Clock, SystemClock};
-use strongroom_core::record::apply_patch;
 use strongroom_crypto::envelope::{self, FieldContext, SecretKey};
-use strongroom_proto::{DeletedFilter, RecordData};
+use strongroom_proto::DeletedFilter;
 use strongroom_server::sealing::Sealer;
 use strongroom_store::RecordQuery;
 
@@ -417,46 +416,12 @@ async fn populate(records: usize, database_url: Option<String>) -> anyhow::Resul
     )
     .await?;
     let (company, _) = store.company_by_code(&code).await?.context("company")?;
-    let owner = store.user(company, "master").await?.context("master")?.key;
     let keys = strongroom_server::keys::KeyRing::new(provider.clone(), store.clone());
+    suite::insert_customers(&store, &keys, company, &code, 0..records, |_| Ok(())).await?;
     let rt = store
         .record_type(company, "customer")
         .await?
         .context("customer type")?;
-    let sealer = Sealer::new(&keys, company, &code, &rt.view)
-        .await
-        .map_err(|e| anyhow::anyhow!(e.message))?;
-    for i in 0..records {
-        let patch: RecordData = json!({
-            "name": format!("Customer {i}"),
-            "email": format!("c{i}@example.com"),
-            "national_id": format!("0792{i:08}"),
-            "card_number": "4539578763621486",
-            "bank_account": format!("00710{i:08}"),
-        })
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-        let plain = apply_patch(&rt.view.fields, &RecordData::new(), &patch)?;
-        let id = uuid::Uuid::new_v4().to_string();
-        let (stored, index) = sealer
-            .seal(&id, &plain)
-            .map_err(|e| anyhow::anyhow!(e.message))?;
-        store
-            .insert_record(
-                company,
-                &rt,
-                &id,
-                None,
-                &stored,
-                &index,
-                owner,
-                &[],
-                clock.now(),
-            )
-            .await?;
-    }
-    drop(sealer);
     Ok(Populated {
         dir,
         url,

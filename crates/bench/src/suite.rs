@@ -231,21 +231,40 @@ fn customer(i: usize) -> RecordData {
 async fn fill(s: &Server, from: usize, to: usize, paths: &Path) -> anyhow::Result<()> {
     let store = &s.state.store;
     let (company, _) = store.company_by_code(&s.code).await?.context("company")?;
-    let owner = store.user(company, "master").await?.context("master")?.key;
-    let rt = store
-        .record_type(company, "customer")
-        .await?
-        .context("customer type")?;
-    let sealer = Sealer::new(&s.state.keys, company, &s.code, &rt.view)
-        .await
-        .map_err(|e| anyhow::anyhow!(e.message))?;
     let mut out = std::io::BufWriter::new(
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(paths)?,
     );
-    for i in from..to {
+    insert_customers(store, &s.state.keys, company, &s.code, from..to, |id| {
+        writeln!(out, "/api/v1/records/customer/{id}")
+    })
+    .await?;
+    out.flush()?;
+    store.analyze().await?;
+    Ok(())
+}
+
+/// Seals and stores customers numbered `range` (owned by the company's
+/// master), telling `each` every new record's id.
+pub(crate) async fn insert_customers(
+    store: &strongroom_store::Store,
+    keys: &strongroom_server::keys::KeyRing,
+    company: strongroom_core::CompanyId,
+    code: &str,
+    range: std::ops::Range<usize>,
+    mut each: impl FnMut(&str) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let owner = store.user(company, "master").await?.context("master")?.key;
+    let rt = store
+        .record_type(company, "customer")
+        .await?
+        .context("customer type")?;
+    let sealer = Sealer::new(keys, company, code, &rt.view)
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    for i in range {
         let plain = apply_patch(&rt.view.fields, &RecordData::new(), &customer(i))?;
         let id = uuid::Uuid::new_v4().to_string();
         let (stored, index) = sealer
@@ -264,10 +283,8 @@ async fn fill(s: &Server, from: usize, to: usize, paths: &Path) -> anyhow::Resul
                 SystemClock.now(),
             )
             .await?;
-        writeln!(out, "/api/v1/records/customer/{id}")?;
+        each(&id)?;
     }
-    out.flush()?;
-    store.analyze().await?;
     Ok(())
 }
 
@@ -668,30 +685,15 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<()> {
     )
     .await?;
     let pick: Vec<usize> = (0..256).map(|i| (i * 7919) % a.records.max(1)).collect();
-    let plain = drive(
-        &on,
-        Load {
-            paths: pick
-                .iter()
-                .map(|i| format!("/api/v1/records/customer?f.email=c{i}@example.com"))
-                .collect(),
-            ..Load::get("", 32)
-        },
-        secs,
-    )
-    .await?;
-    let blind = drive(
-        &on,
-        Load {
-            paths: pick
-                .iter()
-                .map(|i| format!("/api/v1/records/customer?f.national_id=0792{i:08}"))
-                .collect(),
-            ..Load::get("", 32)
-        },
-        secs,
-    )
-    .await?;
+    let search = |query: fn(usize) -> String| Load {
+        paths: pick
+            .iter()
+            .map(|&i| format!("/api/v1/records/customer?{}", query(i)))
+            .collect(),
+        ..Load::get("", 32)
+    };
+    let plain = drive(&on, search(|i| format!("f.email=c{i}@example.com")), secs).await?;
+    let blind = drive(&on, search(|i| format!("f.national_id=0792{i:08}")), secs).await?;
     t.row(
         "list, 50 records a page, masked, audited",
         32,
