@@ -102,22 +102,35 @@ pub(crate) async fn chain_events(
     chains.dedup();
     // Heads are locked in chain order, so two batches never deadlock.
     for chain in chains {
-        sqlx::query("INSERT INTO audit_heads (chain, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (chain) DO NOTHING")
-            .bind(chain)
-            .bind(genesis(chain).to_vec())
-            .execute(&mut **tx)
-            .await?;
         let lock = if dialect == Dialect::Postgres {
             " FOR UPDATE"
         } else {
             ""
         };
-        let head = sqlx::query(&format!(
-            "SELECT seq, hash FROM audit_heads WHERE chain = $1{lock}"
-        ))
-        .bind(chain)
-        .fetch_one(&mut **tx)
-        .await?;
+        let select = format!("SELECT seq, hash FROM audit_heads WHERE chain = $1{lock}");
+        // A chain's first event makes its head (a second writer doing the
+        // same at once is harmless: the insert does nothing, and the row is
+        // then read and locked).
+        let head = match sqlx::query(&select)
+            .bind(chain)
+            .fetch_optional(&mut **tx)
+            .await?
+        {
+            Some(head) => head,
+            None => {
+                sqlx::query(
+                    "INSERT INTO audit_heads (chain, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (chain) DO NOTHING",
+                )
+                .bind(chain)
+                .bind(genesis(chain).to_vec())
+                .execute(&mut **tx)
+                .await?;
+                sqlx::query(&select)
+                    .bind(chain)
+                    .fetch_one(&mut **tx)
+                    .await?
+            }
+        };
         let mut seq: i64 = get(&head, "seq")?;
         let mut prev: Vec<u8> = get(&head, "hash")?;
         // Linked in order, then stored with one statement per group of

@@ -564,18 +564,37 @@ pub(crate) async fn write_index(
     record_id: i64,
     index: &IndexEntries,
 ) -> StoreResult<()> {
-    for (key, text) in index {
-        sqlx::query(
-            "INSERT INTO record_index (record_id, field_key, company_id, record_type_id, value) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(record_id)
-        .bind(key)
-        .bind(company.0)
-        .bind(type_id)
-        .bind(text)
-        .execute(&mut **tx)
-        .await?;
+    // One statement for all of a record's entries (a record has at most a
+    // few dozen fields, far below both backends' parameter limits).
+    let entries: Vec<_> = index.iter().collect();
+    for group in entries.chunks(100) {
+        let mut sql = String::from(
+            "INSERT INTO record_index (record_id, field_key, company_id, record_type_id, value) VALUES ",
+        );
+        for i in 0..group.len() {
+            let b = i * 5;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5
+            ));
+        }
+        let mut q = sqlx::query(&sql);
+        for (key, text) in group {
+            q = q
+                .bind(record_id)
+                .bind(key.to_string())
+                .bind(company.0)
+                .bind(type_id)
+                .bind(text.to_string());
+        }
+        q.execute(&mut **tx).await?;
     }
     Ok(())
 }
