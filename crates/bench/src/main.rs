@@ -402,19 +402,7 @@ async fn populate(records: usize, database_url: Option<String>) -> anyhow::Resul
     let provider: Arc<dyn strongroom_crypto::provider::KeyProvider> = Arc::new(provider);
     // A company of its own, so a reused PostgreSQL database works too.
     let code = format!("B{}", std::process::id());
-    strongroom_server::init_company(
-        &store,
-        provider.as_ref(),
-        clock.now(),
-        strongroom_server::NewCompany {
-            code: &code,
-            name: "Bench",
-            admin: "master",
-            admin_name: "Master",
-            password: "plum orchard violin tram",
-        },
-    )
-    .await?;
+    suite::new_company(&store, provider.as_ref(), &code).await?;
     let (company, _) = store.company_by_code(&code).await?.context("company")?;
     let keys = strongroom_server::keys::KeyRing::new(provider.clone(), store.clone());
     suite::insert_customers(&store, &keys, company, &code, 0..records, |_| Ok(())).await?;

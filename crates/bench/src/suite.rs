@@ -160,19 +160,7 @@ async fn start(no_audit: bool, database_url: Option<&str>, tag: &str) -> anyhow:
         std::future::pending(),
     ));
     let code = "BENCH".to_owned();
-    strongroom_server::init_company(
-        &state.store,
-        state.keys.provider(),
-        clock.now(),
-        strongroom_server::NewCompany {
-            code: &code,
-            name: "Bench",
-            admin: "master",
-            admin_name: "Master",
-            password: PASSWORD,
-        },
-    )
-    .await?;
+    new_company(&state.store, state.keys.provider(), &code).await?;
     // Detectors would (rightly) stop one client reading thousands of
     // records a second; the suite measures the checks, not the responses.
     let (company, _) = state
@@ -209,6 +197,28 @@ async fn start(no_audit: bool, database_url: Option<&str>, tag: &str) -> anyhow:
         dir,
         _database: database,
     })
+}
+
+/// A benchmark company with its master (password [`PASSWORD`]).
+pub(crate) async fn new_company(
+    store: &strongroom_store::Store,
+    provider: &dyn strongroom_crypto::provider::KeyProvider,
+    code: &str,
+) -> anyhow::Result<()> {
+    strongroom_server::init_company(
+        store,
+        provider,
+        SystemClock.now(),
+        strongroom_server::NewCompany {
+            code,
+            name: "Bench",
+            admin: "master",
+            admin_name: "Master",
+            password: PASSWORD,
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 fn customer(i: usize) -> RecordData {
@@ -791,29 +801,19 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<()> {
     crate::chain_verify(&on.state, &on.code).await?;
 
     // 7. Scale.
-    let small = drive_file(
-        &on.target,
-        &Load {
+    // Every record of the data set, in turn, from 32 connections.
+    let random_reads = || async {
+        let all = Load {
             paths: Vec::new(),
             ..Load::get("", 32)
-        },
-        &paths,
-        secs,
-    )
-    .await?;
+        };
+        drive_file(&on.target, &all, &paths, secs).await
+    };
+    let small = random_reads().await?;
     let t0 = Instant::now();
     fill(&on, a.records, a.scale_records, &paths).await?;
     let fill_s = t0.elapsed().as_secs_f64();
-    let big = drive_file(
-        &on.target,
-        &Load {
-            paths: Vec::new(),
-            ..Load::get("", 32)
-        },
-        &paths,
-        secs,
-    )
-    .await?;
+    let big = random_reads().await?;
     let (with_big, peak) = rss_mb();
     let mut t = Table::new(&format!(
         "7. Scale: reads of random records, {} vs {} customers (the larger set loaded in {fill_s:.0} s)",

@@ -111,9 +111,14 @@ pub async fn caller(parts: &mut Parts, state: &AppState, key: &str) -> ApiResult
             .await?;
         return Err(invalid());
     }
-    let epoch = state.store.policy_epoch(k.key.company).await?;
-    if let Some(reason) =
-        crate::auth::admission(state, k.key.company, k.key.user, client.ip, Some(epoch)).await?
+    if let Some(reason) = crate::auth::admission(
+        state,
+        k.key.company,
+        k.key.user,
+        client.ip,
+        Some(k.policy_epoch),
+    )
+    .await?
     {
         state
             .audit
@@ -157,7 +162,7 @@ pub async fn caller(parts: &mut Parts, state: &AppState, key: &str) -> ApiResult
         token_hash: hash,
         session: None,
         api_key: Some(k.key.public_id.clone()),
-        epoch: Some(epoch),
+        epoch: Some(k.policy_epoch),
     })
 }
 

@@ -125,7 +125,7 @@ async fn writer(
                 continue;
             }
             let known = signed.get(&head.chain).copied().unwrap_or(i64::MIN / 2);
-            if head.seq - known < CHECKPOINT_EVERY {
+            if !checkpoint_due(head.seq, known, false) {
                 continue;
             }
             let last = match store.last_checkpoint_seq(head.chain).await {
@@ -136,7 +136,7 @@ async fn writer(
                 }
             };
             signed.insert(head.chain, last);
-            if head.seq - last < CHECKPOINT_EVERY {
+            if !checkpoint_due(head.seq, last, false) {
                 continue;
             }
             match sign_checkpoint(&store, &keys, head.chain, head.seq, head.hash, clock.now()).await
@@ -253,12 +253,17 @@ pub async fn checkpoint(
         return Ok(None);
     };
     let last = store.last_checkpoint_seq(chain).await?.unwrap_or(0);
-    let due = seq - last >= CHECKPOINT_EVERY || (force && seq > last);
-    if !due {
+    if !checkpoint_due(seq, last, force) {
         return Ok(None);
     }
     sign_checkpoint(store, keys, chain, seq, hash, now).await?;
     Ok(Some(seq))
+}
+
+/// Whether a chain whose head is at `seq` and whose newest checkpoint is at
+/// `last` needs a new one (with `force`: whenever events are unsigned).
+fn checkpoint_due(seq: i64, last: i64, force: bool) -> bool {
+    seq - last >= CHECKPOINT_EVERY || (force && seq > last)
 }
 
 /// Signs a checkpoint of a chain at `seq` (whose event hash is `hash`) with

@@ -138,25 +138,16 @@ pub(crate) async fn chain_events(
         // few hundred).
         let mine: Vec<&AuditEvent> = events.iter().filter(|e| e.chain == chain).collect();
         for group in mine.chunks(ROWS_PER_INSERT) {
-            let mut sql = format!("INSERT INTO audit_events ({EVENT_COLUMNS}) VALUES ");
             let mut links = Vec::with_capacity(group.len());
-            for (i, e) in group.iter().enumerate() {
+            for e in group {
                 seq += 1;
                 let hash = chain_hash(&prev, &e.canonical(seq)).to_vec();
                 links.push((seq, std::mem::replace(&mut prev, hash.clone()), hash));
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                let b = i * 15;
-                sql.push('(');
-                for c in 1..=15 {
-                    if c > 1 {
-                        sql.push_str(", ");
-                    }
-                    sql.push_str(&format!("${}", b + c));
-                }
-                sql.push(')');
             }
+            let sql = format!(
+                "INSERT INTO audit_events ({EVENT_COLUMNS}) VALUES {}",
+                crate::values_placeholders(group.len(), 15)
+            );
             let mut q = sqlx::query(&sql);
             for (e, (seq, prev, hash)) in group.iter().zip(links) {
                 q = q

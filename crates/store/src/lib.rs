@@ -161,6 +161,27 @@ fn sqlite_url(path: &str) -> String {
     }
 }
 
+/// The column a credential lookup (session or API key, aliasing its
+/// company id as `<alias>.company_id`) adds to hand back the company's
+/// policy epoch with the credential, in the same query.
+pub(crate) fn policy_epoch_column(alias: &str) -> String {
+    format!(
+        "COALESCE((SELECT e.epoch FROM policy_epochs e WHERE e.company_id = {alias}.company_id), 0) AS policy_epoch"
+    )
+}
+
+/// `($1, ..., $c), ($c+1, ...)`: the VALUES of a multi-row INSERT of `rows`
+/// rows of `cols` parameters each.
+pub(crate) fn values_placeholders(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let row: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+            format!("({})", row.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Store {
     pub async fn connect(database_url: &str, opts: StoreOptions) -> StoreResult<Store> {
         sqlx::any::install_default_drivers();
@@ -340,4 +361,17 @@ pub(crate) fn bind_all<'q>(
         };
     }
     q
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn multi_row_placeholders_number_every_parameter_once() {
+        assert_eq!(super::values_placeholders(1, 2), "($1, $2)");
+        assert_eq!(
+            super::values_placeholders(3, 2),
+            "($1, $2), ($3, $4), ($5, $6)"
+        );
+        assert_eq!(super::values_placeholders(0, 5), "");
+    }
 }

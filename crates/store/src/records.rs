@@ -568,23 +568,10 @@ pub(crate) async fn write_index(
     // few dozen fields, far below both backends' parameter limits).
     let entries: Vec<_> = index.iter().collect();
     for group in entries.chunks(100) {
-        let mut sql = String::from(
-            "INSERT INTO record_index (record_id, field_key, company_id, record_type_id, value) VALUES ",
+        let sql = format!(
+            "INSERT INTO record_index (record_id, field_key, company_id, record_type_id, value) VALUES {}",
+            crate::values_placeholders(group.len(), 5)
         );
-        for i in 0..group.len() {
-            let b = i * 5;
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5
-            ));
-        }
         let mut q = sqlx::query(&sql);
         for (key, text) in group {
             q = q

@@ -19,8 +19,11 @@ pub struct SessionRecord {
     pub department_id: Option<i64>,
     pub times: SessionTimes,
     pub restriction: Restriction,
-    /// The company's policy epoch when the session was read (see
-    /// [`Store::policy_epoch`]).
+    /// The company's policy epoch, read with the session: a counter that
+    /// triggers move (in the same transaction) with every change to users,
+    /// departments, access hours, IP rules, roles, pledge, training, record
+    /// types and company keys. Inputs of security checks cached under one
+    /// epoch are current while it is unchanged.
     pub policy_epoch: i64,
 }
 
@@ -61,15 +64,16 @@ impl Store {
     /// The session behind a token hash, with its user. This is the one
     /// lookup that is not scoped by company: it is how a request finds it.
     pub async fn session(&self, token_hash: &[u8; 32]) -> StoreResult<Option<SessionRecord>> {
-        let row = sqlx::query(
+        let row = sqlx::query(&format!(
             "SELECT s.company_id, c.code, s.user_key, u.user_id, u.status, u.is_admin, u.is_master, \
                u.department_id, s.created_at, s.last_seen_at, s.expires_at, s.idle_secs, s.restriction, \
-               COALESCE((SELECT e.epoch FROM policy_epochs e WHERE e.company_id = s.company_id), 0) AS policy_epoch \
+               {} \
              FROM sessions s \
              JOIN users u ON u.id = s.user_key AND u.company_id = s.company_id \
              JOIN companies c ON c.id = s.company_id \
              WHERE s.token_hash = $1",
-        )
+            crate::policy_epoch_column("s")
+        ))
         .bind(token_hash.to_vec())
         .fetch_optional(&self.pool)
         .await?;
@@ -97,21 +101,6 @@ impl Store {
             })?,
             policy_epoch: get(&r, "policy_epoch")?,
         }))
-    }
-
-    /// A company's policy epoch: a counter that moves (by trigger, in the
-    /// same transaction) with every change to users, departments, access
-    /// hours, IP rules, roles, pledge, training, record types and company
-    /// keys. Inputs of security checks cached under one epoch are current
-    /// while the epoch is unchanged.
-    pub async fn policy_epoch(&self, company: CompanyId) -> StoreResult<i64> {
-        let row = sqlx::query(
-            "SELECT COALESCE((SELECT epoch FROM policy_epochs WHERE company_id = $1), 0) AS epoch",
-        )
-        .bind(company.0)
-        .fetch_one(&self.pool)
-        .await?;
-        get(&row, "epoch")
     }
 
     pub async fn touch_session(

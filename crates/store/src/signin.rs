@@ -74,6 +74,8 @@ pub struct ApiKeyAuth {
     pub is_admin: bool,
     pub is_master: bool,
     pub department_id: Option<i64>,
+    /// The company's policy epoch, read with the key (as for sessions).
+    pub policy_epoch: i64,
 }
 
 /// A new API key (the hash of the secret, not the secret).
@@ -679,9 +681,10 @@ impl Store {
     /// how a request made with a key finds its company).
     pub async fn api_key_by_hash(&self, key_hash: &[u8; 32]) -> StoreResult<Option<ApiKeyAuth>> {
         let row = sqlx::query(&format!(
-            "SELECT {API_KEY_COLUMNS}, c.code, u.status, u.is_admin, u.is_master, u.department_id \
+            "SELECT {API_KEY_COLUMNS}, c.code, u.status, u.is_admin, u.is_master, u.department_id, {} \
              FROM api_keys k JOIN users u ON u.id = k.user_key AND u.company_id = k.company_id \
-             JOIN companies c ON c.id = k.company_id WHERE k.key_hash = $1"
+             JOIN companies c ON c.id = k.company_id WHERE k.key_hash = $1",
+            crate::policy_epoch_column("k")
         ))
         .bind(key_hash.to_vec())
         .fetch_optional(&self.pool)
@@ -696,6 +699,7 @@ impl Store {
             is_admin: flag(&r, "is_admin")?,
             is_master: flag(&r, "is_master")?,
             department_id: get(&r, "department_id")?,
+            policy_epoch: get(&r, "policy_epoch")?,
         }))
     }
 
