@@ -789,6 +789,24 @@ async fn api_keys_obey_scopes_ip_rules_hours_and_revocation() {
         ev.session.as_deref(),
         Some(format!("key:{}", created.view.id).as_str())
     );
+    // Its last use is shown, noted at most once a minute.
+    let last_used = || async {
+        let r = send(&admin, Method::GET, "/api/v1/security/api-keys", json!({})).await;
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        v[0]["last_used_at"]
+            .as_str()
+            .unwrap()
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap()
+    };
+    let first = srv.clock.now();
+    assert_eq!(last_used().await, first);
+    srv.clock.advance(Duration::seconds(40));
+    key.record("customer", &rec.id).await.unwrap();
+    assert_eq!(last_used().await, first, "noted again within the minute");
+    srv.clock.advance(Duration::seconds(30));
+    key.record("customer", &rec.id).await.unwrap();
+    assert_eq!(last_used().await, srv.clock.now());
     // Writes need records:write; nothing but records is open to keys.
     let e = key
         .create_record(
