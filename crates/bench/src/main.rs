@@ -491,6 +491,7 @@ async fn backup_bench(records: usize) -> anyhow::Result<()> {
         &m.id,
         &into,
         false,
+        backup::Commit::Resumable,
         SystemClock.now(),
         &|_, _| {},
     )

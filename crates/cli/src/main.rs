@@ -140,7 +140,10 @@ enum Command {
 
     /// Restore a backup into an empty store: a directory (an SQLite file is
     /// made there) or a PostgreSQL URL. The whole backup is checked before
-    /// the target is touched, and loaded in one transaction.
+    /// the target is touched, then loaded chunk by chunk with its progress
+    /// kept in the target: interrupted (killed, disk full), the same command
+    /// run again resumes after the last loaded chunk, and until the restore
+    /// completes no server or tool uses that store.
     ///
     /// Example: strongroom restore 20261130T020000Z-1a2b3c4d --into /srv/strongroom-restored
     Restore {
@@ -265,11 +268,20 @@ enum BackupCommand {
     ///
     /// Example: strongroom backup list
     List,
-    /// Check every chunk, the manifest's MAC and that the content decrypts,
-    /// without restoring.
+    /// Check every chunk, the manifest's signature and MAC, and that the
+    /// content decrypts, without restoring. With --public-key, check only
+    /// what needs no master key (the signature by that key, and every
+    /// chunk's checksum): for an auditor who holds the public key alone.
     ///
     /// Example: strongroom backup verify 20261130T020000Z-1a2b3c4d
-    Verify { id: String },
+    Verify {
+        id: String,
+        /// The installation's backup-signing public key (hex, as `backup
+        /// create` and `backup verify` print it) to check the signature
+        /// against, without the master key.
+        #[arg(long, value_name = "HEX")]
+        public_key: Option<String>,
+    },
     /// Delete the backups the retention settings no longer keep, and
     /// leftovers of interrupted backups older than a day.
     ///
@@ -1010,7 +1022,18 @@ async fn backup_command(config: &Config, cmd: BackupCommand) -> anyhow::Result<(
             let (store, provider) = open_for_backup(config).await?;
             let started = SystemClock.now();
             let t = std::time::Instant::now();
-            let m = backup::create_at(&store, provider.as_ref(), target, started).await?;
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {pos} rows written ({elapsed})")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            let result = backup::create_at(&store, provider.as_ref(), target, started, &|n| {
+                bar.set_position(n)
+            })
+            .await;
+            bar.finish_and_clear();
+            let m = result?;
             let secs = t.elapsed().as_secs_f64();
             store
                 .record_backup_run(&strongroom_store::BackupRun {
@@ -1031,11 +1054,15 @@ async fn backup_command(config: &Config, cmd: BackupCommand) -> anyhow::Result<(
             .await?;
             store.close().await;
             say!(
-                "Backup {} written to {}: {} rows in {} chunks, {secs:.1} s.",
+                "Backup {} written to {}: {} rows in {} chunks, {secs:.1} s. Signed by backup-signing key {}.",
                 m.id,
                 target.describe(),
                 m.total_rows(),
-                m.chunks.len()
+                m.chunks.len(),
+                m.signature
+                    .as_ref()
+                    .map(|s| s.public_key.as_str())
+                    .unwrap_or("(none)")
             );
             Ok(())
         }
@@ -1074,8 +1101,26 @@ async fn backup_command(config: &Config, cmd: BackupCommand) -> anyhow::Result<(
             }
             Ok(())
         }
-        BackupCommand::Verify { id } => {
+        BackupCommand::Verify {
+            id,
+            public_key: Some(key),
+        } => {
+            let l = backup::local(target, &id).await?;
+            let m = backup::verify_signature(&l.root, &id, &key)?;
+            say!(
+                "Backup {id}: manifest signed by {key}, {} chunks present and intact, {} rows in {} tables. The content was not decrypted (that needs the master key).",
+                m.chunks.len(),
+                m.total_rows(),
+                m.tables.len()
+            );
+            Ok(())
+        }
+        BackupCommand::Verify {
+            id,
+            public_key: None,
+        } => {
             let (store, provider) = open_for_backup(config).await?;
+            let ours = backup::signing_public_key(&store).await?;
             store.close().await;
             let l = backup::local(target, &id).await?;
             let c = backup::verify(provider.as_ref(), &l.root, &id)?;
@@ -1085,6 +1130,15 @@ async fn backup_command(config: &Config, cmd: BackupCommand) -> anyhow::Result<(
                 c.manifest.total_rows(),
                 c.manifest.tables.len()
             );
+            match (&c.signed_by, ours) {
+                (Some(by), Some(ours)) if *by == ours => {
+                    say!("Signed by this installation's backup-signing key {by}.")
+                }
+                (Some(by), _) => say!(
+                    "Signed by backup-signing key {by}, which is not this installation's: the backup comes from another installation (or a store restored from one)."
+                ),
+                (None, _) => say!("Not signed (made before backups were signed); the MAC under the master key authenticates it."),
+            }
             Ok(())
         }
         BackupCommand::Prune => {
@@ -1116,7 +1170,13 @@ async fn backup_command(config: &Config, cmd: BackupCommand) -> anyhow::Result<(
 }
 
 async fn restore_command(config: &Config, id: &str, into: &str, force: bool) -> anyhow::Result<()> {
-    let (store, provider) = open_for_backup(config).await?;
+    // The configured store may be the restore's own target, resuming: it is
+    // opened as it is, only for the master key.
+    let store = strongroom_server::connect_store(config).await?;
+    if store.restore_progress().await?.is_none() {
+        store.migrate(SystemClock.now()).await?;
+    }
+    let (provider, _) = strongroom_server::open_key_provider(config, &store).await?;
     store.close().await;
     let url = if into.starts_with("postgres://") || into.starts_with("postgresql://") {
         into.to_owned()
@@ -1142,6 +1202,7 @@ async fn restore_command(config: &Config, id: &str, into: &str, force: bool) -> 
         id,
         &target,
         force,
+        strongroom_server::backup::Commit::Resumable,
         SystemClock.now(),
         &|done, total| {
             bar.set_length(total);

@@ -472,9 +472,35 @@ fn backup_verify_restore_and_drill_from_the_command_line() {
     assert!(out.starts_with("Backup "), "{out}");
     let o = s.run(&["backup", "list"]);
     assert!(text(&o).contains(&id), "{}", text(&o));
+    let key = out
+        .split("Signed by backup-signing key ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_hexdigit()).next())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(key.len(), 64, "{out}");
     let o = s.run(&["backup", "verify", &id]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("intact"), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("this installation's backup-signing key {key}")),
+        "{}",
+        text(&o)
+    );
+    // An auditor with the public key alone: no key directory at all.
+    let auditor = |key: &str| {
+        s.cmd()
+            .env("STRONGROOM_KEY_DIR", s.path("no-such-keys"))
+            .args(["backup", "verify", &id, "--public-key", key])
+            .output()
+            .unwrap()
+    };
+    let o = auditor(&key);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("not decrypted"), "{}", text(&o));
+    let o = auditor(&"ab".repeat(32));
+    assert!(!o.status.success());
+    assert!(text(&o).contains("not by the pinned key"), "{}", text(&o));
     let o = s.run(&["drill"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("passed"), "{}", text(&o));
@@ -532,4 +558,58 @@ fn a_backup_killed_midway_never_looks_complete() {
     // And a backup after all that works.
     let o = s.run(&["backup", "create"]);
     assert!(o.status.success(), "{}", text(&o));
+    let id = text(&o)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+
+    // A restore killed at any moment leaves either a complete store or one
+    // that every command refuses until the same restore, run again,
+    // finishes it.
+    for (n, delay_ms) in [0u64, 10, 30, 80, 200].into_iter().enumerate() {
+        let into = format!("restored-{n}");
+        let mut child = s
+            .cmd()
+            .args(["restore", &id, "--into", &into])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let on_it = |args: &[&str]| {
+            s.cmd()
+                .env(
+                    "STRONGROOM_DATABASE_URL",
+                    s.path(&format!("{into}/strongroom.db")),
+                )
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let status = on_it(&["keys", "status"]);
+        if !status.status.success() {
+            let why = text(&status);
+            assert!(
+                why.contains("interrupted restore")
+                    || !s.path(&format!("{into}/strongroom.db")).exists(),
+                "{why}"
+            );
+            let o = s.run(&["restore", &id, "--into", &into]);
+            assert!(o.status.success(), "resuming: {}", text(&o));
+        } else {
+            // It had finished (then running it again is refused, not
+            // repeated), or had not begun to load (then it runs whole).
+            let o = s.run(&["restore", &id, "--into", &into]);
+            assert!(
+                o.status.success() || text(&o).contains("not empty"),
+                "{}",
+                text(&o)
+            );
+        }
+        let o = on_it(&["audit", "verify", "--company", "ACME"]);
+        assert!(o.status.success(), "{into}: {}", text(&o));
+    }
 }

@@ -11,8 +11,11 @@
 //! - the backup key is stored only wrapped by the master key;
 //! - `manifest.json` records format and schema version, time, per-table
 //!   row counts and columns, each chunk's SHA-256, each company's audit
-//!   chain head, and an HMAC over all of it under a key derived from the
-//!   backup key (so nobody without the master key can forge or alter it).
+//!   chain head, an Ed25519 signature by the installation's backup-signing
+//!   key (whose public half can be pinned, so anyone can check a backup's
+//!   integrity without the master key), and an HMAC over all of it under a
+//!   key derived from the backup key (so nobody without the master key can
+//!   forge or alter it).
 //!
 //! Writes go to `<target>/.partial-<id>/` and the directory is renamed into
 //! place only after every file is written and synced: an interrupted
@@ -28,11 +31,12 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use ring::hmac;
+use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use strongroom_crypto::envelope::{open_raw, seal_raw, SecretKey};
 use strongroom_crypto::provider::KeyProvider;
-use strongroom_store::{Cell, Store, BACKUP_TABLES, SCHEMA_VERSION};
+use strongroom_store::{Cell, ServerKey, Store, BACKUP_TABLES, SCHEMA_VERSION};
 
 /// The backup format this binary writes and reads.
 pub const FORMAT: u32 = 1;
@@ -75,8 +79,23 @@ pub struct Manifest {
     pub chain_heads: BTreeMap<i64, ChainHead>,
     pub wrap_key_id: String,
     pub wrapped_key: String,
+    /// The installation's signature (absent in backups made before
+    /// signatures; the MAC still authenticates those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<ManifestSignature>,
     /// HMAC-SHA-256 of the manifest with this field empty.
     pub mac: String,
+}
+
+/// An Ed25519 signature over the manifest with `mac` and `sig` empty.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ManifestSignature {
+    pub algorithm: String,
+    pub key_version: i64,
+    /// The signer's public key, hex.
+    pub public_key: String,
+    /// The signature, hex.
+    pub sig: String,
 }
 
 impl Manifest {
@@ -111,6 +130,145 @@ fn mac_of(key: &SecretKey, m: &Manifest) -> anyhow::Result<String> {
     Ok(hex::encode(tag.as_ref()))
 }
 
+/// The bytes the signature covers: the manifest with `mac` and `sig` empty.
+fn signed_bytes(m: &Manifest) -> anyhow::Result<Vec<u8>> {
+    let mut unsigned = m.clone();
+    unsigned.mac = String::new();
+    if let Some(s) = unsigned.signature.as_mut() {
+        s.sig = String::new();
+    }
+    let mut out = b"strongroom/backup-manifest-signature/v1\0".to_vec();
+    out.extend(serde_json::to_vec(&unsigned)?);
+    Ok(out)
+}
+
+const SIGNING_PURPOSE: &str = "backup_signing";
+
+fn signing_context(version: i64) -> String {
+    crate::keys::server_key_context(SIGNING_PURPOSE, version)
+}
+
+/// The installation's backup-signing key.
+pub struct Signer {
+    pair: Ed25519KeyPair,
+    version: i64,
+}
+
+impl Signer {
+    /// The public key, hex (what an auditor pins).
+    pub fn public_key_hex(&self) -> String {
+        hex::encode(self.pair.public_key().as_ref())
+    }
+}
+
+/// The installation's backup-signing key, made on first use and stored
+/// only wrapped by the master key (with its public half in clear, checked
+/// against the unwrapped seed).
+pub async fn signer(
+    store: &Store,
+    provider: &dyn KeyProvider,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Signer> {
+    if store.server_key(SIGNING_PURPOSE).await?.is_none() {
+        let seed = zeroize::Zeroizing::new(strongroom_crypto::token::random_bytes::<32>()?);
+        let pair = Ed25519KeyPair::from_seed_unchecked(seed.as_ref())
+            .map_err(|_| anyhow!("cannot make a backup-signing key"))?;
+        store
+            .add_server_key(&ServerKey {
+                purpose: SIGNING_PURPOSE.into(),
+                version: 1,
+                wrapped: provider.wrap(seed.as_ref(), &signing_context(1))?,
+                wrap_key_id: provider.current_key_id(),
+                public_key: pair.public_key().as_ref().to_vec(),
+                created_at: now,
+            })
+            .await?;
+    }
+    let k = store
+        .server_key(SIGNING_PURPOSE)
+        .await?
+        .ok_or_else(|| anyhow!("the backup-signing key vanished"))?;
+    let seed = provider
+        .unwrap(&k.wrap_key_id, &k.wrapped, &signing_context(k.version))
+        .map_err(|_| anyhow!("the backup-signing key does not open with this master key"))?;
+    let pair = Ed25519KeyPair::from_seed_unchecked(&seed)
+        .map_err(|_| anyhow!("the stored backup-signing key is damaged"))?;
+    if pair.public_key().as_ref() != k.public_key.as_slice() {
+        bail!("the stored backup-signing key does not match its public key; the store was altered");
+    }
+    Ok(Signer {
+        pair,
+        version: k.version,
+    })
+}
+
+/// The installation's backup-signing public key (hex), if it has made one.
+pub async fn signing_public_key(store: &Store) -> anyhow::Result<Option<String>> {
+    Ok(store
+        .server_key(SIGNING_PURPOSE)
+        .await?
+        .map(|k| hex::encode(k.public_key)))
+}
+
+fn sign(signer: &Signer, m: &mut Manifest) -> anyhow::Result<()> {
+    m.signature = Some(ManifestSignature {
+        algorithm: "ed25519".into(),
+        key_version: signer.version,
+        public_key: signer.public_key_hex(),
+        sig: String::new(),
+    });
+    let sig = signer.pair.sign(&signed_bytes(m)?);
+    if let Some(s) = m.signature.as_mut() {
+        s.sig = hex::encode(sig.as_ref());
+    }
+    Ok(())
+}
+
+/// Checks the manifest's signature against the public key it names, and
+/// against `pinned` when given. Returns the signer's public key (hex), or
+/// None for a backup made before signatures (refused when pinned).
+fn check_signature(m: &Manifest, pinned: Option<&str>) -> anyhow::Result<Option<String>> {
+    let Some(s) = &m.signature else {
+        if pinned.is_some() {
+            bail!(
+                "backup {} carries no signature (it was made before backups were signed)",
+                m.id
+            );
+        }
+        return Ok(None);
+    };
+    if s.algorithm != "ed25519" {
+        bail!(
+            "backup {} is signed with {}, which this Strongroom does not know",
+            m.id,
+            s.algorithm
+        );
+    }
+    if let Some(p) = pinned {
+        if !p.trim().eq_ignore_ascii_case(&s.public_key) {
+            bail!(
+                "backup {} is signed by key {}, not by the pinned key {}",
+                m.id,
+                s.public_key,
+                p.trim()
+            );
+        }
+    }
+    let public = hex::decode(&s.public_key)
+        .map_err(|_| anyhow!("the signer's key in the manifest of {} is damaged", m.id))?;
+    let sig = hex::decode(&s.sig)
+        .map_err(|_| anyhow!("the signature in the manifest of {} is damaged", m.id))?;
+    UnparsedPublicKey::new(&ED25519, &public)
+        .verify(&signed_bytes(m)?, &sig)
+        .map_err(|_| {
+            anyhow!(
+                "the manifest of backup {} was altered (its signature does not match)",
+                m.id
+            )
+        })?;
+    Ok(Some(s.public_key.clone()))
+}
+
 fn new_id(now: DateTime<Utc>) -> anyhow::Result<String> {
     let r = strongroom_crypto::token::random_bytes::<4>()?;
     Ok(format!(
@@ -125,8 +283,16 @@ pub fn valid_id(id: &str) -> bool {
     id.len() <= 64 && !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
+/// Hears how many rows a backup has written so far.
+pub type Progress<'a> = &'a (dyn Fn(u64) + Send + Sync);
+
+fn no_progress(_: u64) {}
+
 struct ChunkWriter<'a> {
     dir: &'a Path,
+    chunk_bytes: usize,
+    progress: Progress<'a>,
+    written: u64,
     id: &'a str,
     key: &'a SecretKey,
     buf: Vec<u8>,
@@ -139,7 +305,7 @@ impl ChunkWriter<'_> {
         serde_json::to_writer(&mut self.buf, line)?;
         self.buf.push(b'\n');
         self.rows += 1;
-        if self.buf.len() >= CHUNK_BYTES {
+        if self.buf.len() >= self.chunk_bytes {
             self.flush()?;
         }
         Ok(())
@@ -159,6 +325,8 @@ impl ChunkWriter<'_> {
             sha256: hex::encode(Sha256::digest(&sealed)),
             rows: self.rows,
         });
+        self.written += self.rows;
+        (self.progress)(self.written);
         self.buf.clear();
         self.rows = 0;
         Ok(())
@@ -182,13 +350,38 @@ pub async fn create(
     target: &Path,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Manifest> {
+    create_with(store, provider, target, now, CHUNK_BYTES, &no_progress).await
+}
+
+/// [`create`] with chunks of about `chunk_bytes` uncompressed bytes (at
+/// least 1 KiB, at most the default 4 MiB), telling `progress` the rows
+/// written as each chunk is.
+pub async fn create_with(
+    store: &Store,
+    provider: &dyn KeyProvider,
+    target: &Path,
+    now: DateTime<Utc>,
+    chunk_bytes: usize,
+    progress: Progress<'_>,
+) -> anyhow::Result<Manifest> {
+    let chunk_bytes = chunk_bytes.clamp(1024, CHUNK_BYTES);
     std::fs::create_dir_all(target)
         .with_context(|| format!("cannot create the backup target {}", target.display()))?;
     let id = new_id(now)?;
+    let signer = signer(store, provider, now).await?;
     let partial = target.join(format!(".partial-{id}"));
     std::fs::create_dir(&partial)
         .with_context(|| format!("cannot write into {}", target.display()))?;
-    let result = write_backup(store, provider, &partial, &id, now).await;
+    let result = write_backup(
+        store,
+        provider,
+        &signer,
+        &partial,
+        (&id, now),
+        chunk_bytes,
+        progress,
+    )
+    .await;
     match result {
         Ok(m) => {
             let done = target.join(&id);
@@ -209,18 +402,23 @@ pub async fn create(
 async fn write_backup(
     store: &Store,
     provider: &dyn KeyProvider,
+    signer: &Signer,
     dir: &Path,
-    id: &str,
-    now: DateTime<Utc>,
+    (id, now): (&str, DateTime<Utc>),
+    chunk_bytes: usize,
+    progress: Progress<'_>,
 ) -> anyhow::Result<Manifest> {
     let raw = strongroom_crypto::token::random_bytes::<32>()?;
     let key = SecretKey::from_bytes(1, &raw)?;
     let wrapped = provider.wrap(&raw, &wrap_context(id))?;
     let mut w = ChunkWriter {
         dir,
+        chunk_bytes,
+        progress,
+        written: 0,
         id,
         key: &key,
-        buf: Vec::with_capacity(CHUNK_BYTES + 4096),
+        buf: Vec::with_capacity(chunk_bytes + 4096),
         rows: 0,
         chunks: Vec::new(),
     };
@@ -273,8 +471,10 @@ async fn write_backup(
         chain_heads: heads,
         wrap_key_id: provider.current_key_id(),
         wrapped_key: B64.encode(&wrapped),
+        signature: None,
         mac: String::new(),
     };
+    sign(signer, &mut m)?;
     m.mac = mac_of(&key, &m)?;
     write_synced(&dir.join("manifest.json"), &serde_json::to_vec_pretty(&m)?)?;
     Ok(m)
@@ -338,6 +538,9 @@ fn read_manifest(dir: &Path) -> anyhow::Result<Manifest> {
 pub struct Checked {
     pub manifest: Manifest,
     pub rows: BTreeMap<String, u64>,
+    /// The public key (hex) that signed the manifest; None for a backup
+    /// made before signatures.
+    pub signed_by: Option<String>,
 }
 
 /// Opens the backup key and checks the manifest's MAC.
@@ -387,10 +590,7 @@ const MAX_CHUNK_PLAIN: u64 = 64 << 20;
 fn read_chunk(dir: &Path, m: &Manifest, key: &SecretKey, i: usize) -> anyhow::Result<Vec<Line>> {
     use std::io::Read;
     let c = &m.chunks[i];
-    let name = &c.file;
-    if name.contains('/') || name.contains("..") {
-        bail!("the manifest names a chunk outside the backup: {name}");
-    }
+    let name = chunk_name(m, c)?;
     let sealed = read_limited(&dir.join(name))
         .with_context(|| format!("chunk {name} of backup {} is missing", m.id))?;
     if hex::encode(Sha256::digest(&sealed)) != c.sha256 {
@@ -431,18 +631,13 @@ fn read_chunk(dir: &Path, m: &Manifest, key: &SecretKey, i: usize) -> anyhow::Re
 /// Checks a backup completely without restoring it: manifest MAC, every
 /// chunk's checksum, decryption and rows against the manifest's counts.
 pub fn verify(provider: &dyn KeyProvider, target: &Path, id: &str) -> anyhow::Result<Checked> {
-    if !valid_id(id) {
-        bail!("'{id}' is not a backup id; `strongroom backup list` shows them");
-    }
-    let dir = target.join(id);
-    if !dir.is_dir() {
-        bail!("there is no backup {id} in {}", target.display());
-    }
+    let dir = backup_dir(target, id)?;
     let m = read_manifest(&dir)?;
     if m.id != id {
         bail!("the manifest in {id} belongs to backup {}", m.id);
     }
     let key = open_key(provider, &m)?;
+    let signed_by = check_signature(&m, None)?;
     let mut rows: BTreeMap<String, u64> = BTreeMap::new();
     read_chunks(&dir, &m, &key, |l| {
         if !m.tables.iter().any(|t| t.name == l.t) {
@@ -462,19 +657,96 @@ pub fn verify(provider: &dyn KeyProvider, target: &Path, id: &str) -> anyhow::Re
             );
         }
     }
-    Ok(Checked { manifest: m, rows })
+    Ok(Checked {
+        manifest: m,
+        rows,
+        signed_by,
+    })
+}
+
+/// What can be checked of a backup without the master key, for an auditor
+/// who holds only the installation's public key: the manifest's signature
+/// (by the pinned key), every chunk's presence, size and SHA-256, and that
+/// the chunks' row counts add up to the tables'. The content itself is not
+/// decrypted (that takes the master key: [`verify`]).
+pub fn verify_signature(target: &Path, id: &str, public_key: &str) -> anyhow::Result<Manifest> {
+    let dir = backup_dir(target, id)?;
+    let m = read_manifest(&dir)?;
+    if m.id != id {
+        bail!("the manifest in {id} belongs to backup {}", m.id);
+    }
+    check_signature(&m, Some(public_key))?;
+    for c in &m.chunks {
+        let name = chunk_name(&m, c)?;
+        let sealed = read_limited(&dir.join(name))
+            .with_context(|| format!("chunk {name} of backup {} is missing", m.id))?;
+        if hex::encode(Sha256::digest(&sealed)) != c.sha256 {
+            bail!(
+                "chunk {name} of backup {} is damaged (checksum mismatch)",
+                m.id
+            );
+        }
+    }
+    let in_chunks: u64 = m.chunks.iter().map(|c| c.rows).sum();
+    if in_chunks != m.total_rows() {
+        bail!(
+            "backup {} lists {in_chunks} rows in its chunks and {} in its tables",
+            m.id,
+            m.total_rows()
+        );
+    }
+    Ok(m)
+}
+
+/// The directory of backup `id` in `target`, after checking the id's shape.
+fn backup_dir(target: &Path, id: &str) -> anyhow::Result<PathBuf> {
+    if !valid_id(id) {
+        bail!("'{id}' is not a backup id; `strongroom backup list` shows them");
+    }
+    let dir = target.join(id);
+    if !dir.is_dir() {
+        bail!("there is no backup {id} in {}", target.display());
+    }
+    Ok(dir)
+}
+
+/// A chunk's file name, refused when it would leave the backup directory.
+fn chunk_name<'a>(m: &Manifest, c: &'a ChunkEntry) -> anyhow::Result<&'a str> {
+    let name = c.file.as_str();
+    if name.contains('/') || name.contains('\\') || name.contains("..") {
+        bail!(
+            "the manifest of {} names a chunk outside the backup: {name}",
+            m.id
+        );
+    }
+    Ok(name)
+}
+
+/// How a restore commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Everything in one transaction: until it commits, the target keeps
+    /// what it had (a standby's previous backup stays whole); interrupted,
+    /// it leaves nothing.
+    Once,
+    /// Chunk by chunk, with its progress kept in the target: run again after
+    /// an interruption (a kill, a full disk), it resumes after the last
+    /// committed chunk. Until it completes, the server refuses the store.
+    Resumable,
 }
 
 /// Restores a backup into `into`, which must be blank unless `force`
-/// (then it is emptied first, in the same transaction as the load). The
-/// backup is checked completely before the target is touched. `progress`
-/// hears the rows loaded so far.
+/// (then it is emptied first, in the same transaction as the first rows).
+/// The backup is checked completely before the target is touched.
+/// `progress` hears the rows loaded so far.
+#[allow(clippy::too_many_arguments)]
 pub async fn restore(
     provider: &dyn KeyProvider,
     target: &Path,
     id: &str,
     into: &Store,
     force: bool,
+    commit: Commit,
     now: DateTime<Utc>,
     progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> anyhow::Result<Checked> {
@@ -486,52 +758,104 @@ pub async fn restore(
             m.schema_version
         );
     }
-    let found = into.schema_version().await.unwrap_or(0);
-    if found > m.schema_version {
-        if !force {
-            bail!("the target store is at schema version {found}, past the backup's {}; restore into an empty store", m.schema_version);
+    let chunks = m.chunks.len();
+    let resume_from = match into.restore_progress().await? {
+        None => None,
+        Some(_) if force => None,
+        Some(p) if p.backup_id == id && commit == Commit::Resumable => {
+            let done = usize::try_from(p.chunks_done)
+                .ok()
+                .filter(|d| *d <= chunks)
+                .ok_or_else(|| anyhow!("the target's restore progress is damaged; restore again with --force"))?;
+            Some(done)
         }
-    } else {
-        into.migrate_to(m.schema_version, now).await?;
-    }
-    if !into.is_blank().await? && !force {
-        bail!("the target store is not empty; restore into an empty one, or add --force to replace its contents");
+        Some(p) => bail!(
+            "the target holds an interrupted restore of backup {}; finish it with `strongroom restore {} --into ...`, or add --force to replace it",
+            p.backup_id,
+            p.backup_id
+        ),
+    };
+    if resume_from.is_none() {
+        let found = into.schema_version().await.unwrap_or(0);
+        if found > m.schema_version {
+            if !force {
+                bail!("the target store is at schema version {found}, past the backup's {}; restore into an empty store", m.schema_version);
+            }
+        } else {
+            into.migrate_to(m.schema_version, now)
+                .await
+                .context("cannot prepare the target store's schema")?;
+        }
+        if !force && !into.is_blank().await? {
+            bail!("the target store is not empty; restore into an empty one, or add --force to replace its contents");
+        }
     }
     let key = open_key(provider, m)?;
     let dir = target.join(id);
     let total = m.total_rows();
-    // Rows are read again (checked again on the way) and loaded table by
-    // table in one transaction.
-    let mut loader = into.begin_load().await?;
-    if force {
-        into.wipe(&mut loader).await?;
+    let start = resume_from.unwrap_or(0);
+    let mut done: u64 = m.chunks[..start].iter().map(|c| c.rows).sum();
+    let starting = "cannot start loading into the target store";
+    let mut loader = into.begin_load().await.context(starting)?;
+    if resume_from.is_none() && force {
+        into.wipe(&mut loader).await.context(starting)?;
+    }
+    let mark = |n: usize| strongroom_store::RestoreProgress {
+        backup_id: id.to_owned(),
+        chunks_done: n as i64,
+        chunks: chunks as i64,
+    };
+    if commit == Commit::Resumable {
+        into.set_restore_progress(&mut loader, &mark(start))
+            .await
+            .context(starting)?;
     }
     // One chunk in memory at a time (it was checked above, and is checked
     // again as it is read).
-    let mut done = 0u64;
-    for n in 0..m.chunks.len() {
-        let lines = read_chunk(&dir, m, &key, n)?;
+    for n in start..chunks {
+        let kept = done;
+        let stopped = move || {
+            format!(
+                "the restore stopped at chunk {} of {chunks}{}",
+                n + 1,
+                if commit == Commit::Resumable {
+                    format!(
+                        " ({kept} of {total} rows are kept); run the same command again to resume"
+                    )
+                } else {
+                    "; the target was left as it was".to_owned()
+                }
+            )
+        };
+        let lines = read_chunk(&dir, m, &key, n).with_context(stopped)?;
         let mut i = 0;
         while i < lines.len() {
-            let t = lines[i].t.clone();
-            let mut j = i;
-            while j < lines.len() && lines[j].t == t {
-                j += 1;
-            }
+            let t = lines[i].t.as_str();
+            let j = i + lines[i..].iter().take_while(|l| l.t == t).count();
             let table = m
                 .tables
                 .iter()
                 .find(|x| x.name == t)
                 .ok_or_else(|| anyhow!("unknown table {t}"))?;
             let rows: Vec<Vec<Cell>> = lines[i..j].iter().map(|l| l.r.clone()).collect();
-            into.load_rows(&mut loader, &t, &table.columns, &rows)
-                .await?;
+            into.load_rows(&mut loader, t, &table.columns, &rows)
+                .await
+                .with_context(stopped)?;
             done += (j - i) as u64;
             progress(done, total);
             i = j;
         }
+        if commit == Commit::Resumable {
+            into.set_restore_progress(&mut loader, &mark(n + 1))
+                .await
+                .with_context(stopped)?;
+            into.commit_load(loader).await.with_context(stopped)?;
+            loader = into.begin_load().await.with_context(stopped)?;
+        }
     }
-    into.finish_load(loader).await?;
+    into.finish_load(loader).await.context(
+        "the restore could not complete (every row is loaded); run the same command again",
+    )?;
     // Then up to this binary's schema.
     into.migrate(now).await?;
     into.analyze().await?;
@@ -642,7 +966,61 @@ mod tests {
             chain_heads: BTreeMap::new(),
             wrap_key_id: String::new(),
             wrapped_key: String::new(),
+            signature: None,
             mac: String::new(),
+        }
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap_or_default()
+    }
+
+    #[test]
+    fn cron_schedules_fire_at_local_times() {
+        let nightly = Cadence::cron("0 3 * * *", "Europe/Paris").unwrap();
+        // 03:00 in Paris is 02:00 UTC in winter and 01:00 UTC in summer.
+        assert_eq!(
+            nightly.next_after(at("2026-01-15T12:00:00Z")),
+            Some(at("2026-01-16T02:00:00Z"))
+        );
+        assert_eq!(
+            nightly.next_after(at("2026-07-01T12:00:00Z")),
+            Some(at("2026-07-02T01:00:00Z"))
+        );
+        // Strictly after: a run at the very time does not repeat itself.
+        assert_eq!(
+            nightly.next_after(at("2026-01-16T02:00:00Z")),
+            Some(at("2026-01-17T02:00:00Z"))
+        );
+        // Mondays at 04:30 UTC; 30 Nov 2026 is a Monday.
+        let weekly = Cadence::cron("30 4 * * MON", "UTC").unwrap();
+        assert_eq!(
+            weekly.next_after(at("2026-11-30T05:00:00Z")),
+            Some(at("2026-12-07T04:30:00Z"))
+        );
+        let monthly = Cadence::cron("@monthly", "UTC").unwrap();
+        assert_eq!(
+            monthly.next_after(at("2026-11-30T05:00:00Z")),
+            Some(at("2026-12-01T00:00:00Z"))
+        );
+        let every = Cadence::Every(std::time::Duration::from_secs(90 * 60));
+        assert_eq!(
+            every.next_after(at("2026-11-30T05:00:00Z")),
+            Some(at("2026-11-30T06:30:00Z"))
+        );
+    }
+
+    #[test]
+    fn bad_cron_expressions_are_refused_with_a_reason() {
+        for (expr, tz, want) in [
+            ("61 * * * *", "UTC", "not a cron expression"),
+            ("0 3 * *", "UTC", "not a cron expression"),
+            ("0 0 3 * * *", "UTC", "not a cron expression"),
+            ("0 0 30 2 *", "UTC", "never fires"),
+            ("0 3 * * *", "Mars/Olympus", "not a time zone"),
+        ] {
+            let e = Cadence::cron(expr, tz).unwrap_err();
+            assert!(format!("{e:#}").contains(want), "{expr} {tz}: {e:#}");
         }
     }
 
@@ -803,6 +1181,7 @@ async fn drill_into(
         id,
         &db,
         false,
+        Commit::Once,
         clock.now(),
         &|_, _| {},
     )
@@ -915,14 +1294,71 @@ async fn drill_into(
     Ok(checks)
 }
 
-/// The server's own schedule: backups every `interval` (with retention
-/// applied after each) and a drill of the newest backup every
-/// `drill_every`. Failures are logged and recorded; the next run comes
-/// all the same.
+/// When a scheduled job runs: every fixed interval, or at the times a cron
+/// expression names, read in a time zone.
+#[derive(Debug, Clone)]
+pub enum Cadence {
+    Every(std::time::Duration),
+    Cron {
+        cron: Box<croner::Cron>,
+        tz: chrono_tz::Tz,
+    },
+}
+
+impl Cadence {
+    /// A five-field cron expression (minute, hour, day of month, month,
+    /// day of week; `@daily` and the like too) in time zone `tz` (an IANA
+    /// name such as `Europe/Paris`, or `UTC`).
+    pub fn cron(expr: &str, tz: &str) -> anyhow::Result<Cadence> {
+        let tz: chrono_tz::Tz = tz.trim().parse().map_err(|_| {
+            anyhow!("'{tz}' is not a time zone; use an IANA name such as Europe/Paris, or UTC")
+        })?;
+        let cron = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Disallowed)
+            .year(croner::parser::Year::Disallowed)
+            .build()
+            .parse(expr)
+            .map_err(|e| {
+                anyhow!("'{expr}' is not a cron expression of five fields (minute hour day-of-month month day-of-week, e.g. '30 2 * * *'): {e}")
+            })?;
+        // An expression that never fires (30 February) is a mistake.
+        let c = Cadence::Cron {
+            cron: Box::new(cron),
+            tz,
+        };
+        // (With no year field, a pattern that fires at all fires within
+        // years of any start.)
+        if c.next_after(DateTime::<Utc>::UNIX_EPOCH).is_none() {
+            bail!("the cron expression '{expr}' never fires");
+        }
+        Ok(c)
+    }
+
+    /// The next run strictly after `now` (None: never).
+    pub fn next_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Cadence::Every(d) => Some(now + chrono::Duration::from_std(*d).ok()?),
+            Cadence::Cron { cron, tz } => cron
+                .find_next_occurrence(&now.with_timezone(tz), false)
+                .ok()
+                .map(|t| t.with_timezone(&Utc)),
+        }
+    }
+
+    /// How long to wait from `now` until the next run.
+    fn wait(&self, now: DateTime<Utc>) -> Option<std::time::Duration> {
+        let next = self.next_after(now)?;
+        Some((next - now).to_std().unwrap_or_default())
+    }
+}
+
+/// The server's own schedule: backups (with retention applied after each)
+/// and drills of the newest backup, each on its cadence. Failures are
+/// logged and recorded; the next run comes all the same.
 pub struct Schedule {
     pub target: Location,
-    pub interval: Option<std::time::Duration>,
-    pub drill_every: Option<std::time::Duration>,
+    pub backups: Option<Cadence>,
+    pub drills: Option<Cadence>,
     pub keep: (usize, usize, usize, usize),
     pub alerts: crate::detection::AlertSettings,
     pub probe: Option<Probe>,
@@ -934,7 +1370,7 @@ pub fn spawn_schedule(
     clock: strongroom_core::clock::SharedClock,
     s: Schedule,
 ) {
-    if let Some(every) = s.interval {
+    if let Some(cadence) = s.backups {
         let (store, provider, clock, target, keep) = (
             store.clone(),
             provider.clone(),
@@ -943,11 +1379,13 @@ pub fn spawn_schedule(
             s.keep,
         );
         tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
+            while let Some(wait) = cadence.wait(clock.now()) {
+                tokio::time::sleep(wait).await;
                 let started = clock.now();
                 let t = std::time::Instant::now();
-                let run = match create_at(&store, provider.as_ref(), &target, started).await {
+                let run = match create_at(&store, provider.as_ref(), &target, started, &no_progress)
+                    .await
+                {
                     Ok(m) => {
                         tracing::info!(backup = %m.id, rows = m.total_rows(), "scheduled backup written");
                         if let Ok(all) = list_at(&target).await {
@@ -984,27 +1422,29 @@ pub fn spawn_schedule(
             }
         });
     }
-    if let Some(every) = s.drill_every {
+    if let Some(cadence) = s.drills {
         // The drill runs on a blocking thread of its own (it is long, and
         // its future is not `Send` for every lifetime the compiler asks).
         let handle = tokio::runtime::Handle::current();
-        std::thread::spawn(move || loop {
-            std::thread::sleep(every);
-            let run = drill_with_probe(
-                &store,
-                provider.clone(),
-                &s.target,
-                None,
-                &s.alerts,
-                &clock,
-                s.probe.as_ref(),
-            );
-            match handle.block_on(run) {
-                Ok(r) => {
-                    tracing::info!(backup = %r.backup_id, ok = r.ok, "scheduled restore drill")
-                }
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "scheduled restore drill failed to run")
+        std::thread::spawn(move || {
+            while let Some(wait) = cadence.wait(clock.now()) {
+                std::thread::sleep(wait);
+                let run = drill_with_probe(
+                    &store,
+                    provider.clone(),
+                    &s.target,
+                    None,
+                    &s.alerts,
+                    &clock,
+                    s.probe.as_ref(),
+                );
+                match handle.block_on(run) {
+                    Ok(r) => {
+                        tracing::info!(backup = %r.backup_id, ok = r.ok, "scheduled restore drill")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "scheduled restore drill failed to run")
+                    }
                 }
             }
         });
@@ -1080,7 +1520,17 @@ pub async fn standby_step(
         bail!("the standby's store is not empty and holds no restored backup; give the standby a store of its own");
     }
     let l = local(source, &newest.id).await?;
-    restore(provider, &l.root, &newest.id, store, force, now, &|_, _| {}).await?;
+    restore(
+        provider,
+        &l.root,
+        &newest.id,
+        store,
+        force,
+        Commit::Once,
+        now,
+        &|_, _| {},
+    )
+    .await?;
     state.source = source.describe();
     state.restored = Some(newest.id.clone());
     state.backup_created_at = Some(newest.created_at);
@@ -1194,9 +1644,10 @@ pub async fn create_at(
     provider: &dyn KeyProvider,
     loc: &Location,
     now: DateTime<Utc>,
+    progress: Progress<'_>,
 ) -> anyhow::Result<Manifest> {
     match loc {
-        Location::Dir(d) => create(store, provider, d, now).await,
+        Location::Dir(d) => create_with(store, provider, d, now, CHUNK_BYTES, progress).await,
         Location::S3 {
             store: os, prefix, ..
         } => {
@@ -1204,7 +1655,7 @@ pub async fn create_at(
                 root: scratch_dir("upload")?,
                 scratch: true,
             };
-            let m = create(store, provider, &stage.root, now).await?;
+            let m = create_with(store, provider, &stage.root, now, CHUNK_BYTES, progress).await?;
             let dir = stage.root.join(&m.id);
             for c in &m.chunks {
                 let bytes = std::fs::read(dir.join(&c.file))?;

@@ -146,6 +146,17 @@ pub struct Config {
     /// Minutes between scheduled backups (0: none).
     #[serde(default)]
     pub backup_interval_minutes: i64,
+    /// When to take scheduled backups, as a five-field cron expression
+    /// read in `schedule_timezone` (instead of `backup_interval_minutes`).
+    #[serde(default)]
+    pub backup_schedule: String,
+    /// When to run restore drills, as a cron expression (instead of
+    /// `drill_interval_days`).
+    #[serde(default)]
+    pub drill_schedule: String,
+    /// The time zone the cron expressions are read in (IANA name).
+    #[serde(default = "d_schedule_timezone")]
+    pub schedule_timezone: String,
     /// Retention: the newest N backups, plus the newest of each of the last
     /// N days, ISO weeks and months.
     #[serde(default = "d_keep_last")]
@@ -187,6 +198,10 @@ fn d_keep_monthly() -> i64 {
 }
 fn d_drill_days() -> i64 {
     30
+}
+
+fn d_schedule_timezone() -> String {
+    "UTC".into()
 }
 
 /// The public origin: given, or `https://localhost:<port>`. Passkeys need
@@ -335,6 +350,9 @@ impl Config {
             password_deny_list: String::new(),
             backup_target: d_backup_target(),
             backup_interval_minutes: 0,
+            backup_schedule: String::new(),
+            drill_schedule: String::new(),
+            schedule_timezone: d_schedule_timezone(),
             backup_keep_last: d_keep_last(),
             backup_keep_daily: d_keep_daily(),
             backup_keep_weekly: d_keep_weekly(),
@@ -425,6 +443,36 @@ impl Config {
         self.alert_webhook_secret.clone()
     }
 
+    /// When the server takes backups: `backup_schedule`, or every
+    /// `backup_interval_minutes`, or never.
+    pub fn backup_cadence(&self) -> anyhow::Result<Option<crate::backup::Cadence>> {
+        if !self.backup_schedule.trim().is_empty() {
+            return crate::backup::Cadence::cron(&self.backup_schedule, &self.schedule_timezone)
+                .map(Some);
+        }
+        Ok((self.backup_interval_minutes > 0).then(|| {
+            crate::backup::Cadence::Every(std::time::Duration::from_secs(
+                self.backup_interval_minutes.unsigned_abs() * 60,
+            ))
+        }))
+    }
+
+    /// When the server drills: `drill_schedule`, or every
+    /// `drill_interval_days` while it also takes scheduled backups, or
+    /// never.
+    pub fn drill_cadence(&self) -> anyhow::Result<Option<crate::backup::Cadence>> {
+        if !self.drill_schedule.trim().is_empty() {
+            return crate::backup::Cadence::cron(&self.drill_schedule, &self.schedule_timezone)
+                .map(Some);
+        }
+        let backups = !self.backup_schedule.trim().is_empty() || self.backup_interval_minutes > 0;
+        Ok((backups && self.drill_interval_days > 0).then(|| {
+            crate::backup::Cadence::Every(std::time::Duration::from_secs(
+                self.drill_interval_days.unsigned_abs() * 24 * 3600,
+            ))
+        }))
+    }
+
     /// The drill's probe account: company, user and password.
     pub fn drill_probe(&self) -> Option<(String, String, SecretString)> {
         let (c, u) = self.drill_probe.trim().split_once('/')?;
@@ -510,6 +558,15 @@ impl Config {
         range("backup_keep_weekly", self.backup_keep_weekly, 0, 10_000)?;
         range("backup_keep_monthly", self.backup_keep_monthly, 0, 10_000)?;
         range("drill_interval_days", self.drill_interval_days, 0, 3650)?;
+        if !self.backup_schedule.trim().is_empty() && self.backup_interval_minutes > 0 {
+            return Err(cerr(
+                "set backup_schedule or backup_interval_minutes, not both",
+            ));
+        }
+        self.backup_cadence()
+            .map_err(|e| cerr(format!("backup_schedule: {e:#}")))?;
+        self.drill_cadence()
+            .map_err(|e| cerr(format!("drill_schedule: {e:#}")))?;
         if !self.drill_probe.trim().is_empty()
             && (!self.drill_probe.contains('/') || self.drill_probe_password.is_none())
         {
@@ -745,6 +802,9 @@ fn defaults_table() -> toml::Table {
     t.insert("password_deny_list".into(), s(""));
     t.insert("backup_target".into(), s(""));
     t.insert("drill_probe".into(), s(""));
+    t.insert("backup_schedule".into(), s(""));
+    t.insert("drill_schedule".into(), s(""));
+    t.insert("schedule_timezone".into(), s(""));
     t.insert("drill_probe_password".into(), s(""));
     for k in [
         "backup_interval_minutes",

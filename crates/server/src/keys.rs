@@ -197,7 +197,7 @@ impl KeyRing {
     }
 }
 
-/// Re-wraps every stored company key under the provider's current master
+/// Re-wraps every stored company key, and the installation's own keys, under the provider's current master
 /// key (after a new master key was added). Records are not touched.
 pub async fn rewrap_all(provider: &dyn KeyProvider, store: &Store) -> Result<usize, KeyError> {
     let current = provider.current_key_id();
@@ -212,5 +212,20 @@ pub async fn rewrap_all(provider: &dyn KeyProvider, store: &Store) -> Result<usi
         store.rewrap_key(&k, wrapped, &current).await?;
         n += 1;
     }
+    for k in store.all_server_keys().await? {
+        if k.wrap_key_id == current {
+            continue;
+        }
+        let ctx = server_key_context(&k.purpose, k.version);
+        let raw = provider.unwrap(&k.wrap_key_id, &k.wrapped, &ctx)?;
+        let wrapped = provider.wrap(&raw, &ctx)?;
+        store.rewrap_server_key(&k, wrapped, &current).await?;
+        n += 1;
+    }
     Ok(n)
+}
+
+/// The context an installation key (not a company's) is wrapped under.
+pub fn server_key_context(purpose: &str, version: i64) -> String {
+    format!("strongroom/server-key/v1/{purpose}/{version}")
 }

@@ -197,17 +197,14 @@ pub async fn prepare_with(
         )),
         keys,
     };
-    let minutes = |m: i64| std::time::Duration::from_secs(u64::try_from(m).unwrap_or(0) * 60);
     backup::spawn_schedule(
         store.clone(),
         state.keys.shared_provider(),
         clock.clone(),
         backup::Schedule {
             target: backup::Location::parse(&config.backup_target)?,
-            interval: (config.backup_interval_minutes > 0)
-                .then(|| minutes(config.backup_interval_minutes)),
-            drill_every: (config.backup_interval_minutes > 0 && config.drill_interval_days > 0)
-                .then(|| minutes(config.drill_interval_days * 24 * 60)),
+            backups: config.backup_cadence()?,
+            drills: config.drill_cadence()?,
             keep: (
                 config.backup_keep_last as usize,
                 config.backup_keep_daily as usize,
@@ -280,17 +277,34 @@ pub async fn open_key_provider_with(
     Ok((Arc::new(p), created))
 }
 
-/// Opens the configured store (without migrating it).
+/// Opens the configured store (without migrating it) for work on it,
+/// refusing one that holds an interrupted restore (its data is partial).
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let store = Store::connect(
+    let store = connect_store(config).await?;
+    if let Some(p) = store.restore_progress().await? {
+        store.close().await;
+        anyhow::bail!(
+            "this store holds an interrupted restore of backup {} ({} of {} chunks loaded); run `strongroom restore {} --into <this store>` again to finish it, or `--force` to start it over",
+            if p.backup_id.is_empty() { "(unknown)" } else { &p.backup_id },
+            p.chunks_done,
+            p.chunks,
+            if p.backup_id.is_empty() { "ID" } else { &p.backup_id },
+        );
+    }
+    Ok(store)
+}
+
+/// Connects to the configured store as it is (a restore may be resuming
+/// into it).
+pub async fn connect_store(config: &Config) -> anyhow::Result<Store> {
+    Ok(Store::connect(
         config.database_url().expose_secret(),
         StoreOptions {
             max_connections: config.db_max_connections,
             ..Default::default()
         },
     )
-    .await?;
-    Ok(store)
+    .await?)
 }
 
 /// Serves HTTPS on `listener` until `shutdown` completes, then lets open

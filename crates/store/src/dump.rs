@@ -53,6 +53,7 @@ pub const BACKUP_TABLES: &[&str] = &[
     "pledge_acceptances",
     "training_policy",
     "backup_runs",
+    "server_keys",
 ];
 
 /// One stored value.
@@ -201,7 +202,86 @@ impl Store {
                 }
             }
         }
+        sqlx::query(&format!("DROP TABLE IF EXISTS {RESTORE_PROGRESS}"))
+            .execute(&mut *loader.tx.tx)
+            .await?;
         loader.tx.commit().await
+    }
+
+    /// Commits what a resumable load has loaded so far (with its progress,
+    /// [`Store::set_restore_progress`]); the load goes on in a new
+    /// transaction from [`Store::begin_load`].
+    pub async fn commit_load(&self, loader: Loader<'_>) -> StoreResult<()> {
+        loader.tx.commit().await
+    }
+
+    async fn table_exists<'c, E>(&self, conn: E, table: &str) -> StoreResult<bool>
+    where
+        E: sqlx::Executor<'c, Database = sqlx::Any>,
+    {
+        let sql = match self.dialect {
+            Dialect::Sqlite => {
+                "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = $1"
+            }
+            Dialect::Postgres => {
+                "SELECT COUNT(*) AS n FROM information_schema.tables \
+                 WHERE table_schema = current_schema() AND table_name = $1"
+            }
+        };
+        let row = sqlx::query(sql).bind(table).fetch_one(conn).await?;
+        Ok(crate::get::<i64>(&row, "n")? > 0)
+    }
+
+    /// Where an interrupted restore stopped, if this store holds one.
+    pub async fn restore_progress(&self) -> StoreResult<Option<RestoreProgress>> {
+        if !self.table_exists(&self.pool, RESTORE_PROGRESS).await? {
+            return Ok(None);
+        }
+        let row = sqlx::query(&format!(
+            "SELECT backup_id, chunks_done, chunks FROM {RESTORE_PROGRESS}"
+        ))
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => Ok(Some(RestoreProgress {
+                backup_id: crate::get(&r, "backup_id")?,
+                chunks_done: crate::get(&r, "chunks_done")?,
+                chunks: crate::get(&r, "chunks")?,
+            })),
+            // The table exists but is empty: a restore died between making
+            // it and recording its start; nothing of it is loaded.
+            None => Ok(Some(RestoreProgress {
+                backup_id: String::new(),
+                chunks_done: 0,
+                chunks: 0,
+            })),
+        }
+    }
+
+    /// Records, in the load's transaction, how far a resumable restore got.
+    pub async fn set_restore_progress(
+        &self,
+        loader: &mut Loader<'_>,
+        p: &RestoreProgress,
+    ) -> StoreResult<()> {
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {RESTORE_PROGRESS} \
+             (backup_id TEXT NOT NULL, chunks_done BIGINT NOT NULL, chunks BIGINT NOT NULL)"
+        ))
+        .execute(&mut *loader.tx.tx)
+        .await?;
+        sqlx::query(&format!("DELETE FROM {RESTORE_PROGRESS}"))
+            .execute(&mut *loader.tx.tx)
+            .await?;
+        sqlx::query(&format!(
+            "INSERT INTO {RESTORE_PROGRESS} (backup_id, chunks_done, chunks) VALUES ($1, $2, $3)"
+        ))
+        .bind(p.backup_id.clone())
+        .bind(p.chunks_done)
+        .bind(p.chunks)
+        .execute(&mut *loader.tx.tx)
+        .await?;
+        Ok(())
     }
 
     /// Rows in one of the backed-up tables.
@@ -235,6 +315,10 @@ impl Store {
             .iter()
             .chain(BACKUP_TABLES.iter().rev())
         {
+            // A store at an older schema version lacks the newer tables.
+            if !self.table_exists(&mut *loader.tx.tx, t).await? {
+                continue;
+            }
             sqlx::query(&format!("DELETE FROM {t}"))
                 .execute(&mut *loader.tx.tx)
                 .await?;
@@ -244,6 +328,22 @@ impl Store {
 }
 
 /// A restore in progress.
+/// The table where a resumable restore keeps its progress. It lives outside
+/// the migrations (a restore loads at the backup's schema version, which may
+/// be older) and is dropped in the transaction that completes the restore;
+/// while it exists, the store holds a partial restore and the server
+/// refuses it.
+const RESTORE_PROGRESS: &str = "strongroom_restore_progress";
+
+/// How far an interrupted restore got: chunks `1..=chunks_done` of backup
+/// `backup_id` (of `chunks`) are loaded and committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreProgress {
+    pub backup_id: String,
+    pub chunks_done: i64,
+    pub chunks: i64,
+}
+
 pub struct Loader<'a> {
     tx: crate::WriteTx<'a>,
 }

@@ -553,3 +553,106 @@ impl Store {
         w.commit().await
     }
 }
+
+/// A key of the installation itself (not of a company), as stored: the
+/// secret half only wrapped by the master key, the public half in clear.
+#[derive(Clone)]
+pub struct ServerKey {
+    pub purpose: String,
+    pub version: i64,
+    pub wrapped: Vec<u8>,
+    pub wrap_key_id: String,
+    pub public_key: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for ServerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerKey")
+            .field("purpose", &self.purpose)
+            .field("version", &self.version)
+            .field("wrap_key_id", &self.wrap_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+const SERVER_KEY_COLUMNS: &str = "purpose, version, wrapped, wrap_key_id, public_key, created_at";
+
+fn server_key_from_row(row: &AnyRow) -> StoreResult<ServerKey> {
+    Ok(ServerKey {
+        purpose: get(row, "purpose")?,
+        version: get(row, "version")?,
+        wrapped: get(row, "wrapped")?,
+        wrap_key_id: get(row, "wrap_key_id")?,
+        public_key: get(row, "public_key")?,
+        created_at: from_ts(get(row, "created_at")?)?,
+    })
+}
+
+impl Store {
+    /// The newest version of the installation's key for `purpose`.
+    pub async fn server_key(&self, purpose: &str) -> StoreResult<Option<ServerKey>> {
+        let row = sqlx::query(&format!(
+            "SELECT {SERVER_KEY_COLUMNS} FROM server_keys WHERE purpose = $1 \
+             ORDER BY version DESC LIMIT 1"
+        ))
+        .bind(purpose)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(server_key_from_row).transpose()
+    }
+
+    /// Stores a new installation key unless that purpose and version exist
+    /// already (another node made it first). Returns whether it was stored.
+    pub async fn add_server_key(&self, k: &ServerKey) -> StoreResult<bool> {
+        let mut w = self.write_tx().await?;
+        let n = sqlx::query(&format!(
+            "INSERT INTO server_keys ({SERVER_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (purpose, version) DO NOTHING"
+        ))
+        .bind(k.purpose.clone())
+        .bind(k.version)
+        .bind(k.wrapped.clone())
+        .bind(k.wrap_key_id.clone())
+        .bind(k.public_key.clone())
+        .bind(ts(k.created_at))
+        .execute(&mut *w.tx)
+        .await?
+        .rows_affected();
+        w.commit().await?;
+        Ok(n == 1)
+    }
+
+    /// Every installation key (for re-wrapping under a new master key).
+    pub async fn all_server_keys(&self) -> StoreResult<Vec<ServerKey>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SERVER_KEY_COLUMNS} FROM server_keys ORDER BY purpose, version"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(server_key_from_row).collect()
+    }
+
+    pub async fn rewrap_server_key(
+        &self,
+        key: &ServerKey,
+        wrapped: Vec<u8>,
+        wrap_key_id: &str,
+    ) -> StoreResult<()> {
+        let mut w = self.write_tx().await?;
+        let n = sqlx::query(
+            "UPDATE server_keys SET wrapped = $3, wrap_key_id = $4 WHERE purpose = $1 AND version = $2",
+        )
+        .bind(key.purpose.clone())
+        .bind(key.version)
+        .bind(wrapped)
+        .bind(wrap_key_id)
+        .execute(&mut *w.tx)
+        .await?
+        .rows_affected();
+        if n != 1 {
+            return Err(StoreError::NotFound("key vanished during rewrap".into()));
+        }
+        w.commit().await
+    }
+}

@@ -67,10 +67,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "policy epochs: a counter per company that security changes move",
         sql: include_str!("../migrations/0011_policy_epochs.sql"),
     },
+    Migration {
+        version: 12,
+        name: "the installation's own wrapped keys (backup manifest signing)",
+        sql: include_str!("../migrations/0012_server_keys.sql"),
+    },
 ];
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 11;
+pub const SCHEMA_VERSION: i64 = 12;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationReport {

@@ -133,6 +133,7 @@ async fn a_backup_restores_every_row_into_either_backend() {
             &m.id,
             restored,
             false,
+            backup::Commit::Once,
             srv.clock.now(),
             &|done, _| seen.store(done, std::sync::atomic::Ordering::Relaxed),
         )
@@ -170,6 +171,7 @@ async fn a_backup_restores_every_row_into_either_backend() {
             &m.id,
             restored,
             false,
+            backup::Commit::Once,
             srv.clock.now(),
             &|_, _| {},
         )
@@ -301,6 +303,7 @@ async fn damage_is_detected_before_the_target_is_touched() {
             id,
             &t,
             false,
+            backup::Commit::Once,
             srv.clock.now(),
             &|_, _| {}
         )
@@ -575,7 +578,7 @@ async fn backups_to_s3_compatible_storage() {
         display: "s3://backups/strongroom/prod".into(),
     };
     let provider = srv.state.keys.provider();
-    let m = backup::create_at(srv.store(), provider, &loc, srv.clock.now())
+    let m = backup::create_at(srv.store(), provider, &loc, srv.clock.now(), &|_| {})
         .await
         .unwrap();
     // An upload that stopped before its manifest is not a backup.
@@ -623,6 +626,7 @@ async fn backups_to_s3_compatible_storage() {
         &m.id,
         &restored,
         false,
+        backup::Commit::Once,
         srv.clock.now(),
         &|_, _| {},
     )
@@ -657,4 +661,460 @@ fn walk(p: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+#[tokio::test]
+async fn manifests_are_signed_and_a_pinned_key_checks_them_without_the_master_key() {
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+    let srv = populated().await;
+    let target = tempfile::tempdir().unwrap();
+    let provider = srv.state.keys.provider();
+    let m = backup::create(srv.store(), provider, target.path(), srv.clock.now())
+        .await
+        .unwrap();
+    let ours = backup::signing_public_key(srv.store())
+        .await
+        .unwrap()
+        .expect("the first backup made the installation's signing key");
+    let sig = m.signature.clone().expect("the manifest is signed");
+    assert_eq!(sig.public_key, ours);
+    assert_eq!(sig.algorithm, "ed25519");
+    // The full check names the signer; the key-less check passes with the
+    // pinned key and fails with any other.
+    let c = backup::verify(provider, target.path(), &m.id).unwrap();
+    assert_eq!(c.signed_by.as_deref(), Some(ours.as_str()));
+    backup::verify_signature(target.path(), &m.id, &ours).unwrap();
+    let stranger = hex::encode([7u8; 32]);
+    let e = backup::verify_signature(target.path(), &m.id, &stranger).unwrap_err();
+    assert!(format!("{e:#}").contains("not by the pinned key"), "{e:#}");
+
+    // Someone without the master key alters the manifest (its date, so that
+    // retention would keep an old backup as the newest) and signs it again
+    // with a key of their own: the pinned key refuses it, and so does the
+    // MAC.
+    let mf = target.path().join(&m.id).join("manifest.json");
+    let original = std::fs::read(&mf).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    v["created_at"] = json!("2099-01-01T00:00:00Z");
+    std::fs::write(&mf, serde_json::to_vec(&v).unwrap()).unwrap();
+    let e = backup::verify_signature(target.path(), &m.id, &ours).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("signature does not match"),
+        "{e:#}"
+    );
+    let seed = [9u8; 32];
+    let forger = Ed25519KeyPair::from_seed_unchecked(&seed).unwrap();
+    let mut forged: backup::Manifest = serde_json::from_value(v).unwrap();
+    let forger_hex = hex::encode(forger.public_key().as_ref());
+    if let Some(s) = forged.signature.as_mut() {
+        s.public_key = forger_hex.clone();
+        s.sig = String::new();
+    }
+    let mut unsigned = forged.clone();
+    unsigned.mac = String::new();
+    let mut bytes = b"strongroom/backup-manifest-signature/v1\0".to_vec();
+    bytes.extend(serde_json::to_vec(&unsigned).unwrap());
+    forged.signature.as_mut().unwrap().sig = hex::encode(forger.sign(&bytes).as_ref());
+    std::fs::write(&mf, serde_json::to_vec(&forged).unwrap()).unwrap();
+    // The forgery is self-consistent (it passes with the forger's key) ...
+    backup::verify_signature(target.path(), &m.id, &forger_hex).unwrap();
+    // ... but not with the installation's key, nor under the master key.
+    let e = backup::verify_signature(target.path(), &m.id, &ours).unwrap_err();
+    assert!(format!("{e:#}").contains("not by the pinned key"), "{e:#}");
+    let e = backup::verify(provider, target.path(), &m.id).unwrap_err();
+    assert!(format!("{e:#}").contains("altered"), "{e:#}");
+    std::fs::write(&mf, &original).unwrap();
+
+    // A damaged chunk fails the key-less check too.
+    let chunk = target.path().join(&m.id).join("chunk-000001.bin");
+    let good = std::fs::read(&chunk).unwrap();
+    let mut bad = good.clone();
+    bad[3] ^= 0x40;
+    std::fs::write(&chunk, &bad).unwrap();
+    let e = backup::verify_signature(target.path(), &m.id, &ours).unwrap_err();
+    assert!(format!("{e:#}").contains("checksum"), "{e:#}");
+    std::fs::write(&chunk, &good).unwrap();
+
+    // After a master-key rotation the signing key is re-wrapped with the
+    // company keys: the next backup is signed by the same key, and the old
+    // master key is gone.
+    let shared = srv.state.keys.shared_provider();
+    shared.add_master_key().unwrap();
+    strongroom_server::keys::rewrap_all(shared.as_ref(), srv.store())
+        .await
+        .unwrap();
+    shared.drop_old_master_keys().unwrap();
+    let m2 = backup::create(srv.store(), provider, target.path(), srv.clock.now())
+        .await
+        .unwrap();
+    assert_eq!(m2.signature.unwrap().public_key, ours);
+    backup::verify(provider, target.path(), &m2.id).unwrap();
+}
+
+/// Connects to a fresh store of each backend: a SQLite file in `dir`, and
+/// a scratch PostgreSQL database.
+async fn fresh_targets(dir: &Path) -> (Vec<Store>, ScratchPostgres) {
+    let sqlite = Store::connect(
+        &dir.join("restored.db").to_string_lossy(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let pg = ScratchPostgres::new().await;
+    let postgres = Store::connect(&pg.url, Default::default()).await.unwrap();
+    (vec![sqlite, postgres], pg)
+}
+
+#[tokio::test]
+async fn an_interrupted_restore_resumes_and_nothing_uses_the_store_before() {
+    let srv = populated().await;
+    let target = tempfile::tempdir().unwrap();
+    let provider = srv.state.keys.provider();
+    let written = std::sync::atomic::AtomicU64::new(0);
+    let m = backup::create_with(
+        srv.store(),
+        provider,
+        target.path(),
+        srv.clock.now(),
+        2048,
+        &|n| written.store(n, std::sync::atomic::Ordering::Relaxed),
+    )
+    .await
+    .unwrap();
+    assert!(m.chunks.len() >= 6, "{} chunks", m.chunks.len());
+    assert_eq!(
+        written.into_inner(),
+        m.total_rows(),
+        "progress reached the end"
+    );
+    let other = backup::create(srv.store(), provider, target.path(), srv.clock.now())
+        .await
+        .unwrap();
+    let before = dump(srv.store()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (targets, pg) = fresh_targets(dir.path()).await;
+    let two_chunks: u64 = m.chunks[..2].iter().map(|c| c.rows).sum();
+    for (n, into) in targets.iter().enumerate() {
+        // Interrupted in the middle of the third chunk: the restore is
+        // dropped there, as a killed process would stop.
+        let reached = tokio::sync::Notify::new();
+        let hear = |done: u64, _: u64| {
+            if done > two_chunks {
+                reached.notify_one();
+            }
+        };
+        let run = backup::restore(
+            provider,
+            target.path(),
+            &m.id,
+            into,
+            false,
+            backup::Commit::Resumable,
+            srv.clock.now(),
+            &hear,
+        );
+        // Biased: once the callback has fired, the restore is not polled
+        // again (it stops at its next wait).
+        tokio::select! {
+            biased;
+            _ = reached.notified() => {}
+            r = run => panic!("the restore ended before it was interrupted: {:?}", r.map(|c| c.manifest.id)),
+        }
+        let p = into
+            .restore_progress()
+            .await
+            .unwrap()
+            .expect("the store remembers the interrupted restore");
+        assert_eq!(p.backup_id, m.id);
+        // Two chunks were committed when the callback fired; the third may
+        // have committed too if the store answered before the restore
+        // yielded, but never all of them.
+        assert!(p.chunks_done >= 2 && p.chunks_done < p.chunks, "{p:?}");
+        let kept: u64 = m.chunks[..p.chunks_done as usize]
+            .iter()
+            .map(|c| c.rows)
+            .sum();
+        assert_eq!(p.chunks, m.chunks.len() as i64);
+
+        // No server starts on it, and no tool works on it.
+        let mut env = srv.env.clone();
+        let data = tempfile::tempdir().unwrap();
+        let url = if n == 0 {
+            dir.path()
+                .join("restored.db")
+                .to_string_lossy()
+                .into_owned()
+        } else {
+            pg.url.clone()
+        };
+        for (k, v) in env.iter_mut() {
+            match k.as_str() {
+                "STRONGROOM_DATABASE_URL" => *v = url.clone(),
+                "STRONGROOM_DATA_DIR" => *v = data.path().to_string_lossy().into_owned(),
+                _ => {}
+            }
+        }
+        let (config, resolved) = strongroom_server::config::Config::load(None, &env).unwrap();
+        let e = strongroom_server::prepare(&config, &resolved, Arc::new(srv.clock.clone()))
+            .await
+            .err()
+            .expect("a server refuses a partly restored store");
+        let text = format!("{e:#}");
+        assert!(text.contains("interrupted restore"), "{text}");
+        assert!(text.contains(&m.id), "{text}");
+
+        // Another backup is refused there unless forced.
+        let e = backup::restore(
+            provider,
+            target.path(),
+            &other.id,
+            into,
+            false,
+            backup::Commit::Resumable,
+            srv.clock.now(),
+            &|_, _| {},
+        )
+        .await
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("interrupted restore"), "{e:#}");
+
+        // Run again, it resumes after the second chunk and completes.
+        let first = std::sync::Mutex::new(None);
+        backup::restore(
+            provider,
+            target.path(),
+            &m.id,
+            into,
+            false,
+            backup::Commit::Resumable,
+            srv.clock.now(),
+            &|done, _| {
+                first.lock().unwrap().get_or_insert(done);
+            },
+        )
+        .await
+        .unwrap();
+        let first = first.into_inner().unwrap().unwrap();
+        assert!(first > kept, "resumed from the start ({first} rows)");
+        assert_eq!(into.restore_progress().await.unwrap(), None);
+        let after = dump(into).await;
+        for t in BACKUP_TABLES {
+            assert_eq!(
+                before[*t], after[*t],
+                "table {t} differs after a resumed restore"
+            );
+        }
+        let ring =
+            strongroom_server::keys::KeyRing::new(srv.state.keys.shared_provider(), into.clone());
+        for chain in into.audit_chains().await.unwrap() {
+            let company = into
+                .company_code(strongroom_core::CompanyId(chain))
+                .await
+                .unwrap();
+            let v = strongroom_server::audit::verify(into, &ring, chain, company.is_some(), None)
+                .await
+                .unwrap();
+            assert_eq!(v.problem, None, "chain {chain}");
+        }
+        strongroom_server::prepare(&config, &resolved, Arc::new(srv.clock.clone()))
+            .await
+            .expect("a server starts once the restore is complete");
+    }
+}
+
+/// A small tmpfs mounted on `dir` (unmounted when dropped), standing in
+/// for a full disk. Needs the right to mount: without it the test is
+/// skipped, unless STRONGROOM_REQUIRE_MOUNT is set (as `.ci/run` does).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, bytes: u64) -> Option<Tmpfs> {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={bytes}"))
+            .arg("tmpfs")
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            if std::env::var_os("STRONGROOM_REQUIRE_MOUNT").is_some() {
+                panic!(
+                    "cannot mount a tmpfs on {} (STRONGROOM_REQUIRE_MOUNT is set)",
+                    dir.display()
+                );
+            }
+            eprintln!("skipped: mounting a tmpfs (a full disk) needs root");
+            return None;
+        }
+        Some(Tmpfs(dir.to_owned()))
+    }
+
+    fn resize(&self, bytes: u64) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o"])
+            .arg(format!("remount,size={bytes}"))
+            .arg(&self.0)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot resize the tmpfs");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn size_of_tree(p: &Path) -> u64 {
+    walk(p)
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_full_disk_is_a_clear_error_and_leaves_nothing_that_looks_complete() {
+    let srv = populated().await;
+    let provider = srv.state.keys.provider();
+    let roomy = tempfile::tempdir().unwrap();
+    let m = backup::create_with(
+        srv.store(),
+        provider,
+        roomy.path(),
+        srv.clock.now(),
+        2048,
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    let backup_bytes = size_of_tree(&roomy.path().join(&m.id));
+    let before = dump(srv.store()).await;
+
+    // A backup onto a disk with room for half of it fails, says why, and
+    // leaves neither a listed backup nor a partial directory behind.
+    let small = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(small.path(), (backup_bytes / 2).max(4096)) else {
+        return;
+    };
+    let e = backup::create_with(
+        srv.store(),
+        provider,
+        small.path(),
+        srv.clock.now(),
+        2048,
+        &|_| {},
+    )
+    .await
+    .unwrap_err();
+    let text = format!("{e:#}");
+    assert!(
+        text.contains("disk is full") || text.contains("No space left"),
+        "{text}"
+    );
+    assert!(backup::list(small.path()).unwrap().is_empty());
+    assert_eq!(
+        std::fs::read_dir(small.path()).unwrap().count(),
+        0,
+        "leftovers"
+    );
+    assert_eq!(dump(srv.store()).await, before, "the source store changed");
+    drop(disk);
+
+    // A restore into an SQLite store whose disk fills up halfway through
+    // the load stops with a clear error; once there is room, the same
+    // restore resumes and completes. (How much the load needs is measured
+    // first, on a roomy disk.)
+    let used = |p: &Path| -> u64 {
+        walk(p)
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len().div_ceil(4096) * 4096)
+            .sum()
+    };
+    let measure = tempfile::tempdir().unwrap();
+    let t = Store::connect(
+        &measure.path().join("s.db").to_string_lossy(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    t.migrate(srv.clock.now()).await.unwrap();
+    let empty = used(measure.path());
+    backup::restore(
+        provider,
+        roomy.path(),
+        &m.id,
+        &t,
+        false,
+        backup::Commit::Resumable,
+        srv.clock.now(),
+        &|_, _| {},
+    )
+    .await
+    .unwrap();
+    let load = used(measure.path()) - empty;
+    t.close().await;
+    let small = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(small.path(), 64 << 20).expect("mounted once already");
+    let into = Store::connect(
+        &small.path().join("s.db").to_string_lossy(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    into.migrate(srv.clock.now()).await.unwrap();
+    disk.resize(used(small.path()) + load / 2);
+    let e = backup::restore(
+        provider,
+        roomy.path(),
+        &m.id,
+        &into,
+        false,
+        backup::Commit::Resumable,
+        srv.clock.now(),
+        &|_, _| {},
+    )
+    .await
+    .unwrap_err();
+    let text = format!("{e:#}");
+    assert!(text.contains("the restore stopped at chunk"), "{text}");
+    assert!(
+        text.contains("run the same command again to resume"),
+        "{text}"
+    );
+    assert!(text.contains("disk is full"), "{text}");
+    let p = into
+        .restore_progress()
+        .await
+        .unwrap()
+        .expect("progress kept");
+    assert!(p.chunks_done < p.chunks, "{p:?}");
+    disk.resize(256 << 20);
+    backup::restore(
+        provider,
+        roomy.path(),
+        &m.id,
+        &into,
+        false,
+        backup::Commit::Resumable,
+        srv.clock.now(),
+        &|_, _| {},
+    )
+    .await
+    .unwrap();
+    let after = dump(&into).await;
+    for t in BACKUP_TABLES {
+        assert_eq!(
+            before[*t], after[*t],
+            "table {t} differs after a restore that met a full disk"
+        );
+    }
+    into.close().await;
 }
