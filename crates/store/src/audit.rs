@@ -146,7 +146,7 @@ pub(crate) async fn chain_events(
             }
             let sql = format!(
                 "INSERT INTO audit_events ({EVENT_COLUMNS}) VALUES {}",
-                crate::values_placeholders(group.len(), 15)
+                crate::values_placeholders(dialect, group.len(), 15)
             );
             let mut q = sqlx::query(&sql);
             for (e, (seq, prev, hash)) in group.iter().zip(links) {

@@ -456,7 +456,8 @@ impl Store {
             .bind(record_id)
             .execute(&mut *w.tx)
             .await?;
-        crate::records::write_index(&mut w.tx, company, type_id, record_id, index).await?;
+        crate::records::write_index(&mut w.tx, self.dialect, company, type_id, record_id, index)
+            .await?;
         for (version, old_v, new_v) in versions {
             sqlx::query(
                 "UPDATE record_versions SET data = $5 \

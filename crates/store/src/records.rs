@@ -302,7 +302,7 @@ impl Store {
             now,
         )
         .await?;
-        write_index(&mut w.tx, company, record_type.id, id, index).await?;
+        write_index(&mut w.tx, self.dialect, company, record_type.id, id, index).await?;
         crate::audit::chain_events(&mut w.tx, self.dialect, audit).await?;
         w.commit().await
     }
@@ -489,7 +489,15 @@ impl Store {
             .bind(record.id)
             .execute(&mut *w.tx)
             .await?;
-        write_index(&mut w.tx, company, record_type.id, record.id, change.index).await?;
+        write_index(
+            &mut w.tx,
+            self.dialect,
+            company,
+            record_type.id,
+            record.id,
+            change.index,
+        )
+        .await?;
         crate::audit::chain_events(&mut w.tx, self.dialect, change.audit).await?;
         w.commit().await
     }
@@ -559,6 +567,7 @@ async fn insert_version(
 
 pub(crate) async fn write_index(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    dialect: crate::Dialect,
     company: CompanyId,
     type_id: i64,
     record_id: i64,
@@ -570,7 +579,7 @@ pub(crate) async fn write_index(
     for group in entries.chunks(100) {
         let sql = format!(
             "INSERT INTO record_index (record_id, field_key, company_id, record_type_id, value) VALUES {}",
-            crate::values_placeholders(group.len(), 5)
+            crate::values_placeholders(dialect, group.len(), 5)
         );
         let mut q = sqlx::query(&sql);
         for (key, text) in group {
