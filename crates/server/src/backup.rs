@@ -591,14 +591,7 @@ fn read_chunk(dir: &Path, m: &Manifest, key: &SecretKey, i: usize) -> anyhow::Re
     use std::io::Read;
     let c = &m.chunks[i];
     let name = chunk_name(m, c)?;
-    let sealed = read_limited(&dir.join(name))
-        .with_context(|| format!("chunk {name} of backup {} is missing", m.id))?;
-    if hex::encode(Sha256::digest(&sealed)) != c.sha256 {
-        bail!(
-            "chunk {name} of backup {} is damaged (checksum mismatch)",
-            m.id
-        );
-    }
+    let sealed = read_sealed(dir, m, c)?;
     let packed = open_raw(key, &chunk_aad(&m.id, i + 1), &sealed)
         .map_err(|_| anyhow!("chunk {name} of backup {} does not decrypt", m.id))?;
     let mut plain = Vec::new();
@@ -677,15 +670,7 @@ pub fn verify_signature(target: &Path, id: &str, public_key: &str) -> anyhow::Re
     }
     check_signature(&m, Some(public_key))?;
     for c in &m.chunks {
-        let name = chunk_name(&m, c)?;
-        let sealed = read_limited(&dir.join(name))
-            .with_context(|| format!("chunk {name} of backup {} is missing", m.id))?;
-        if hex::encode(Sha256::digest(&sealed)) != c.sha256 {
-            bail!(
-                "chunk {name} of backup {} is damaged (checksum mismatch)",
-                m.id
-            );
-        }
+        read_sealed(&dir, &m, c)?;
     }
     let in_chunks: u64 = m.chunks.iter().map(|c| c.rows).sum();
     if in_chunks != m.total_rows() {
@@ -708,6 +693,21 @@ fn backup_dir(target: &Path, id: &str) -> anyhow::Result<PathBuf> {
         bail!("there is no backup {id} in {}", target.display());
     }
     Ok(dir)
+}
+
+/// A chunk's sealed bytes, after checking them against the manifest's
+/// checksum.
+fn read_sealed(dir: &Path, m: &Manifest, c: &ChunkEntry) -> anyhow::Result<Vec<u8>> {
+    let name = chunk_name(m, c)?;
+    let sealed = read_limited(&dir.join(name))
+        .with_context(|| format!("chunk {name} of backup {} is missing", m.id))?;
+    if hex::encode(Sha256::digest(&sealed)) != c.sha256 {
+        bail!(
+            "chunk {name} of backup {} is damaged (checksum mismatch)",
+            m.id
+        );
+    }
+    Ok(sealed)
 }
 
 /// A chunk's file name, refused when it would leave the backup directory.

@@ -751,6 +751,28 @@ async fn manifests_are_signed_and_a_pinned_key_checks_them_without_the_master_ke
     backup::verify(provider, target.path(), &m2.id).unwrap();
 }
 
+/// Restores backup `id` from `target` into `into`, unforced, hearing no
+/// progress.
+async fn restore_quietly(
+    srv: &TestServer,
+    target: &Path,
+    id: &str,
+    into: &Store,
+    commit: backup::Commit,
+) -> anyhow::Result<backup::Checked> {
+    backup::restore(
+        srv.state.keys.provider(),
+        target,
+        id,
+        into,
+        false,
+        commit,
+        srv.clock.now(),
+        &|_, _| {},
+    )
+    .await
+}
+
 /// Connects to a fresh store of each backend: a SQLite file in `dir`, and
 /// a scratch PostgreSQL database.
 async fn fresh_targets(dir: &Path) -> (Vec<Store>, ScratchPostgres) {
@@ -864,15 +886,12 @@ async fn an_interrupted_restore_resumes_and_nothing_uses_the_store_before() {
         assert!(text.contains(&m.id), "{text}");
 
         // Another backup is refused there unless forced.
-        let e = backup::restore(
-            provider,
+        let e = restore_quietly(
+            &srv,
             target.path(),
             &other.id,
             into,
-            false,
             backup::Commit::Resumable,
-            srv.clock.now(),
-            &|_, _| {},
         )
         .await
         .unwrap_err();
@@ -1047,18 +1066,9 @@ async fn a_full_disk_is_a_clear_error_and_leaves_nothing_that_looks_complete() {
     .unwrap();
     t.migrate(srv.clock.now()).await.unwrap();
     let empty = used(measure.path());
-    backup::restore(
-        provider,
-        roomy.path(),
-        &m.id,
-        &t,
-        false,
-        backup::Commit::Resumable,
-        srv.clock.now(),
-        &|_, _| {},
-    )
-    .await
-    .unwrap();
+    restore_quietly(&srv, roomy.path(), &m.id, &t, backup::Commit::Resumable)
+        .await
+        .unwrap();
     let load = used(measure.path()) - empty;
     t.close().await;
     let small = tempfile::tempdir().unwrap();
@@ -1071,18 +1081,9 @@ async fn a_full_disk_is_a_clear_error_and_leaves_nothing_that_looks_complete() {
     .unwrap();
     into.migrate(srv.clock.now()).await.unwrap();
     disk.resize(used(small.path()) + load / 2);
-    let e = backup::restore(
-        provider,
-        roomy.path(),
-        &m.id,
-        &into,
-        false,
-        backup::Commit::Resumable,
-        srv.clock.now(),
-        &|_, _| {},
-    )
-    .await
-    .unwrap_err();
+    let e = restore_quietly(&srv, roomy.path(), &m.id, &into, backup::Commit::Resumable)
+        .await
+        .unwrap_err();
     let text = format!("{e:#}");
     assert!(text.contains("the restore stopped at chunk"), "{text}");
     assert!(
@@ -1097,18 +1098,9 @@ async fn a_full_disk_is_a_clear_error_and_leaves_nothing_that_looks_complete() {
         .expect("progress kept");
     assert!(p.chunks_done < p.chunks, "{p:?}");
     disk.resize(256 << 20);
-    backup::restore(
-        provider,
-        roomy.path(),
-        &m.id,
-        &into,
-        false,
-        backup::Commit::Resumable,
-        srv.clock.now(),
-        &|_, _| {},
-    )
-    .await
-    .unwrap();
+    restore_quietly(&srv, roomy.path(), &m.id, &into, backup::Commit::Resumable)
+        .await
+        .unwrap();
     let after = dump(&into).await;
     for t in BACKUP_TABLES {
         assert_eq!(
