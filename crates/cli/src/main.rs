@@ -314,7 +314,9 @@ enum KeysCommand {
 
     /// Replace the master key: a new one is added to the key file, every
     /// company key is re-wrapped under it (records are not touched), then
-    /// the old one is removed. Back up the key file afterwards.
+    /// the old one is removed. Back up the key file afterwards. Backups
+    /// made before can no longer be restored (their keys were wrapped by
+    /// the old master key): the command lists them; take a new backup.
     ///
     /// Example: strongroom keys rotate-master
     RotateMaster,
@@ -762,6 +764,27 @@ async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
                 "Re-wrapped {n} keys; removed {dropped} old master key(s) from {}. Back up the key now.",
                 provider.describe()
             );
+            // Each backup's key is wrapped by the master key of its day:
+            // those are unreadable from now on, and the operator must know.
+            let loc = strongroom_server::backup::Location::parse(&config.backup_target)?;
+            match strongroom_server::backup::list_at(&loc).await {
+                Ok(all) => {
+                    let lost: Vec<_> = all.iter().filter(|m| m.wrap_key_id != new).collect();
+                    if let (Some(first), Some(last)) = (lost.first(), lost.last()) {
+                        say!(
+                            "warning: the {} backup(s) in {} ({} .. {}) were made under the removed master key and can no longer be restored or drilled; take a new backup now (strongroom backup create).",
+                            lost.len(),
+                            loc.describe(),
+                            first.id,
+                            last.id
+                        );
+                    }
+                }
+                Err(e) => say!(
+                    "warning: could not list the backups in {} ({e:#}); backups made before this rotation can no longer be restored: take a new one now.",
+                    loc.describe()
+                ),
+            }
         }
     }
     store.close().await;

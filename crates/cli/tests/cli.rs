@@ -307,9 +307,18 @@ fn keys_status_rotate_and_company_deletion() {
         "{t}"
     );
 
+    // A backup made before a master-key rotation is named as lost by it.
+    let o = s.run(&["backup", "create"]);
+    assert!(o.status.success(), "{}", text(&o));
     let o = s.run(&["keys", "rotate-master"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("Re-wrapped 7 keys"), "{}", text(&o));
+    // Seven company keys and the installation's backup-signing key.
+    assert!(text(&o).contains("Re-wrapped 8 keys"), "{}", text(&o));
+    assert!(
+        text(&o).contains("the 1 backup(s) in") && text(&o).contains("can no longer be restored"),
+        "{}",
+        text(&o)
+    );
 
     let o = s.run(&["delete-company", "--company", "BETA"]);
     assert!(!o.status.success());
@@ -334,7 +343,8 @@ fn keys_status_rotate_and_company_deletion() {
         "{t}"
     );
     assert!(t.contains("(deleted): 1 events"), "{t}");
-    assert!(t.contains("(server): 2 events"), "{t}");
+    // The backup, the master-key rotation and the deletion.
+    assert!(t.contains("(server): 3 events"), "{t}");
     let o = s.run(&["audit", "verify", "--company", "NOPE"]);
     assert!(!o.status.success());
     assert!(
