@@ -155,6 +155,11 @@ enum Command {
         /// Replace what the target holds.
         #[arg(long)]
         force: bool,
+        /// Load everything in one transaction instead: any failure (a kill,
+        /// a full disk) leaves the target's data as it was, but a new
+        /// attempt starts from the beginning.
+        #[arg(long)]
+        atomic: bool,
     },
 
     /// Prove a backup: restore it (the newest, or ID) into a scratch store,
@@ -403,9 +408,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (config, _) = load_config(cli.config.as_deref())?;
             backup_command(&config, b).await
         }
-        Command::Restore { id, into, force } => {
+        Command::Restore {
+            id,
+            into,
+            force,
+            atomic,
+        } => {
             let (config, _) = load_config(cli.config.as_deref())?;
-            restore_command(&config, &id, &into, force).await
+            let commit = if atomic {
+                strongroom_server::backup::Commit::Once
+            } else {
+                strongroom_server::backup::Commit::Resumable
+            };
+            restore_command(&config, &id, &into, force, commit).await
         }
         Command::Standby {
             action,
@@ -1192,7 +1207,13 @@ async fn backup_command(config: &Config, cmd: BackupCommand) -> anyhow::Result<(
     }
 }
 
-async fn restore_command(config: &Config, id: &str, into: &str, force: bool) -> anyhow::Result<()> {
+async fn restore_command(
+    config: &Config,
+    id: &str,
+    into: &str,
+    force: bool,
+    commit: strongroom_server::backup::Commit,
+) -> anyhow::Result<()> {
     // The configured store may be the restore's own target, resuming: it is
     // opened as it is, only for the master key.
     let store = strongroom_server::connect_store(config).await?;
@@ -1225,7 +1246,7 @@ async fn restore_command(config: &Config, id: &str, into: &str, force: bool) -> 
         id,
         &target,
         force,
-        strongroom_server::backup::Commit::Resumable,
+        commit,
         SystemClock.now(),
         &|done, total| {
             bar.set_length(total);

@@ -522,6 +522,19 @@ fn backup_verify_restore_and_drill_from_the_command_line() {
     let o = s.run(&["restore", &id, "--into", "restored"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("not empty"), "{}", text(&o));
+    // In one transaction, on request.
+    let o = s.run(&["restore", &id, "--into", "restored-atomic", "--atomic"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = s
+        .cmd()
+        .env(
+            "STRONGROOM_DATABASE_URL",
+            s.path("restored-atomic/strongroom.db"),
+        )
+        .args(["audit", "verify", "--company", "ACME"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
     // A bad id says what to do.
     let o = s.run(&["backup", "verify", "nope"]);
     assert!(!o.status.success());
