@@ -773,6 +773,22 @@ async fn restore_quietly(
     .await
 }
 
+/// A backup in chunks of about 2 KiB (many chunks from a small store).
+async fn create_in_small_chunks(
+    srv: &TestServer,
+    target: &Path,
+) -> anyhow::Result<backup::Manifest> {
+    backup::create_with(
+        srv.store(),
+        srv.state.keys.provider(),
+        target,
+        srv.clock.now(),
+        2048,
+        &|_| {},
+    )
+    .await
+}
+
 /// Connects to a fresh store of each backend: a SQLite file in `dir`, and
 /// a scratch PostgreSQL database.
 async fn fresh_targets(dir: &Path) -> (Vec<Store>, ScratchPostgres) {
@@ -1001,18 +1017,8 @@ fn size_of_tree(p: &Path) -> u64 {
 #[tokio::test]
 async fn a_full_disk_is_a_clear_error_and_leaves_nothing_that_looks_complete() {
     let srv = populated().await;
-    let provider = srv.state.keys.provider();
     let roomy = tempfile::tempdir().unwrap();
-    let m = backup::create_with(
-        srv.store(),
-        provider,
-        roomy.path(),
-        srv.clock.now(),
-        2048,
-        &|_| {},
-    )
-    .await
-    .unwrap();
+    let m = create_in_small_chunks(&srv, roomy.path()).await.unwrap();
     let backup_bytes = size_of_tree(&roomy.path().join(&m.id));
     let before = dump(srv.store()).await;
 
@@ -1022,16 +1028,9 @@ async fn a_full_disk_is_a_clear_error_and_leaves_nothing_that_looks_complete() {
     let Some(disk) = Tmpfs::mount(small.path(), (backup_bytes / 2).max(4096)) else {
         return;
     };
-    let e = backup::create_with(
-        srv.store(),
-        provider,
-        small.path(),
-        srv.clock.now(),
-        2048,
-        &|_| {},
-    )
-    .await
-    .unwrap_err();
+    let e = create_in_small_chunks(&srv, small.path())
+        .await
+        .unwrap_err();
     let text = format!("{e:#}");
     assert!(
         text.contains("disk is full") || text.contains("No space left"),
