@@ -781,9 +781,13 @@ async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
             );
             // Each backup's key is wrapped by the master key of its day:
             // those are unreadable from now on, and the operator must know.
-            let loc = strongroom_server::backup::Location::parse(&config.backup_target)?;
-            match strongroom_server::backup::list_at(&loc).await {
-                Ok(all) => {
+            let listed = async {
+                let loc = strongroom_server::backup::Location::parse(&config.backup_target)?;
+                let all = strongroom_server::backup::list_at(&loc).await?;
+                anyhow::Ok((loc, all))
+            };
+            match listed.await {
+                Ok((loc, all)) => {
                     let lost: Vec<_> = all.iter().filter(|m| m.wrap_key_id != new).collect();
                     if let (Some(first), Some(last)) = (lost.first(), lost.last()) {
                         say!(
@@ -796,8 +800,7 @@ async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
                     }
                 }
                 Err(e) => say!(
-                    "warning: could not list the backups in {} ({e:#}); backups made before this rotation can no longer be restored: take a new one now.",
-                    loc.describe()
+                    "warning: could not list the backups ({e:#}); backups made before this rotation can no longer be restored: take a new one now."
                 ),
             }
         }

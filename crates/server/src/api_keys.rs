@@ -148,14 +148,10 @@ pub async fn caller(parts: &mut Parts, state: &AppState, key: &str) -> ApiResult
             ));
         }
     }
-    // The last use is noted at most once a minute: a write per request
-    // would serialise every API call behind the store's writer.
-    if k.key
-        .last_used_at
-        .is_none_or(|t| now - t >= chrono::Duration::minutes(1))
-    {
-        state.store.touch_api_key(&hash, now).await?;
-    }
+    state
+        .store
+        .touch_api_key(&hash, k.key.last_used_at, now)
+        .await?;
     Ok(Caller {
         principal: Principal {
             company: k.key.company,

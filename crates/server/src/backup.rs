@@ -372,16 +372,14 @@ pub async fn create_with(
     let partial = target.join(format!(".partial-{id}"));
     std::fs::create_dir(&partial)
         .with_context(|| format!("cannot write into {}", target.display()))?;
-    let result = write_backup(
-        store,
-        provider,
-        &signer,
-        &partial,
-        (&id, now),
+    let job = Job {
+        dir: &partial,
+        id: &id,
+        now,
         chunk_bytes,
         progress,
-    )
-    .await;
+    };
+    let result = write_backup(store, provider, &signer, job).await;
     match result {
         Ok(m) => {
             let done = target.join(&id);
@@ -399,15 +397,29 @@ pub async fn create_with(
     }
 }
 
+/// What one backup writes: where, under which id and time, in chunks of
+/// what size, telling whom.
+struct Job<'a> {
+    dir: &'a Path,
+    id: &'a str,
+    now: DateTime<Utc>,
+    chunk_bytes: usize,
+    progress: Progress<'a>,
+}
+
 async fn write_backup(
     store: &Store,
     provider: &dyn KeyProvider,
     signer: &Signer,
-    dir: &Path,
-    (id, now): (&str, DateTime<Utc>),
-    chunk_bytes: usize,
-    progress: Progress<'_>,
+    job: Job<'_>,
 ) -> anyhow::Result<Manifest> {
+    let Job {
+        dir,
+        id,
+        now,
+        chunk_bytes,
+        progress,
+    } = job;
     let raw = strongroom_crypto::token::random_bytes::<32>()?;
     let key = SecretKey::from_bytes(1, &raw)?;
     let wrapped = provider.wrap(&raw, &wrap_context(id))?;
@@ -624,11 +636,16 @@ fn read_chunk(dir: &Path, m: &Manifest, key: &SecretKey, i: usize) -> anyhow::Re
 /// Checks a backup completely without restoring it: manifest MAC, every
 /// chunk's checksum, decryption and rows against the manifest's counts.
 pub fn verify(provider: &dyn KeyProvider, target: &Path, id: &str) -> anyhow::Result<Checked> {
-    let dir = backup_dir(target, id)?;
-    let m = read_manifest(&dir)?;
-    if m.id != id {
-        bail!("the manifest in {id} belongs to backup {}", m.id);
-    }
+    check(provider, target, id).map(|(checked, _)| checked)
+}
+
+/// [`verify`], handing back the backup key it opened (for the restore).
+fn check(
+    provider: &dyn KeyProvider,
+    target: &Path,
+    id: &str,
+) -> anyhow::Result<(Checked, SecretKey)> {
+    let (dir, m) = open_manifest(target, id)?;
     let key = open_key(provider, &m)?;
     let signed_by = check_signature(&m, None)?;
     let mut rows: BTreeMap<String, u64> = BTreeMap::new();
@@ -650,11 +667,14 @@ pub fn verify(provider: &dyn KeyProvider, target: &Path, id: &str) -> anyhow::Re
             );
         }
     }
-    Ok(Checked {
-        manifest: m,
-        rows,
-        signed_by,
-    })
+    Ok((
+        Checked {
+            manifest: m,
+            rows,
+            signed_by,
+        },
+        key,
+    ))
 }
 
 /// What can be checked of a backup without the master key, for an auditor
@@ -663,11 +683,7 @@ pub fn verify(provider: &dyn KeyProvider, target: &Path, id: &str) -> anyhow::Re
 /// the chunks' row counts add up to the tables'. The content itself is not
 /// decrypted (that takes the master key: [`verify`]).
 pub fn verify_signature(target: &Path, id: &str, public_key: &str) -> anyhow::Result<Manifest> {
-    let dir = backup_dir(target, id)?;
-    let m = read_manifest(&dir)?;
-    if m.id != id {
-        bail!("the manifest in {id} belongs to backup {}", m.id);
-    }
+    let (dir, m) = open_manifest(target, id)?;
     check_signature(&m, Some(public_key))?;
     for c in &m.chunks {
         read_sealed(&dir, &m, c)?;
@@ -683,8 +699,9 @@ pub fn verify_signature(target: &Path, id: &str, public_key: &str) -> anyhow::Re
     Ok(m)
 }
 
-/// The directory of backup `id` in `target`, after checking the id's shape.
-fn backup_dir(target: &Path, id: &str) -> anyhow::Result<PathBuf> {
+/// The directory of backup `id` in `target` (after checking the id's
+/// shape) and its manifest (refused when it names another backup).
+fn open_manifest(target: &Path, id: &str) -> anyhow::Result<(PathBuf, Manifest)> {
     if !valid_id(id) {
         bail!("'{id}' is not a backup id; `strongroom backup list` shows them");
     }
@@ -692,7 +709,11 @@ fn backup_dir(target: &Path, id: &str) -> anyhow::Result<PathBuf> {
     if !dir.is_dir() {
         bail!("there is no backup {id} in {}", target.display());
     }
-    Ok(dir)
+    let m = read_manifest(&dir)?;
+    if m.id != id {
+        bail!("the manifest in {id} belongs to backup {}", m.id);
+    }
+    Ok((dir, m))
 }
 
 /// A chunk's sealed bytes, after checking them against the manifest's
@@ -750,7 +771,7 @@ pub async fn restore(
     now: DateTime<Utc>,
     progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> anyhow::Result<Checked> {
-    let checked = verify(provider, target, id)?;
+    let (checked, key) = check(provider, target, id)?;
     let m = &checked.manifest;
     if m.schema_version > SCHEMA_VERSION {
         bail!(
@@ -759,21 +780,25 @@ pub async fn restore(
         );
     }
     let chunks = m.chunks.len();
-    let resume_from = match into.restore_progress().await? {
+    // Forced, whatever the target holds is replaced (a leftover progress
+    // too); otherwise an interrupted restore of this backup resumes.
+    let pending = if force {
+        None
+    } else {
+        into.restore_progress().await?
+    };
+    let resume_from = match pending {
         None => None,
-        Some(_) if force => None,
         Some(p) if p.backup_id == id && commit == Commit::Resumable => {
             let done = usize::try_from(p.chunks_done)
                 .ok()
                 .filter(|d| *d <= chunks)
-                .ok_or_else(|| anyhow!("the target's restore progress is damaged; restore again with --force"))?;
+                .ok_or_else(|| {
+                    anyhow!("the target's restore progress is damaged; restore again with --force")
+                })?;
             Some(done)
         }
-        Some(p) => bail!(
-            "the target holds an interrupted restore of backup {}; finish it with `strongroom restore {} --into ...`, or add --force to replace it",
-            p.backup_id,
-            p.backup_id
-        ),
+        Some(p) => bail!("the target holds {p}"),
     };
     if resume_from.is_none() {
         let found = into.schema_version().await.unwrap_or(0);
@@ -790,7 +815,6 @@ pub async fn restore(
             bail!("the target store is not empty; restore into an empty one, or add --force to replace its contents");
         }
     }
-    let key = open_key(provider, m)?;
     let dir = target.join(id);
     let total = m.total_rows();
     let start = resume_from.unwrap_or(0);
@@ -827,23 +851,27 @@ pub async fn restore(
                 }
             )
         };
-        let lines = read_chunk(&dir, m, &key, n).with_context(stopped)?;
-        let mut i = 0;
-        while i < lines.len() {
-            let t = lines[i].t.as_str();
-            let j = i + lines[i..].iter().take_while(|l| l.t == t).count();
+        // Each run of one table's rows is loaded as a batch.
+        let mut lines = read_chunk(&dir, m, &key, n)
+            .with_context(stopped)?
+            .into_iter()
+            .peekable();
+        while let Some(first) = lines.next() {
+            let t = first.t;
+            let mut rows = vec![first.r];
+            while let Some(l) = lines.next_if(|l| l.t == t) {
+                rows.push(l.r);
+            }
             let table = m
                 .tables
                 .iter()
                 .find(|x| x.name == t)
                 .ok_or_else(|| anyhow!("unknown table {t}"))?;
-            let rows: Vec<Vec<Cell>> = lines[i..j].iter().map(|l| l.r.clone()).collect();
-            into.load_rows(&mut loader, t, &table.columns, &rows)
+            into.load_rows(&mut loader, &t, &table.columns, &rows)
                 .await
                 .with_context(stopped)?;
-            done += (j - i) as u64;
+            done += rows.len() as u64;
             progress(done, total);
-            i = j;
         }
         if commit == Commit::Resumable {
             into.set_restore_progress(&mut loader, &mark(n + 1))
@@ -1017,7 +1045,7 @@ mod tests {
             ("0 3 * *", "UTC", "not a cron expression"),
             ("0 0 3 * * *", "UTC", "not a cron expression"),
             ("0 0 30 2 *", "UTC", "never fires"),
-            ("0 3 * * *", "Mars/Olympus", "not a time zone"),
+            ("0 3 * * *", "Mars/Olympus", "not an IANA time zone"),
         ] {
             let e = Cadence::cron(expr, tz).unwrap_err();
             assert!(format!("{e:#}").contains(want), "{expr} {tz}: {e:#}");
@@ -1310,9 +1338,7 @@ impl Cadence {
     /// day of week; `@daily` and the like too) in time zone `tz` (an IANA
     /// name such as `Europe/Paris`, or `UTC`).
     pub fn cron(expr: &str, tz: &str) -> anyhow::Result<Cadence> {
-        let tz: chrono_tz::Tz = tz.trim().parse().map_err(|_| {
-            anyhow!("'{tz}' is not a time zone; use an IANA name such as Europe/Paris, or UTC")
-        })?;
+        let tz = strongroom_core::hours::parse_tz(tz.trim()).map_err(|e| anyhow!("{e}"))?;
         let cron = croner::parser::CronParser::builder()
             .seconds(croner::parser::Seconds::Disallowed)
             .year(croner::parser::Year::Disallowed)

@@ -446,31 +446,35 @@ impl Config {
     /// When the server takes backups: `backup_schedule`, or every
     /// `backup_interval_minutes`, or never.
     pub fn backup_cadence(&self) -> anyhow::Result<Option<crate::backup::Cadence>> {
-        if !self.backup_schedule.trim().is_empty() {
-            return crate::backup::Cadence::cron(&self.backup_schedule, &self.schedule_timezone)
-                .map(Some);
-        }
-        Ok((self.backup_interval_minutes > 0).then(|| {
-            crate::backup::Cadence::Every(std::time::Duration::from_secs(
-                self.backup_interval_minutes.unsigned_abs() * 60,
-            ))
-        }))
+        self.cadence(
+            &self.backup_schedule,
+            (self.backup_interval_minutes > 0).then(|| self.backup_interval_minutes * 60),
+        )
     }
 
     /// When the server drills: `drill_schedule`, or every
     /// `drill_interval_days` while it also takes scheduled backups, or
     /// never.
     pub fn drill_cadence(&self) -> anyhow::Result<Option<crate::backup::Cadence>> {
-        if !self.drill_schedule.trim().is_empty() {
-            return crate::backup::Cadence::cron(&self.drill_schedule, &self.schedule_timezone)
-                .map(Some);
+        let backups = self.backup_cadence()?.is_some();
+        self.cadence(
+            &self.drill_schedule,
+            (backups && self.drill_interval_days > 0).then(|| self.drill_interval_days * 24 * 3600),
+        )
+    }
+
+    /// `schedule` (a cron expression in `schedule_timezone`) when set, else
+    /// every `every_secs` seconds when given, else never.
+    fn cadence(
+        &self,
+        schedule: &str,
+        every_secs: Option<i64>,
+    ) -> anyhow::Result<Option<crate::backup::Cadence>> {
+        use crate::backup::Cadence;
+        if !schedule.trim().is_empty() {
+            return Cadence::cron(schedule, &self.schedule_timezone).map(Some);
         }
-        let backups = !self.backup_schedule.trim().is_empty() || self.backup_interval_minutes > 0;
-        Ok((backups && self.drill_interval_days > 0).then(|| {
-            crate::backup::Cadence::Every(std::time::Duration::from_secs(
-                self.drill_interval_days.unsigned_abs() * 24 * 3600,
-            ))
-        }))
+        Ok(every_secs.map(|s| Cadence::Every(std::time::Duration::from_secs(s.unsigned_abs()))))
     }
 
     /// The drill's probe account: company, user and password.

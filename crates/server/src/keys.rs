@@ -197,30 +197,34 @@ impl KeyRing {
     }
 }
 
-/// Re-wraps every stored company key, and the installation's own keys, under the provider's current master
-/// key (after a new master key was added). Records are not touched.
+/// Re-wraps every stored company key, and the installation's own keys,
+/// under the provider's current master key (after a new master key was
+/// added). Records are not touched.
 pub async fn rewrap_all(provider: &dyn KeyProvider, store: &Store) -> Result<usize, KeyError> {
     let current = provider.current_key_id();
+    // The secret under `ctx`, wrapped by the current master key; None when
+    // it already is.
+    let rewrapped = |key_id: &str, wrapped: &[u8], ctx: &str| -> Result<_, KeyError> {
+        if key_id == current {
+            return Ok(None);
+        }
+        let raw = provider.unwrap(key_id, wrapped, ctx)?;
+        Ok(Some(provider.wrap(&raw, ctx)?))
+    };
     let mut n = 0;
     for k in store.all_keys().await? {
-        if k.wrap_key_id == current {
-            continue;
-        }
         let ctx = wrap_context(&k.company_code, k.purpose, k.version);
-        let raw = provider.unwrap(&k.wrap_key_id, &k.wrapped, &ctx)?;
-        let wrapped = provider.wrap(&raw, &ctx)?;
-        store.rewrap_key(&k, wrapped, &current).await?;
-        n += 1;
+        if let Some(w) = rewrapped(&k.wrap_key_id, &k.wrapped, &ctx)? {
+            store.rewrap_key(&k, w, &current).await?;
+            n += 1;
+        }
     }
     for k in store.all_server_keys().await? {
-        if k.wrap_key_id == current {
-            continue;
-        }
         let ctx = server_key_context(&k.purpose, k.version);
-        let raw = provider.unwrap(&k.wrap_key_id, &k.wrapped, &ctx)?;
-        let wrapped = provider.wrap(&raw, &ctx)?;
-        store.rewrap_server_key(&k, wrapped, &current).await?;
-        n += 1;
+        if let Some(w) = rewrapped(&k.wrap_key_id, &k.wrapped, &ctx)? {
+            store.rewrap_server_key(&k, w, &current).await?;
+            n += 1;
+        }
     }
     Ok(n)
 }

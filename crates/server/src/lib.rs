@@ -283,13 +283,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let store = connect_store(config).await?;
     if let Some(p) = store.restore_progress().await? {
         store.close().await;
-        anyhow::bail!(
-            "this store holds an interrupted restore of backup {} ({} of {} chunks loaded); run `strongroom restore {} --into <this store>` again to finish it, or `--force` to start it over",
-            if p.backup_id.is_empty() { "(unknown)" } else { &p.backup_id },
-            p.chunks_done,
-            p.chunks,
-            if p.backup_id.is_empty() { "ID" } else { &p.backup_id },
-        );
+        anyhow::bail!("this store holds {p}");
     }
     Ok(store)
 }

@@ -298,20 +298,18 @@ impl Store {
         ))
         .fetch_optional(&self.pool)
         .await?;
-        match row {
-            Some(r) => Ok(Some(RestoreProgress {
-                backup_id: crate::get(&r, "backup_id")?,
-                chunks_done: crate::get(&r, "chunks_done")?,
-                chunks: crate::get(&r, "chunks")?,
-            })),
-            // The table exists but is empty: a restore died between making
-            // it and recording its start; nothing of it is loaded.
-            None => Ok(Some(RestoreProgress {
-                backup_id: String::new(),
-                chunks_done: 0,
-                chunks: 0,
-            })),
-        }
+        // The table and its row are made in one transaction: a table
+        // without its row was tampered with.
+        let r = row.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "{RESTORE_PROGRESS} is empty; restore again with --force, or into a new store"
+            ))
+        })?;
+        Ok(Some(RestoreProgress {
+            backup_id: crate::get(&r, "backup_id")?,
+            chunks_done: crate::get(&r, "chunks_done")?,
+            chunks: crate::get(&r, "chunks")?,
+        }))
     }
 
     /// Records, in the load's transaction, how far a resumable restore got.
@@ -383,7 +381,6 @@ impl Store {
     }
 }
 
-/// A restore in progress.
 /// The table where a resumable restore keeps its progress. It lives outside
 /// the migrations (a restore loads at the backup's schema version, which may
 /// be older) and is dropped in the transaction that completes the restore;
@@ -400,6 +397,17 @@ pub struct RestoreProgress {
     pub chunks: i64,
 }
 
+impl std::fmt::Display for RestoreProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "an interrupted restore of backup {} ({} of {} chunks loaded); run `strongroom restore {} --into <this store>` again to finish it, or add --force to start over",
+            self.backup_id, self.chunks_done, self.chunks, self.backup_id
+        )
+    }
+}
+
+/// A restore in progress.
 pub struct Loader<'a> {
     tx: crate::WriteTx<'a>,
 }

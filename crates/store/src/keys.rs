@@ -604,10 +604,10 @@ impl Store {
     }
 
     /// Stores a new installation key unless that purpose and version exist
-    /// already (another node made it first). Returns whether it was stored.
-    pub async fn add_server_key(&self, k: &ServerKey) -> StoreResult<bool> {
+    /// already (another node made it first).
+    pub async fn add_server_key(&self, k: &ServerKey) -> StoreResult<()> {
         let mut w = self.write_tx().await?;
-        let n = sqlx::query(&format!(
+        sqlx::query(&format!(
             "INSERT INTO server_keys ({SERVER_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (purpose, version) DO NOTHING"
         ))
@@ -618,10 +618,8 @@ impl Store {
         .bind(k.public_key.clone())
         .bind(ts(k.created_at))
         .execute(&mut *w.tx)
-        .await?
-        .rows_affected();
-        w.commit().await?;
-        Ok(n == 1)
+        .await?;
+        w.commit().await
     }
 
     /// Every installation key (for re-wrapping under a new master key).

@@ -585,10 +585,10 @@ pub(crate) async fn write_index(
         for (key, text) in group {
             q = q
                 .bind(record_id)
-                .bind(key.to_string())
+                .bind(key)
                 .bind(company.0)
                 .bind(type_id)
-                .bind(text.to_string());
+                .bind(text);
         }
         q.execute(&mut **tx).await?;
     }

@@ -747,16 +747,28 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Notes a key's use (at most once a minute per key is worth a write).
-    pub async fn touch_api_key(&self, key_hash: &[u8; 32], now: DateTime<Utc>) -> StoreResult<()> {
+    /// Notes a key's use, at most once a minute: `last_used` (as the key's
+    /// lookup read it) within the minute costs nothing, since a write per
+    /// request would serialise every API call behind the store's writer;
+    /// the condition in the UPDATE covers other nodes doing the same.
+    pub async fn touch_api_key(
+        &self,
+        key_hash: &[u8; 32],
+        last_used: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let every = Duration::minutes(1);
+        if last_used.is_some_and(|t| now - t < every) {
+            return Ok(());
+        }
         let mut w = self.write_tx().await?;
         sqlx::query(
             "UPDATE api_keys SET last_used_at = $2 WHERE key_hash = $1 \
-             AND (last_used_at IS NULL OR last_used_at < $3)",
+             AND (last_used_at IS NULL OR last_used_at <= $3)",
         )
         .bind(key_hash.to_vec())
         .bind(ts(now))
-        .bind(ts(now - Duration::minutes(1)))
+        .bind(ts(now - every))
         .execute(&mut *w.tx)
         .await?;
         w.commit().await

@@ -76,6 +76,21 @@ async fn populated() -> TestServer {
     srv
 }
 
+/// A populated server and one backup of it in a target of its own.
+async fn backed_up() -> (TestServer, tempfile::TempDir, backup::Manifest) {
+    let srv = populated().await;
+    let target = tempfile::tempdir().unwrap();
+    let m = backup::create(
+        srv.store(),
+        srv.state.keys.provider(),
+        target.path(),
+        srv.clock.now(),
+    )
+    .await
+    .unwrap();
+    (srv, target, m)
+}
+
 fn files(dir: &Path) -> Vec<Vec<u8>> {
     std::fs::read_dir(dir)
         .unwrap()
@@ -85,12 +100,8 @@ fn files(dir: &Path) -> Vec<Vec<u8>> {
 
 #[tokio::test]
 async fn a_backup_restores_every_row_into_either_backend() {
-    let srv = populated().await;
-    let target = tempfile::tempdir().unwrap();
+    let (srv, target, m) = backed_up().await;
     let provider = srv.state.keys.provider();
-    let m = backup::create(srv.store(), provider, target.path(), srv.clock.now())
-        .await
-        .unwrap();
     assert!(m.total_rows() > 50);
     assert!(m.chain_heads.len() >= 2);
 
@@ -212,12 +223,8 @@ async fn a_backup_restores_every_row_into_either_backend() {
 
 #[tokio::test]
 async fn damage_is_detected_before_the_target_is_touched() {
-    let srv = populated().await;
-    let target = tempfile::tempdir().unwrap();
+    let (srv, target, m) = backed_up().await;
     let provider = srv.state.keys.provider();
-    let m = backup::create(srv.store(), provider, target.path(), srv.clock.now())
-        .await
-        .unwrap();
     let good = target.path().join(&m.id);
     // Each case damages its own copy of the backup, in a target of its own.
     let variant = |name: &str, damage: &dyn Fn(&Path)| {
@@ -666,12 +673,8 @@ fn walk(p: &Path) -> Vec<std::path::PathBuf> {
 #[tokio::test]
 async fn manifests_are_signed_and_a_pinned_key_checks_them_without_the_master_key() {
     use ring::signature::{Ed25519KeyPair, KeyPair};
-    let srv = populated().await;
-    let target = tempfile::tempdir().unwrap();
+    let (srv, target, m) = backed_up().await;
     let provider = srv.state.keys.provider();
-    let m = backup::create(srv.store(), provider, target.path(), srv.clock.now())
-        .await
-        .unwrap();
     let ours = backup::signing_public_key(srv.store())
         .await
         .unwrap()
