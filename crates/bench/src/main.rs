@@ -78,6 +78,21 @@ enum What {
         scale_records: usize,
     },
 
+    /// Audit-chain verification alone: a company's chain of N read events
+    /// (written through the server's audit log, with its signed
+    /// checkpoints), verified, next to raw SHA-256 over the same bytes.
+    ///
+    /// Example: cargo run --release -p strongroom-bench -- chain --events 200000
+    Chain {
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        /// PostgreSQL server to benchmark on (a fresh database is created
+        /// and dropped there); an SQLite file in a temporary directory when
+        /// absent.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+
     /// The suite's load generator (run by `suite` in a child process).
     #[command(hide = true)]
     Load {
@@ -157,6 +172,10 @@ fn main() -> anyhow::Result<()> {
             )?
         }
         What::Backup { records } => rt.block_on(backup_bench(records))?,
+        What::Chain {
+            events,
+            database_url,
+        } => rt.block_on(suite::chain(events, database_url.as_deref()))?,
     }
     Ok(())
 }

@@ -544,6 +544,51 @@ fn verdict(ok: bool, text: String) -> String {
     format!("{} {text}", if ok { "met:" } else { "NOT met:" })
 }
 
+/// Section 5 of the suite on its own, over a chain of `events` events.
+pub async fn chain(events: usize, database_url: Option<&str>) -> anyhow::Result<()> {
+    let s = start(false, database_url, "chain").await?;
+    let (company, _) = s
+        .state
+        .store
+        .company_by_code(&s.code)
+        .await?
+        .context("company")?;
+    let now = SystemClock.now();
+    let mut written = 0;
+    while written < events {
+        let n = (events - written).min(100);
+        let batch = (written..written + n)
+            .map(|i| strongroom_core::audit::AuditEvent {
+                chain: company.0,
+                at: now,
+                actor: "user:master".into(),
+                action: "record.read".into(),
+                target: format!("customer/{i:08}-0000-4000-8000-000000000000"),
+                outcome: strongroom_core::audit::Outcome::Success,
+                reason: None,
+                detail: json!({"returned": ["email", "name", "national_id"],
+                    "masked": ["national_id"], "revealed": [], "withheld": []})
+                .to_string(),
+                session: Some("0123456789abcdef".into()),
+                client_ip: Some("127.0.0.1".into()),
+                user_agent: Some("strongroom-bench".into()),
+                request_id: Some(format!("req-{i}")),
+            })
+            .collect();
+        s.state
+            .audit
+            .write(batch)
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+        written += n;
+    }
+    crate::chain_verify(&s.state, &s.code).await?;
+    if let Some(db) = &s._database {
+        db.drop_now().await?;
+    }
+    Ok(())
+}
+
 pub async fn run(a: SuiteArgs) -> anyhow::Result<()> {
     let secs = a.seconds;
     let backend = if a.database_url.is_some() {

@@ -65,18 +65,17 @@ impl AuditEvent {
         out.extend_from_slice(&self.chain.to_be_bytes());
         out.extend_from_slice(&seq.to_be_bytes());
         out.extend_from_slice(&self.at.timestamp_micros().to_be_bytes());
-        let opt = |o: &Option<String>| o.clone();
         for part in [
-            Some(self.actor.clone()),
-            Some(self.action.clone()),
-            Some(self.target.clone()),
-            Some(self.outcome.as_str().to_owned()),
-            opt(&self.reason),
-            Some(self.detail.clone()),
-            opt(&self.session),
-            opt(&self.client_ip),
-            opt(&self.user_agent),
-            opt(&self.request_id),
+            Some(self.actor.as_str()),
+            Some(self.action.as_str()),
+            Some(self.target.as_str()),
+            Some(self.outcome.as_str()),
+            self.reason.as_deref(),
+            Some(self.detail.as_str()),
+            self.session.as_deref(),
+            self.client_ip.as_deref(),
+            self.user_agent.as_deref(),
+            self.request_id.as_deref(),
         ] {
             match part {
                 None => out.push(0),

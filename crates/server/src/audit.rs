@@ -419,20 +419,24 @@ pub async fn verify(
         (None, None) => {}
     }
     let verified_from = w.next_seq - w.events;
-    let mut after = w.next_seq - 1;
-    'pages: loop {
-        let page = store.audit_after(chain, after, 1000).await?;
-        if page.is_empty() {
-            break;
-        }
-        for e in &page {
-            if let Err(p) = w.step(e) {
-                out.problem = Some(p);
-                break 'pages;
-            }
-        }
-        after = page.last().map(|e| e.seq).unwrap_or(after);
-    }
+    let signatures =
+        check_checkpoint_signatures(keys, chain, &checkpoints, verified_from, check_signatures)
+            .await?;
+    let (w, problem) = store
+        .scan_audit(
+            chain,
+            w.next_seq - 1,
+            (w, None),
+            |(w, problem), e| match w.step(&e) {
+                Ok(()) => true,
+                Err(p) => {
+                    *problem = Some(p);
+                    false
+                }
+            },
+        )
+        .await?;
+    out.problem = problem;
     out.events = w.events;
     let last = w.next_seq - 1;
     if out.problem.is_none() {
@@ -450,29 +454,15 @@ pub async fn verify(
         }
     }
     if out.problem.is_none() && chain != SERVER_CHAIN {
+        let bad_signatures = signatures
+            .await
+            .map_err(|e| ApiError::internal(format!("checkpoint signature check failed: {e}")))?;
         for c in &checkpoints {
             if c.seq < verified_from {
                 // Vouches for archived events that were not given.
                 continue;
             }
-            let message = checkpoint_message(chain, c.seq, &c.hash, c.at);
-            let bad_signature = if check_signatures {
-                let key = keys
-                    .key(CompanyId(chain), KeyPurpose::AuditSigning, c.key_version)
-                    .await?;
-                let pair = signing_pair(key.expose())?;
-                pair.public_key().as_ref() != c.public_key.as_slice()
-                    || UnparsedPublicKey::new(&ED25519, pair.public_key().as_ref())
-                        .verify(&message, &c.signature)
-                        .is_err()
-            } else {
-                // The company's keys are gone: check the signature against the
-                // public key stored with it (weaker: internal consistency only).
-                UnparsedPublicKey::new(&ED25519, &c.public_key)
-                    .verify(&message, &c.signature)
-                    .is_err()
-            };
-            if bad_signature {
+            if bad_signatures.contains(&c.seq) {
                 out.problem = Some(format!(
                     "the checkpoint at event {} has a bad signature",
                     c.seq
@@ -497,6 +487,60 @@ pub async fn verify(
         }
     }
     Ok(out)
+}
+
+/// Starts checking the signatures of a chain's checkpoints from
+/// `verified_from` on another thread (while the chain is read), and hands
+/// back the sequence numbers of the bad ones. With `check_signatures`, each
+/// against the company's own key of its version (whose public half must be
+/// the one stored beside it); without (the company's keys are gone),
+/// against the stored public key: internal consistency only.
+async fn check_checkpoint_signatures(
+    keys: &KeyRing,
+    chain: i64,
+    checkpoints: &[Checkpoint],
+    verified_from: i64,
+    check_signatures: bool,
+) -> ApiResult<tokio::task::JoinHandle<std::collections::HashSet<i64>>> {
+    let mine: Vec<Checkpoint> = checkpoints
+        .iter()
+        .filter(|c| chain != SERVER_CHAIN && c.seq >= verified_from)
+        .cloned()
+        .collect();
+    let mut company_keys = std::collections::HashMap::new();
+    if check_signatures {
+        for c in &mine {
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                company_keys.entry(c.key_version)
+            {
+                let key = keys
+                    .key(CompanyId(chain), KeyPurpose::AuditSigning, c.key_version)
+                    .await?;
+                slot.insert(signing_pair(key.expose())?.public_key().as_ref().to_vec());
+            }
+        }
+    }
+    Ok(tokio::task::spawn_blocking(move || {
+        mine.iter()
+            .filter(|c| {
+                let public = if check_signatures {
+                    match company_keys.get(&c.key_version) {
+                        Some(p) if *p == c.public_key => p,
+                        _ => return true,
+                    }
+                } else {
+                    &c.public_key
+                };
+                UnparsedPublicKey::new(&ED25519, public)
+                    .verify(
+                        &checkpoint_message(chain, c.seq, &c.hash, c.at),
+                        &c.signature,
+                    )
+                    .is_err()
+            })
+            .map(|c| c.seq)
+            .collect()
+    }))
 }
 
 // ----- reading -------------------------------------------------------------

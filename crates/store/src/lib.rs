@@ -103,6 +103,9 @@ pub struct Store {
     /// SQLite allows one writer at a time; taking this before a write
     /// transaction turns "database is locked" errors into a short wait.
     write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// The SQLite file, for the reads that go around sqlx (a full audit
+    /// chain scan); `None` for PostgreSQL and in-memory databases.
+    sqlite_file: Option<Arc<std::path::Path>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -151,6 +154,17 @@ pub fn normalise_url(url: &str) -> StoreResult<(String, Dialect)> {
     } else {
         Ok((sqlite_url(url), Dialect::Sqlite))
     }
+}
+
+/// The file of an SQLite URL made by [`normalise_url`], unless the
+/// database lives in memory.
+fn sqlite_file(url: &str) -> Option<Arc<std::path::Path>> {
+    let rest = url.strip_prefix("sqlite://")?;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path == ":memory:" || query.contains("mode=memory") {
+        return None;
+    }
+    Some(Arc::from(std::path::Path::new(path)))
 }
 
 fn sqlite_url(path: &str) -> String {
@@ -239,6 +253,7 @@ impl Store {
             write_pool,
             dialect,
             write_lock: (dialect == Dialect::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(()))),
+            sqlite_file: sqlite_file(&url),
         })
     }
 
