@@ -126,6 +126,10 @@ pub struct Config {
     /// Password hashes computed at once; 0 means one per CPU core.
     #[serde(default)]
     pub login_concurrency: usize,
+    /// Added to the server's CPU niceness for the threads that hash
+    /// passwords (0 to 19; 0 = the same priority as other requests).
+    #[serde(default = "d_login_hash_nice")]
+    pub login_hash_nice: i64,
     /// `text` or `json`.
     #[serde(default = "d_log_format")]
     pub log_format: String,
@@ -240,6 +244,9 @@ fn d_key_provider() -> String {
 fn d_key_label() -> String {
     "strongroom-master".into()
 }
+fn d_login_hash_nice() -> i64 {
+    10
+}
 fn d_db_connections() -> u32 {
     16
 }
@@ -345,6 +352,7 @@ impl Config {
             alert_webhook_secret: None,
             alert_webhook_secret_file: None,
             login_concurrency: 0,
+            login_hash_nice: d_login_hash_nice(),
             log_format: d_log_format(),
             public_origin: String::new(),
             password_deny_list: String::new(),
@@ -532,6 +540,7 @@ impl Config {
             1000,
         )?;
         range("login_concurrency", self.login_concurrency as i64, 0, 256)?;
+        range("login_hash_nice", self.login_hash_nice, 0, 19)?;
         range(
             "rate_limit_ip_per_second",
             i64::from(self.rate_limit_ip_per_second),
@@ -790,6 +799,7 @@ fn defaults_table() -> toml::Table {
     t.insert("session_idle_minutes".into(), i(0));
     t.insert("session_lifetime_hours".into(), i(0));
     t.insert("login_concurrency".into(), i(0));
+    t.insert("login_hash_nice".into(), i(0));
     t.insert("alert_webhook_url".into(), s(""));
     t.insert("syslog_forward".into(), s(""));
     t.insert("smtp_url".into(), s(""));

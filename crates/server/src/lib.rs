@@ -166,7 +166,7 @@ pub async fn prepare_with(
             idle_timeout: chrono::Duration::minutes(config.session_idle_minutes),
             absolute_lifetime: chrono::Duration::hours(config.session_lifetime_hours),
         },
-        hashing: HashPool::new(hasher, concurrency),
+        hashing: HashPool::new(hasher, concurrency, config.login_hash_nice as i32)?,
         metrics: Arc::new(metrics::Metrics::new()),
         metrics_allow: Arc::new(resolved.metrics_allow.clone()),
         audit: {

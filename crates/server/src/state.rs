@@ -37,6 +37,11 @@ pub struct AppState {
 /// Password hashing off the async executor, a bounded number at a time, so
 /// a flood of sign-ins cannot starve other requests. Callers beyond the
 /// queue limit are told to retry rather than piling up.
+///
+/// The hashes run on threads of their own at a lower CPU priority (a
+/// higher niceness): a sign-in takes the CPU that other requests leave, so
+/// a flood of sign-ins (an attack, or a whole office at nine) slows reads
+/// little, while sign-ins alone still use every core.
 #[derive(Clone)]
 pub struct HashPool {
     hasher: Arc<PasswordHasher>,
@@ -44,18 +49,46 @@ pub struct HashPool {
     waiting: Arc<AtomicUsize>,
     max_waiting: usize,
     verifications: Arc<AtomicU64>,
+    jobs: std::sync::mpsc::Sender<HashJob>,
 }
 
+type HashJob = Box<dyn FnOnce() + Send>;
+
 impl HashPool {
-    pub fn new(hasher: PasswordHasher, concurrency: usize) -> Self {
+    /// `concurrency` threads at niceness `nice` (0 to 19; 0 is the
+    /// server's own priority).
+    pub fn new(hasher: PasswordHasher, concurrency: usize, nice: i32) -> std::io::Result<Self> {
         let concurrency = concurrency.max(1);
-        HashPool {
+        let (jobs, queue) = std::sync::mpsc::channel::<HashJob>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for i in 0..concurrency {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("strongroom-hash-{i}"))
+                .spawn(move || {
+                    lower_priority(nice);
+                    loop {
+                        // The lock is held only while waiting for a job.
+                        let job = match queue.lock() {
+                            Ok(q) => q.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            // Every pool handle is gone.
+                            Err(_) => return,
+                        }
+                    }
+                })?;
+        }
+        Ok(HashPool {
             hasher: Arc::new(hasher),
             permits: Arc::new(Semaphore::new(concurrency)),
             waiting: Arc::new(AtomicUsize::new(0)),
             max_waiting: concurrency * 32,
             verifications: Arc::new(AtomicU64::new(0)),
-        }
+            jobs,
+        })
     }
 
     async fn run<R: Send + 'static>(
@@ -73,13 +106,16 @@ impl HashPool {
         self.waiting.fetch_sub(1, Ordering::SeqCst);
         let permit = permit.map_err(|_| ApiError::internal("hash pool closed"))?;
         let hasher = self.hasher.clone();
-        let out = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            f(&hasher)
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("hashing task failed: {e}")))?;
-        Ok(out)
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _permit = permit;
+                let _ = done.send(f(&hasher));
+            }))
+            .map_err(|_| ApiError::internal("hash pool stopped"))?;
+        result
+            .await
+            .map_err(|_| ApiError::internal("hashing task failed"))
     }
 
     pub async fn verify(
@@ -106,5 +142,50 @@ impl HashPool {
         self.run(move |h| h.hash(&password))
             .await?
             .map_err(ApiError::from)
+    }
+}
+
+/// Adds `nice` to the calling thread's niceness (Linux keeps it per
+/// thread; 19 at most). Where that fails, hashing runs at the server's
+/// priority, with a warning.
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    let tid = Some(rustix::thread::gettid());
+    let lowered = rustix::process::getpriority_process(tid)
+        .and_then(|now| rustix::process::setpriority_process(tid, (now + nice).min(19)));
+    if let Err(e) = lowered {
+        tracing::warn!(nice, error = %e, "could not lower the priority of password hashing");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use strongroom_crypto::password::HashParams;
+
+    fn niceness() -> i32 {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn hashes_run_at_the_configured_niceness_and_requests_do_not() {
+        let before = niceness();
+        let pool =
+            HashPool::new(PasswordHasher::new(HashParams::default()).unwrap(), 2, 7).unwrap();
+        let seen = pool.run(|_| niceness()).await.unwrap();
+        assert_eq!(seen, (before + 7).min(19));
+        assert_eq!(niceness(), before, "the caller's thread keeps its priority");
+        let stored = pool
+            .hash(Zeroizing::new("a long passphrase".into()))
+            .await
+            .unwrap();
+        assert!(pool
+            .verify(Zeroizing::new("a long passphrase".into()), Some(stored))
+            .await
+            .unwrap());
+        assert_eq!(pool.verifications(), 1);
     }
 }
