@@ -53,7 +53,32 @@ impl AuditLog {
         detection: crate::detection::Detection,
     ) -> AuditLog {
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(writer(store, keys, clock, detection, rx));
+        if store.dialect() == strongroom_store::Dialect::Sqlite {
+            // Every request waits for its batch, and a batch is several
+            // statements, each a hand-over to SQLite's connection thread and
+            // back. On the shared runtime the writer would queue behind every
+            // ready request at each step; on a thread of its own it is woken
+            // at once. (SQLite connections are threads of their own, not tied
+            // to a runtime; PostgreSQL's sockets belong to the shared
+            // runtime, where that writer stays.)
+            let spawned = std::thread::Builder::new()
+                .name("strongroom-audit".into())
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt.block_on(writer(store, keys, clock, detection, rx)),
+                        Err(e) => tracing::error!(error = %e, "the audit writer cannot start"),
+                    }
+                });
+            // Without a writer every audited request fails (closed).
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "the audit writer cannot start");
+            }
+        } else {
+            tokio::spawn(writer(store, keys, clock, detection, rx));
+        }
         AuditLog { tx, discard: false }
     }
 
