@@ -30,6 +30,9 @@ use crate::state::AppState;
 
 /// Events between checkpoints, at most.
 pub const CHECKPOINT_EVERY: i64 = 100;
+/// How often [`verify`] reads on after events a running server appended
+/// while it read the chain.
+const MAX_CATCH_UP: usize = 16;
 /// Largest batch one transaction writes.
 const MAX_BATCH: usize = 512;
 
@@ -447,26 +450,45 @@ pub async fn verify(
     let signatures =
         check_checkpoint_signatures(keys, chain, &checkpoints, verified_from, check_signatures)
             .await?;
-    let (w, problem) = store
-        .scan_audit(
-            chain,
-            w.next_seq - 1,
-            (w, None),
-            |(w, problem), e| match w.step(&e) {
+    // The chain is read in one snapshot, then its head; a server still
+    // running may have appended events meanwhile, so while the head is
+    // ahead and the last read found more, the new events are read too. A
+    // truncated log finds nothing more, and is reported; a log written to
+    // faster than it is read is verified as far as it was read.
+    let mut scan = (w, None);
+    let mut head = None;
+    let mut growing = false;
+    for _ in 0..MAX_CATCH_UP {
+        let from = scan.0.next_seq;
+        scan = store
+            .scan_audit(chain, from - 1, scan, |(w, problem), e| match w.step(&e) {
                 Ok(()) => true,
                 Err(p) => {
                     *problem = Some(p);
                     false
                 }
-            },
-        )
-        .await?;
+            })
+            .await?;
+        if scan.1.is_some() {
+            break;
+        }
+        head = store.audit_head(chain).await?;
+        growing =
+            scan.0.next_seq > from && matches!(&head, Some((seq, _)) if *seq >= scan.0.next_seq);
+        if !growing {
+            break;
+        }
+    }
+    let (w, problem) = scan;
     out.problem = problem;
     out.events = w.events;
     let last = w.next_seq - 1;
     if out.problem.is_none() {
-        match store.audit_head(chain).await? {
+        match head {
             Some((seq, hash)) if seq == last && hash == w.prev => {}
+            // Still being written to after every catch-up: what was read
+            // is verified, and the rest is the next run's.
+            Some(_) if growing => {}
             Some((seq, _)) if seq > last => {
                 out.problem = Some(format!(
                     "events {}..{seq} are missing: the log was truncated",

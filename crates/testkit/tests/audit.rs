@@ -595,6 +595,53 @@ async fn pages_read_for_verification_keep_every_byte_of_every_event() {
     }
 }
 
+/// `audit verify` may run beside a server that keeps writing: events
+/// appended while the chain is read are not a truncated log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_written_to_during_verification_still_verifies() {
+    let (srv, chain) = signed_chain(3).await;
+    let store = srv.store().clone();
+    let at = srv.clock.now();
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = tokio::spawn({
+        let writing = writing.clone();
+        async move {
+            let mut n = 0;
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                let batch: Vec<AuditEvent> = (0..5)
+                    .map(|i| AuditEvent {
+                        chain,
+                        at,
+                        actor: "user:master".into(),
+                        action: "record.read".into(),
+                        target: format!("customer/{n}-{i}"),
+                        outcome: Outcome::Success,
+                        reason: None,
+                        detail: "{}".into(),
+                        session: None,
+                        client_ip: None,
+                        user_agent: None,
+                        request_id: None,
+                    })
+                    .collect();
+                store.append_audit(&batch).await.unwrap();
+                n += 1;
+            }
+            n
+        }
+    });
+    for _ in 0..20 {
+        let v = verify(&srv, chain).await;
+        assert_eq!(v.problem, None, "after {} events", v.events);
+    }
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let batches = writer.await.unwrap();
+    assert!(batches > 0, "the writer must have run meanwhile");
+    let v = verify(&srv, chain).await;
+    assert_eq!(v.problem, None);
+    assert!(v.events >= 5 * batches);
+}
+
 #[tokio::test]
 async fn a_checkpoint_is_signed_every_hundred_events() {
     let srv = TestServer::start().await;
