@@ -204,7 +204,8 @@ enum Command {
 enum AuditCommand {
     /// Recompute every event's hash, check each chain's head and every
     /// signed checkpoint, and name the first bad event. Exits non-zero when
-    /// anything is wrong.
+    /// anything is wrong. It may run beside a running server: events
+    /// written while it reads are checked too.
     ///
     /// Example: strongroom audit verify --company ACME
     Verify {
