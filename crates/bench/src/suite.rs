@@ -559,13 +559,6 @@ pub async fn chain(events: usize, database_url: Option<&str>) -> anyhow::Result<
         let n = (events - written).min(100);
         let batch = (written..written + n)
             .map(|i| strongroom_core::audit::AuditEvent {
-                chain: company.0,
-                at: now,
-                actor: "user:master".into(),
-                action: "record.read".into(),
-                target: format!("customer/{i:08}-0000-4000-8000-000000000000"),
-                outcome: strongroom_core::audit::Outcome::Success,
-                reason: None,
                 detail: json!({"returned": ["email", "name", "national_id"],
                     "masked": ["national_id"], "revealed": [], "withheld": []})
                 .to_string(),
@@ -573,6 +566,13 @@ pub async fn chain(events: usize, database_url: Option<&str>) -> anyhow::Result<
                 client_ip: Some("127.0.0.1".into()),
                 user_agent: Some("strongroom-bench".into()),
                 request_id: Some(format!("req-{i}")),
+                ..strongroom_core::audit::AuditEvent::new(
+                    company.0,
+                    now,
+                    "user:master",
+                    "record.read",
+                    format!("customer/{i:08}-0000-4000-8000-000000000000"),
+                )
             })
             .collect();
         s.state

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use strongroom_core::audit::{AuditEvent, Outcome, SERVER_CHAIN};
+use strongroom_core::audit::{AuditEvent, SERVER_CHAIN};
 use strongroom_core::clock::{Clock, SystemClock};
 use strongroom_core::{ident, password};
 use strongroom_server::config::{process_env, Config, Resolved};
@@ -818,20 +818,13 @@ async fn operator_event(
     chain: i64,
 ) -> anyhow::Result<()> {
     store
-        .append_audit(&[AuditEvent {
+        .append_audit(&[AuditEvent::new(
             chain,
-            at: SystemClock.now(),
-            actor: "operator".into(),
-            action: action.into(),
-            target: target.into(),
-            outcome: Outcome::Success,
-            reason: None,
-            detail: "{}".into(),
-            session: None,
-            client_ip: None,
-            user_agent: None,
-            request_id: None,
-        }])
+            SystemClock.now(),
+            "operator",
+            action,
+            target,
+        )])
         .await?;
     Ok(())
 }

@@ -56,6 +56,32 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
+    /// A successful event with no details and no client: what operators'
+    /// commands and the system itself record. Other fields are set with
+    /// struct update syntax.
+    pub fn new(
+        chain: i64,
+        at: DateTime<Utc>,
+        actor: impl Into<String>,
+        action: impl Into<String>,
+        target: impl Into<String>,
+    ) -> AuditEvent {
+        AuditEvent {
+            chain,
+            at,
+            actor: actor.into(),
+            action: action.into(),
+            target: target.into(),
+            outcome: Outcome::Success,
+            reason: None,
+            detail: "{}".into(),
+            session: None,
+            client_ip: None,
+            user_agent: None,
+            request_id: None,
+        }
+    }
+
     /// The bytes the chain hash covers: every field, length-prefixed, in a
     /// fixed order, with the sequence number. Stable across versions: a
     /// change here is a new format, never an edit.

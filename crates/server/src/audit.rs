@@ -359,9 +359,23 @@ struct Walker {
     events: i64,
     hashes: std::collections::HashMap<i64, Vec<u8>>,
     want: std::collections::HashSet<i64>,
+    /// The first problem [`Walker::visit`] met; the walk stops there.
+    problem: Option<String>,
 }
 
 impl Walker {
+    /// [`Walker::step`] for a scan: false (stop) at the first problem,
+    /// which is kept.
+    fn visit(&mut self, e: strongroom_store::StoredEvent) -> bool {
+        match self.step(&e) {
+            Ok(()) => true,
+            Err(p) => {
+                self.problem = Some(p);
+                false
+            }
+        }
+    }
+
     fn step(&mut self, e: &strongroom_store::StoredEvent) -> Result<(), String> {
         if e.seq != self.next_seq {
             return Err(if e.seq > self.next_seq {
@@ -421,6 +435,7 @@ pub async fn verify(
         events: 0,
         hashes: std::collections::HashMap::new(),
         want: checkpoints.iter().map(|c| c.seq).collect(),
+        problem: None,
     };
     match (archive, &anchor) {
         (Some(arch), _) => {
@@ -455,32 +470,21 @@ pub async fn verify(
     // ahead and the last read found more, the new events are read too. A
     // truncated log finds nothing more, and is reported; a log written to
     // faster than it is read is verified as far as it was read.
-    let mut scan = (w, None);
     let mut head = None;
     let mut growing = false;
     for _ in 0..MAX_CATCH_UP {
-        let from = scan.0.next_seq;
-        scan = store
-            .scan_audit(chain, from - 1, scan, |(w, problem), e| match w.step(&e) {
-                Ok(()) => true,
-                Err(p) => {
-                    *problem = Some(p);
-                    false
-                }
-            })
-            .await?;
-        if scan.1.is_some() {
+        let from = w.next_seq;
+        w = store.scan_audit(chain, from - 1, w, Walker::visit).await?;
+        if w.problem.is_some() {
             break;
         }
         head = store.audit_head(chain).await?;
-        growing =
-            scan.0.next_seq > from && matches!(&head, Some((seq, _)) if *seq >= scan.0.next_seq);
+        growing = w.next_seq > from && matches!(&head, Some((seq, _)) if *seq >= w.next_seq);
         if !growing {
             break;
         }
     }
-    let (w, problem) = scan;
-    out.problem = problem;
+    out.problem = w.problem.take();
     out.events = w.events;
     let last = w.next_seq - 1;
     if out.problem.is_none() {
@@ -549,11 +553,16 @@ async fn check_checkpoint_signatures(
     verified_from: i64,
     check_signatures: bool,
 ) -> ApiResult<tokio::task::JoinHandle<std::collections::HashSet<i64>>> {
-    let mine: Vec<Checkpoint> = checkpoints
-        .iter()
-        .filter(|c| chain != SERVER_CHAIN && c.seq >= verified_from)
-        .cloned()
-        .collect();
+    // The server chain has no signing key, and no checkpoints to check.
+    let mine: Vec<Checkpoint> = if chain == SERVER_CHAIN {
+        Vec::new()
+    } else {
+        checkpoints
+            .iter()
+            .filter(|c| c.seq >= verified_from)
+            .cloned()
+            .collect()
+    };
     let mut company_keys = std::collections::HashMap::new();
     if check_signatures {
         for c in &mine {

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Timelike, Utc};
 use hmac_sig::sign_payload;
-use strongroom_core::audit::{AuditEvent, Outcome, SERVER_CHAIN};
+use strongroom_core::audit::{AuditEvent, SERVER_CHAIN};
 use strongroom_core::clock::SharedClock;
 use strongroom_core::detect::{Detector, Engine, Finding, Response, Rule};
 use strongroom_core::{CompanyId, UserKey};
@@ -343,22 +343,14 @@ async fn respond(
     };
     store
         .append_audit(&[AuditEvent {
-            chain: f.chain,
-            at: now,
-            actor: "system".into(),
-            action: "incident.open".into(),
-            target: format!("incident/{id}"),
-            outcome: Outcome::Success,
             reason: Some(f.detector.as_str().into()),
             detail: serde_json::json!({
                 "subject": f.subject, "response": applied, "summary": f.summary,
                 "until": (applied == "block_address" || applied == "lock_account").then(|| now + f.block_for),
             })
             .to_string(),
-            session: None,
             client_ip: f.client_ip.clone(),
-            user_agent: None,
-            request_id: None,
+            ..AuditEvent::new(f.chain, now, "system", "incident.open", format!("incident/{id}"))
         }])
         .await?;
     let payload = serde_json::json!({

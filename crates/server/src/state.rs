@@ -55,8 +55,8 @@ pub struct HashPool {
 type HashJob = Box<dyn FnOnce() + Send>;
 
 impl HashPool {
-    /// `concurrency` threads at niceness `nice` (0 to 19; 0 is the
-    /// server's own priority).
+    /// `concurrency` threads whose niceness is the server's plus `nice`
+    /// (0 to 19; 0 keeps the server's priority).
     pub fn new(hasher: PasswordHasher, concurrency: usize, nice: i32) -> std::io::Result<Self> {
         let concurrency = concurrency.max(1);
         let (jobs, queue) = std::sync::mpsc::channel::<HashJob>();
@@ -74,7 +74,11 @@ impl HashPool {
                             Err(_) => return,
                         };
                         match job {
-                            Ok(job) => job(),
+                            // A panicking hash fails its own request (its
+                            // reply is dropped), not the thread.
+                            Ok(job) => {
+                                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                            }
                             // Every pool handle is gone.
                             Err(_) => return,
                         }

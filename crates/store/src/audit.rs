@@ -52,7 +52,7 @@ fn scan_sqlite(
     visit: &mut dyn FnMut(StoredEvent) -> bool,
 ) -> StoreResult<()> {
     use rusqlite::{Connection, OpenFlags};
-    let failed = |e: rusqlite::Error| StoreError::Config(format!("reading the audit log: {e}"));
+    let failed = |e: rusqlite::Error| StoreError::Reader(format!("reading the audit log: {e}"));
     let conn = Connection::open_with_flags(
         file,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -437,7 +437,6 @@ impl Store {
 }
 
 impl Store {
-    /// The next page of a chain after `after_seq`, oldest first (no filters).
     /// Hands every event of a chain after `after_seq` to `visit` with
     /// `state`, oldest first, until `visit` says stop (returns `false`);
     /// gives the state back.
@@ -464,7 +463,7 @@ impl Store {
                 Ok(state)
             })
             .await
-            .map_err(|e| StoreError::Corrupt(format!("audit scan stopped: {e}")))?;
+            .map_err(|e| StoreError::Reader(format!("the audit scan stopped: {e}")))?;
         }
         // The next page is asked for before this one is visited, so the
         // database's work overlaps ours.
@@ -476,7 +475,7 @@ impl Store {
         loop {
             let page = next
                 .await
-                .map_err(|e| StoreError::Corrupt(format!("audit scan stopped: {e}")))??;
+                .map_err(|e| StoreError::Reader(format!("the audit scan stopped: {e}")))??;
             let Some(last) = page.last() else {
                 return Ok(state);
             };
@@ -490,6 +489,7 @@ impl Store {
         }
     }
 
+    /// The next page of a chain after `after_seq`, oldest first (no filters).
     pub async fn audit_after(
         &self,
         chain: i64,

@@ -62,6 +62,10 @@ pub enum StoreError {
     /// Another process holds the database (e.g. a server running on SQLite).
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// A read outside sqlx failed (the audit chain scan's own SQLite
+    /// connection, or the task that ran it).
+    #[error("database error: {0}")]
+    Reader(String),
 }
 
 impl StoreError {

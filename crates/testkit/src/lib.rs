@@ -376,6 +376,16 @@ impl TestServer {
 
     /// Every event of one chain, oldest first.
     pub async fn chain_events(&self, chain: i64) -> Vec<strongroom_core::audit::AuditEvent> {
+        self.stored_chain_events(chain)
+            .await
+            .into_iter()
+            .map(|e| e.event)
+            .collect()
+    }
+
+    /// Every event of one chain as stored (with its place and hashes),
+    /// read through the API's reader, oldest first.
+    pub async fn stored_chain_events(&self, chain: i64) -> Vec<strongroom_store::StoredEvent> {
         self.store()
             .audit_events(
                 chain,
@@ -386,9 +396,6 @@ impl TestServer {
             )
             .await
             .expect("read audit log")
-            .into_iter()
-            .map(|e| e.event)
-            .collect()
     }
 
     /// Runs raw SQL against the server's database (for tampering tests).

@@ -511,7 +511,7 @@ async fn each_kind_of_tampering_is_found_and_named() {
 #[tokio::test]
 async fn pages_read_for_verification_keep_every_byte_of_every_event() {
     let srv = TestServer::start().await;
-    let c = srv.company_master("ACME").await;
+    srv.company_master("ACME").await;
     let chain = company_chain(&srv).await;
     let awkward = [
         "plain",
@@ -546,17 +546,7 @@ async fn pages_read_for_verification_keep_every_byte_of_every_event() {
         });
     }
     srv.store().append_audit(&events).await.unwrap();
-    let by_rows = srv
-        .store()
-        .audit_events(
-            chain,
-            &strongroom_store::AuditQuery {
-                limit: 10_000,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let by_rows = srv.stored_chain_events(chain).await;
     assert!(by_rows.len() > events.len());
     let scan = |after: i64, stop_after: usize| {
         srv.store()
@@ -579,7 +569,6 @@ async fn pages_read_for_verification_keep_every_byte_of_every_event() {
     let last = by_rows.last().unwrap().seq;
     assert!(scan(last, usize::MAX).await.unwrap().is_empty());
     assert_eq!(verify(&srv, chain).await.problem, None);
-    drop(c);
 
     // SQLite keeps a value of any type in any column: a tampered value of
     // another type is a changed event, not a reader's failure.
@@ -609,19 +598,14 @@ async fn a_chain_written_to_during_verification_still_verifies() {
             let mut n = 0;
             while writing.load(std::sync::atomic::Ordering::Relaxed) {
                 let batch: Vec<AuditEvent> = (0..5)
-                    .map(|i| AuditEvent {
-                        chain,
-                        at,
-                        actor: "user:master".into(),
-                        action: "record.read".into(),
-                        target: format!("customer/{n}-{i}"),
-                        outcome: Outcome::Success,
-                        reason: None,
-                        detail: "{}".into(),
-                        session: None,
-                        client_ip: None,
-                        user_agent: None,
-                        request_id: None,
+                    .map(|i| {
+                        AuditEvent::new(
+                            chain,
+                            at,
+                            "user:master",
+                            "record.read",
+                            format!("customer/{n}-{i}"),
+                        )
                     })
                     .collect();
                 store.append_audit(&batch).await.unwrap();
