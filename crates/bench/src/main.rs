@@ -93,6 +93,23 @@ enum What {
         database_url: Option<String>,
     },
 
+    /// One load of the suite, alone and as long as asked, for a profiler
+    /// to watch (`perf record -g -p <pid>`, the pid printed first).
+    ///
+    /// Example: cargo run --release -p strongroom-bench -- profile --load read --seconds 20
+    Profile {
+        /// read, read-unaudited, create, update, list or livez.
+        #[arg(long)]
+        load: String,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        conns: usize,
+        /// PostgreSQL server (a fresh database is made there); SQLite when absent.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+
     /// The suite's load generator (run by `suite` in a child process).
     #[command(hide = true)]
     Load {
@@ -176,6 +193,17 @@ fn main() -> anyhow::Result<()> {
             events,
             database_url,
         } => rt.block_on(suite::chain(events, database_url.as_deref()))?,
+        What::Profile {
+            load,
+            seconds,
+            conns,
+            database_url,
+        } => rt.block_on(suite::profile(
+            &load,
+            seconds,
+            conns.max(1),
+            database_url.as_deref(),
+        ))?,
     }
     Ok(())
 }

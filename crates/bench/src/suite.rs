@@ -589,6 +589,68 @@ pub async fn chain(events: usize, database_url: Option<&str>) -> anyhow::Result<
     Ok(())
 }
 
+/// Starts a server, fills it with 1000 customers, then runs one of the
+/// suite's loads for `secs` seconds and prints what it measured.
+pub async fn profile(
+    load: &str,
+    secs: u64,
+    conns: usize,
+    database_url: Option<&str>,
+) -> anyhow::Result<()> {
+    let s = start(load == "read-unaudited", database_url, "profile").await?;
+    let paths = s.dir.path().join("records.txt");
+    fill(&s, 0, 1000, &paths).await?;
+    let some: Vec<String> = std::fs::read_to_string(&paths)?
+        .lines()
+        .take(conns)
+        .map(str::to_owned)
+        .collect();
+    let l = match load {
+        "read" | "read-unaudited" => {
+            Load::get(format!("/api/v1/records/customer/{}", s.record), conns)
+        }
+        "livez" => Load::get("/livez", conns),
+        "list" => Load::get("/api/v1/records/customer?limit=50", conns),
+        "create" => Load {
+            method: "POST",
+            paths: vec!["/api/v1/records/customer".into()],
+            body: Some(create_body()),
+            token: true,
+            conns,
+        },
+        "update" => Load {
+            method: "PATCH",
+            paths: some,
+            body: Some(json!({"data": {"name": "Renamed {n}"}}).to_string()),
+            token: true,
+            conns,
+        },
+        other => anyhow::bail!(
+            "unknown load '{other}': read, read-unaudited, create, update, list or livez"
+        ),
+    };
+    eprintln!(
+        "pid {} ready; driving '{load}' for {secs} s",
+        std::process::id()
+    );
+    let r = drive(&s, l, secs).await?;
+    println!(
+        "{load}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
+        r.rps,
+        ms(r.p50),
+        ms(r.p99)
+    );
+    Ok(())
+}
+
+/// The body of the create load (`{n}` numbered by the load generator).
+fn create_body() -> String {
+    json!({"data": {"name": "New {n}", "email": "new{n}@example.com",
+        "national_id": "079299000000", "card_number": "4539578763621486",
+        "bank_account": "0071000000000"}})
+    .to_string()
+}
+
 pub async fn run(a: SuiteArgs) -> anyhow::Result<()> {
     let secs = a.seconds;
     let backend = if a.database_url.is_some() {
@@ -677,12 +739,7 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<()> {
         Load {
             method: "POST",
             paths: vec!["/api/v1/records/customer".into()],
-            body: Some(
-                json!({"data": {"name": "New {n}", "email": "new{n}@example.com",
-                    "national_id": "079299000000", "card_number": "4539578763621486",
-                    "bank_account": "0071000000000"}})
-                .to_string(),
-            ),
+            body: Some(create_body()),
             token: true,
             conns: 32,
         },
