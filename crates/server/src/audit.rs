@@ -121,6 +121,13 @@ async fn writer(
     // The newest checkpoint's sequence number per chain, as far as this
     // writer knows (it only grows; a stale value costs one query).
     let mut signed: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
+    // On an SQLite file, batches are written through a connection of the
+    // writer's own (see strongroom_store::AuditAppender); elsewhere, and
+    // should that connection not open, through the store's pool.
+    let mut appender = store.audit_appender().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "the audit log's own SQLite connection did not open; writing through the pool");
+        None
+    });
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let mut n = batch[0].0.len();
@@ -134,7 +141,11 @@ async fn writer(
             }
         }
         let events: Vec<AuditEvent> = batch.iter().flat_map(|(e, _)| e.iter().cloned()).collect();
-        let written = store.append_audit(&events).await.map_err(|e| e.to_string());
+        let written = match appender.as_mut() {
+            Some(a) => a.append(&events).await,
+            None => store.append_audit(&events).await,
+        }
+        .map_err(|e| e.to_string());
         let result = written.as_ref().map(|_| ()).map_err(Clone::clone);
         if let Err(e) = &result {
             tracing::error!(error = %e, events = events.len(), "AUDIT WRITE FAILED; the requests waiting for it fail");

@@ -41,7 +41,8 @@ pub struct AuditQuery {
     pub client_ip: Option<String>,
 }
 
-const EVENT_COLUMNS: &str = "chain, seq, at, actor, action, target, outcome, reason, detail, \
+pub(crate) const EVENT_COLUMNS: &str =
+    "chain, seq, at, actor, action, target, outcome, reason, detail, \
     session_ref, client_ip, user_agent, request_id, prev_hash, hash";
 
 /// [`Store::scan_audit`] over an SQLite file.
@@ -196,57 +197,85 @@ pub(crate) async fn chain_events(
                     .await?
             }
         };
-        let mut seq: i64 = get(&head, "seq")?;
-        let mut prev: Vec<u8> = get(&head, "hash")?;
-        // Linked in order, then stored with one statement per group of
-        // rows (a batch of a few hundred events is a few statements, not a
-        // few hundred).
-        let mine: Vec<&AuditEvent> = events.iter().filter(|e| e.chain == chain).collect();
-        for group in mine.chunks(ROWS_PER_INSERT) {
-            let mut links = Vec::with_capacity(group.len());
-            for e in group {
-                seq += 1;
-                let hash = chain_hash(&prev, &e.canonical(seq)).to_vec();
-                links.push((seq, std::mem::replace(&mut prev, hash.clone()), hash));
-            }
+        let mine = events.iter().filter(|e| e.chain == chain);
+        let (links, head) = link(chain, get(&head, "seq")?, get(&head, "hash")?, mine);
+        // Stored with one statement per group of rows (a batch of a few
+        // hundred events is a few statements, not a few hundred).
+        for group in links.chunks(ROWS_PER_INSERT) {
             let sql = format!(
                 "INSERT INTO audit_events ({EVENT_COLUMNS}) VALUES {}",
                 crate::values_placeholders(dialect, group.len(), 15)
             );
             let mut q = sqlx::query(&sql);
-            for (e, (seq, prev, hash)) in group.iter().zip(links) {
+            for l in group {
+                let e = l.event;
                 q = q
                     .bind(chain)
-                    .bind(seq)
+                    .bind(l.seq)
                     .bind(ts(e.at))
-                    .bind(e.actor.clone())
-                    .bind(e.action.clone())
-                    .bind(e.target.clone())
+                    .bind(e.actor.as_str())
+                    .bind(e.action.as_str())
+                    .bind(e.target.as_str())
                     .bind(e.outcome.as_str())
-                    .bind(e.reason.clone())
-                    .bind(e.detail.clone())
-                    .bind(e.session.clone())
-                    .bind(e.client_ip.clone())
-                    .bind(e.user_agent.clone())
-                    .bind(e.request_id.clone())
-                    .bind(prev)
-                    .bind(hash);
+                    .bind(e.reason.as_deref())
+                    .bind(e.detail.as_str())
+                    .bind(e.session.as_deref())
+                    .bind(e.client_ip.as_deref())
+                    .bind(e.user_agent.as_deref())
+                    .bind(e.request_id.as_deref())
+                    .bind(l.prev.as_slice())
+                    .bind(l.hash.as_slice());
             }
             q.execute(&mut **tx).await?;
         }
-        sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE chain = $1")
+        sqlx::query(HEAD_UPDATE)
             .bind(chain)
-            .bind(seq)
-            .bind(prev.clone())
+            .bind(head.seq)
+            .bind(head.hash.clone())
             .execute(&mut **tx)
             .await?;
-        heads.push(ChainHead {
+        heads.push(head);
+    }
+    Ok(heads)
+}
+
+pub(crate) const HEAD_UPDATE: &str = "UPDATE audit_heads SET seq = $2, hash = $3 WHERE chain = $1";
+
+/// One event's place in its chain, worked out before it is stored.
+pub(crate) struct Link<'e> {
+    pub event: &'e AuditEvent,
+    pub seq: i64,
+    pub prev: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+/// Links `events` (all of `chain`, in order) onto a chain that ends at
+/// `seq` with `hash`; returns their links and the chain's new head.
+pub(crate) fn link<'e>(
+    chain: i64,
+    mut seq: i64,
+    mut prev: Vec<u8>,
+    events: impl Iterator<Item = &'e AuditEvent>,
+) -> (Vec<Link<'e>>, ChainHead) {
+    let mut links = Vec::new();
+    for event in events {
+        seq += 1;
+        let hash = chain_hash(&prev, &event.canonical(seq)).to_vec();
+        links.push(Link {
+            event,
+            seq,
+            prev: std::mem::replace(&mut prev, hash.clone()),
+            hash,
+        });
+    }
+    (
+        links,
+        ChainHead {
             chain,
             seq,
             hash: prev,
-        });
-    }
-    Ok(heads)
+        },
+    )
 }
 
 /// Where a chain ended after a write.

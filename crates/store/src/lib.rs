@@ -11,17 +11,20 @@
 //! its token hash, which is how a request finds its company.
 
 mod access;
+mod appender;
 mod audit;
 mod detection;
 mod directory;
 mod dump;
 mod keys;
 mod migrate;
+mod reader;
 mod records;
 mod sessions;
 mod signin;
 
 pub use access::*;
+pub use appender::AuditAppender;
 pub use audit::*;
 pub use detection::*;
 pub use directory::*;
@@ -110,6 +113,9 @@ pub struct Store {
     /// The SQLite file, for the reads that go around sqlx (a full audit
     /// chain scan); `None` for PostgreSQL and in-memory databases.
     sqlite_file: Option<Arc<std::path::Path>>,
+    /// The per-request lookups' fast path on an SQLite file (see
+    /// [`reader`]); `None` for PostgreSQL and in-memory databases.
+    readers: Option<Arc<reader::Readers>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -258,6 +264,7 @@ impl Store {
             dialect,
             write_lock: (dialect == Dialect::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(()))),
             sqlite_file: sqlite_file(&url),
+            readers: sqlite_file(&url).map(|f| Arc::new(reader::Readers::new(f))),
         })
     }
 
@@ -295,9 +302,50 @@ impl Store {
     /// Refreshes the query planner's statistics. Worth running after a bulk
     /// load (a restore, a benchmark data set): until PostgreSQL's autovacuum
     /// does it, fresh tables can get plans hundreds of times slower.
+    ///
+    /// On SQLite only the per-index row counts (`sqlite_stat1`) are kept,
+    /// not the sampled key values (`sqlite_stat4`): with samples, every
+    /// statement that binds a value to an indexed column is compiled
+    /// anew each time it runs (the plan may depend on the value), which
+    /// cost a record read an eighth of its time; Strongroom's queries are
+    /// key lookups whose plans the row counts settle.
     pub async fn analyze(&self) -> StoreResult<()> {
-        sqlx::raw_sql("ANALYZE").execute(&self.pool).await?;
+        if self.dialect == Dialect::Postgres {
+            sqlx::raw_sql("ANALYZE").execute(&self.pool).await?;
+            return Ok(());
+        }
+        // In one transaction: another connection that reloads the
+        // statistics sees the counts without the samples.
+        let mut w = self.write_tx().await?;
+        sqlx::raw_sql("ANALYZE").execute(&mut *w.tx).await?;
+        let samples = sqlx::query(STAT4_TABLE).fetch_optional(&mut *w.tx).await?;
+        if samples.is_some() {
+            sqlx::raw_sql("DELETE FROM sqlite_stat4")
+                .execute(&mut *w.tx)
+                .await?;
+        }
+        w.commit().await?;
+        // This connection loaded the samples while analysing; reload.
+        sqlx::raw_sql("ANALYZE sqlite_schema")
+            .execute(&self.write_pool)
+            .await?;
         Ok(())
+    }
+
+    /// The sampled key values SQLite's statistics hold (0 on PostgreSQL);
+    /// see [`Store::analyze`].
+    pub async fn statistics_samples(&self) -> StoreResult<i64> {
+        if self.dialect == Dialect::Postgres {
+            return Ok(0);
+        }
+        let samples = sqlx::query(STAT4_TABLE).fetch_optional(&self.pool).await?;
+        if samples.is_none() {
+            return Ok(0);
+        }
+        Ok(sqlx::query("SELECT COUNT(*) AS n FROM sqlite_stat4")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?)
     }
 
     /// True when no company exists yet (a fresh store).
@@ -309,6 +357,12 @@ impl Store {
         Ok(n == 0)
     }
 }
+
+/// Whether SQLite's table of sampled key values exists (it is made by the
+/// first `ANALYZE`, when SQLite was built with it, as sqlx's bundled
+/// SQLite is).
+const STAT4_TABLE: &str =
+    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_stat4'";
 
 pub(crate) struct WriteTx<'a> {
     pub tx: sqlx::Transaction<'static, sqlx::Any>,

@@ -1,5 +1,6 @@
 //! Record types, records, their versions and the exact-match index.
 
+use crate::reader::{one, Cols, Fast};
 use crate::{flag, from_ts, get, opt_ts, ts, Arg, Store, StoreError, StoreResult};
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
@@ -141,26 +142,37 @@ fn parse_data(text: &str) -> StoreResult<RecordData> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("record data: {e}")))
 }
 
-fn record_from_row(row: &AnyRow) -> StoreResult<StoredRecord> {
-    let data: String = get(row, "data")?;
+fn record_from_row(row: &impl Cols) -> StoreResult<StoredRecord> {
+    let data = row.text("data")?;
     Ok(StoredRecord {
-        id: get(row, "id")?,
-        department_id: get(row, "department_id")?,
-        owner: UserKey(get(row, "owner_key")?),
+        id: row.int("id")?,
+        department_id: row.opt_int("department_id")?,
+        owner: UserKey(row.int("owner_key")?),
         view: RecordView {
-            id: get(row, "public_id")?,
-            record_type: get(row, "type_key")?,
-            version: get(row, "version")?,
+            id: row.text("public_id")?,
+            record_type: row.text("type_key")?,
+            version: row.int("version")?,
             data: parse_data(&data)?,
-            department: get(row, "department_code")?,
-            owner: get(row, "owner_id")?,
-            created_at: from_ts(get(row, "created_at")?)?,
-            updated_at: from_ts(get(row, "updated_at")?)?,
-            deleted_at: opt_ts(get(row, "deleted_at")?)?,
+            department: row.opt_text("department_code")?,
+            owner: row.text("owner_id")?,
+            created_at: from_ts(row.int("created_at")?)?,
+            updated_at: from_ts(row.int("updated_at")?)?,
+            deleted_at: opt_ts(row.opt_int("deleted_at")?)?,
             masked: Vec::new(),
             revealed: Vec::new(),
             withheld: Vec::new(),
         },
+    })
+}
+
+/// The statement behind [`Store::record`], built once.
+fn record_query() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "SELECT {RECORD_COLUMNS} {RECORD_FROM} \
+             WHERE r.company_id = $1 AND r.record_type_id = $2 AND r.public_id = $3"
+        )
     })
 }
 
@@ -313,15 +325,19 @@ impl Store {
         record_type: &StoredRecordType,
         public_id: &str,
     ) -> StoreResult<Option<StoredRecord>> {
-        let row = sqlx::query(&format!(
-            "SELECT {RECORD_COLUMNS} {RECORD_FROM} \
-             WHERE r.company_id = $1 AND r.record_type_id = $2 AND r.public_id = $3"
-        ))
-        .bind(company.0)
-        .bind(record_type.id)
-        .bind(public_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let sql = record_query();
+        if let Some(readers) = &self.readers {
+            let params = (company.0, record_type.id, public_id);
+            if let Fast::Done(r) = readers.read(|c| one(c, sql, params, |r| record_from_row(r))) {
+                return r;
+            }
+        }
+        let row = sqlx::query(sql)
+            .bind(company.0)
+            .bind(record_type.id)
+            .bind(public_id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(record_from_row).transpose()
     }
 

@@ -1,6 +1,7 @@
 //! Sessions, stored by the hash of their token.
 
-use crate::{flag, from_ts, get, ts, Store, StoreError, StoreResult};
+use crate::reader::{one, Cols, Fast};
+use crate::{from_ts, get, ts, Store, StoreError, StoreResult};
 use chrono::{DateTime, Utc};
 use strongroom_core::session::{Restriction, SessionTimes};
 use strongroom_core::{CompanyId, UserKey};
@@ -25,6 +26,48 @@ pub struct SessionRecord {
     /// types and company keys. Inputs of security checks cached under one
     /// epoch are current while it is unchanged.
     pub policy_epoch: i64,
+}
+
+/// The statement behind [`Store::session`], built once.
+fn session_query() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "SELECT s.company_id, c.code, s.user_key, u.user_id, u.status, u.is_admin, u.is_master, \
+               u.department_id, s.created_at, s.last_seen_at, s.expires_at, s.idle_secs, s.restriction, \
+               {} \
+             FROM sessions s \
+             JOIN users u ON u.id = s.user_key AND u.company_id = s.company_id \
+             JOIN companies c ON c.id = s.company_id \
+             WHERE s.token_hash = $1",
+            crate::policy_epoch_column("s")
+        )
+    })
+}
+
+fn session_from_row(r: &impl Cols) -> StoreResult<SessionRecord> {
+    let status = r.text("status")?;
+    let restriction = r.text("restriction")?;
+    Ok(SessionRecord {
+        company: CompanyId(r.int("company_id")?),
+        company_code: r.text("code")?,
+        user: UserKey(r.int("user_key")?),
+        user_id: r.text("user_id")?,
+        user_status: UserStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("user status '{status}'")))?,
+        is_admin: r.int("is_admin")? != 0,
+        is_master: r.int("is_master")? != 0,
+        department_id: r.opt_int("department_id")?,
+        times: SessionTimes {
+            created_at: from_ts(r.int("created_at")?)?,
+            last_seen_at: from_ts(r.int("last_seen_at")?)?,
+            expires_at: from_ts(r.int("expires_at")?)?,
+            idle: chrono::Duration::seconds(r.int("idle_secs")?),
+        },
+        restriction: Restriction::parse(&restriction)
+            .ok_or_else(|| StoreError::Corrupt(format!("session restriction '{restriction}'")))?,
+        policy_epoch: r.int("policy_epoch")?,
+    })
 }
 
 impl Store {
@@ -64,43 +107,18 @@ impl Store {
     /// The session behind a token hash, with its user. This is the one
     /// lookup that is not scoped by company: it is how a request finds it.
     pub async fn session(&self, token_hash: &[u8; 32]) -> StoreResult<Option<SessionRecord>> {
-        let row = sqlx::query(&format!(
-            "SELECT s.company_id, c.code, s.user_key, u.user_id, u.status, u.is_admin, u.is_master, \
-               u.department_id, s.created_at, s.last_seen_at, s.expires_at, s.idle_secs, s.restriction, \
-               {} \
-             FROM sessions s \
-             JOIN users u ON u.id = s.user_key AND u.company_id = s.company_id \
-             JOIN companies c ON c.id = s.company_id \
-             WHERE s.token_hash = $1",
-            crate::policy_epoch_column("s")
-        ))
-        .bind(token_hash.to_vec())
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(r) = row else { return Ok(None) };
-        let status: String = get(&r, "status")?;
-        let restriction: String = get(&r, "restriction")?;
-        Ok(Some(SessionRecord {
-            company: crate::company(&r)?,
-            company_code: get(&r, "code")?,
-            user: UserKey(get(&r, "user_key")?),
-            user_id: get(&r, "user_id")?,
-            user_status: UserStatus::parse(&status)
-                .ok_or_else(|| StoreError::Corrupt(format!("user status '{status}'")))?,
-            is_admin: flag(&r, "is_admin")?,
-            is_master: flag(&r, "is_master")?,
-            department_id: get(&r, "department_id")?,
-            times: SessionTimes {
-                created_at: from_ts(get(&r, "created_at")?)?,
-                last_seen_at: from_ts(get(&r, "last_seen_at")?)?,
-                expires_at: from_ts(get(&r, "expires_at")?)?,
-                idle: chrono::Duration::seconds(get(&r, "idle_secs")?),
-            },
-            restriction: Restriction::parse(&restriction).ok_or_else(|| {
-                StoreError::Corrupt(format!("session restriction '{restriction}'"))
-            })?,
-            policy_epoch: get(&r, "policy_epoch")?,
-        }))
+        let sql = session_query();
+        if let Some(readers) = &self.readers {
+            let fast = readers.read(|c| one(c, sql, [&token_hash[..]], |r| session_from_row(r)));
+            if let Fast::Done(r) = fast {
+                return r;
+            }
+        }
+        let row = sqlx::query(sql)
+            .bind(token_hash.to_vec())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(session_from_row).transpose()
     }
 
     pub async fn touch_session(

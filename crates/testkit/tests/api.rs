@@ -1783,3 +1783,32 @@ async fn cookie_sessions_refuse_cross_site_writes() {
         200
     );
 }
+
+/// After a bulk load the store refreshes its planner statistics; on SQLite
+/// it keeps the row counts but not the sampled key values, with which every
+/// lookup would be compiled anew each time it runs. Reads still find what
+/// they should afterwards.
+#[tokio::test]
+async fn statistics_after_a_bulk_load_keep_no_sampled_values() {
+    let srv = TestServer::start().await;
+    let c = srv.company_master("ACME").await;
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let name = format!("Bulk {i}");
+        let email = format!("bulk{i}@example.com");
+        let r =
+            strongroom_testkit::add_record(&c, "customer", json!({"name": name, "email": email}))
+                .await;
+        ids.push(r.id);
+    }
+    srv.store().analyze().await.unwrap();
+    assert_eq!(srv.store().statistics_samples().await.unwrap(), 0);
+    let r = c.record("customer", &ids[17]).await.unwrap();
+    assert_eq!(r.data["name"], "Bulk 17");
+    let page = c
+        .list_records("customer", &[("f.email", "bulk23@example.com")])
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].id, ids[23]);
+}

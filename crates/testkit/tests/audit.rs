@@ -626,6 +626,49 @@ async fn a_chain_written_to_during_verification_still_verifies() {
     assert!(v.events >= 5 * batches);
 }
 
+/// Reads are recorded by the audit log's writer (on SQLite through a
+/// connection of its own), creates by the record's own transaction: both
+/// append to one chain, at once, and the chain must stay one unbroken line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_and_writes_recorded_at_once_keep_one_unbroken_chain() {
+    let srv = TestServer::start().await;
+    let c = srv.company_master("ACME").await;
+    let r = strongroom_testkit::add_record(&c, "customer", json!({"name": "First"})).await;
+    let chain = company_chain(&srv).await;
+    let before = srv.stored_chain_events(chain).await.len();
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let (c, id) = (c.clone(), r.id.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..15 {
+                if t % 2 == 0 {
+                    c.record("customer", &id).await.unwrap();
+                } else {
+                    let name = format!("W{t}-{i}");
+                    strongroom_testkit::add_record(&c, "customer", json!({ "name": name })).await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let events = srv.stored_chain_events(chain).await;
+    let new = &events[before..];
+    let count = |action: &str| new.iter().filter(|e| e.event.action == action).count();
+    assert_eq!(count("record.read"), 30, "every read recorded once");
+    assert_eq!(count("record.create"), 30, "every create recorded once");
+    for pair in events.windows(2) {
+        assert_eq!(pair[1].seq, pair[0].seq + 1, "sequence numbers run on");
+        assert_eq!(
+            pair[1].prev_hash, pair[0].hash,
+            "each event links to the one before"
+        );
+    }
+    let v = verify(&srv, chain).await;
+    assert_eq!(v.problem, None);
+}
+
 #[tokio::test]
 async fn a_checkpoint_is_signed_every_hundred_events() {
     let srv = TestServer::start().await;
