@@ -156,7 +156,7 @@ pub async fn prepare_with(
         list
     };
     let webauthn = passkeys::build(&resolved.public_origin)?;
-    let state = AppState {
+    let state = AppState::new(state::SharedState {
         deny_list: Arc::new(deny_list),
         webauthn: Arc::new(webauthn),
         policy: Arc::default(),
@@ -196,7 +196,7 @@ pub async fn prepare_with(
             clock.clone(),
         )),
         keys,
-    };
+    });
     backup::spawn_schedule(
         store.clone(),
         state.keys.shared_provider(),

@@ -13,8 +13,27 @@ use zeroize::Zeroizing;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
+/// What every handler shares, behind one reference count: handlers,
+/// extractors and middleware each take a copy of the state for every
+/// request, and a copy is then one counter, not one per part.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<SharedState>);
+
+impl AppState {
+    pub fn new(shared: SharedState) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = SharedState;
+    fn deref(&self) -> &SharedState {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct SharedState {
     pub store: Store,
     pub clock: SharedClock,
     pub sessions: SessionPolicy,
