@@ -30,8 +30,8 @@ impl std::fmt::Debug for AuditAppender {
     }
 }
 
-fn failed(e: rusqlite::Error) -> StoreError {
-    StoreError::Reader(format!("writing the audit log: {e}"))
+pub(crate) fn failed(e: rusqlite::Error) -> StoreError {
+    StoreError::Sqlite(format!("writing: {e}"))
 }
 
 impl Store {
@@ -42,22 +42,27 @@ impl Store {
         let (Some(file), Some(lock)) = (&self.sqlite_file, &self.write_lock) else {
             return Ok(None);
         };
-        let conn = Connection::open_with_flags(
-            file,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(failed)?;
-        // As the pool's connections (see `Store::connect`): an acknowledged
-        // event survives a power cut.
-        conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
-            .map_err(failed)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(failed)?;
         Ok(Some(AuditAppender {
-            conn,
+            conn: open_writer(file)?,
             write_lock: lock.clone(),
         }))
     }
+}
+
+/// A read-write connection to the store's file, set up as the pool's are
+/// (see `Store::connect`): foreign keys enforced, and a commit that was
+/// acknowledged survives a power cut.
+pub(crate) fn open_writer(file: &std::path::Path) -> StoreResult<Connection> {
+    let conn = Connection::open_with_flags(
+        file,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(failed)?;
+    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
+        .map_err(failed)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(failed)?;
+    Ok(conn)
 }
 
 /// One event's INSERT, built once.
@@ -91,19 +96,29 @@ fn append(conn: &mut Connection, events: &[AuditEvent]) -> StoreResult<Vec<Chain
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(failed)?;
+    let heads = append_events(&tx, events)?;
+    tx.commit().map_err(failed)?;
+    Ok(heads)
+}
+
+/// Links `events` onto their chains and stores them, inside a transaction
+/// the caller holds (and commits).
+pub(crate) fn append_events(tx: &Connection, events: &[AuditEvent]) -> StoreResult<Vec<ChainHead>> {
     let mut chains: Vec<i64> = events.iter().map(|e| e.chain).collect();
     chains.sort_unstable();
     chains.dedup();
     let mut heads = Vec::with_capacity(chains.len());
     for chain in chains {
-        let head = |tx: &rusqlite::Transaction<'_>| {
-            tx.prepare_cached("SELECT seq, hash FROM audit_heads WHERE chain = ?1")?
-                .query_row([chain], |r| {
+        let head = tx
+            .prepare_cached("SELECT seq, hash FROM audit_heads WHERE chain = ?1")
+            .and_then(|mut s| {
+                s.query_row([chain], |r| {
                     Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
                 })
                 .optional()
-        };
-        let (seq, hash) = match head(&tx).map_err(failed)? {
+            })
+            .map_err(failed)?;
+        let (seq, hash) = match head {
             Some(h) => h,
             None => {
                 tx.prepare_cached("INSERT INTO audit_heads (chain, seq, hash) VALUES (?1, 0, ?2)")
@@ -142,6 +157,5 @@ fn append(conn: &mut Connection, events: &[AuditEvent]) -> StoreResult<Vec<Chain
             .map_err(failed)?;
         heads.push(head);
     }
-    tx.commit().map_err(failed)?;
     Ok(heads)
 }

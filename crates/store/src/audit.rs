@@ -53,7 +53,7 @@ fn scan_sqlite(
     visit: &mut dyn FnMut(StoredEvent) -> bool,
 ) -> StoreResult<()> {
     use rusqlite::{Connection, OpenFlags};
-    let failed = |e: rusqlite::Error| StoreError::Reader(format!("reading the audit log: {e}"));
+    let failed = |e: rusqlite::Error| StoreError::Sqlite(format!("reading the audit log: {e}"));
     let conn = Connection::open_with_flags(
         file,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -492,7 +492,7 @@ impl Store {
                 Ok(state)
             })
             .await
-            .map_err(|e| StoreError::Reader(format!("the audit scan stopped: {e}")))?;
+            .map_err(|e| StoreError::Sqlite(format!("the audit scan stopped: {e}")))?;
         }
         // The next page is asked for before this one is visited, so the
         // database's work overlaps ours.
@@ -504,7 +504,7 @@ impl Store {
         loop {
             let page = next
                 .await
-                .map_err(|e| StoreError::Reader(format!("the audit scan stopped: {e}")))??;
+                .map_err(|e| StoreError::Sqlite(format!("the audit scan stopped: {e}")))??;
             let Some(last) = page.last() else {
                 return Ok(state);
             };

@@ -13,6 +13,7 @@
 mod access;
 mod appender;
 mod audit;
+mod batch;
 mod detection;
 mod directory;
 mod dump;
@@ -65,10 +66,11 @@ pub enum StoreError {
     /// Another process holds the database (e.g. a server running on SQLite).
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
-    /// A read outside sqlx failed (the audit chain scan's own SQLite
-    /// connection, or the task that ran it).
+    /// SQLite failed on a connection Strongroom opens itself, outside
+    /// sqlx (the request-path lookups, the audit and record writers, the
+    /// audit chain scan), or the task that ran it stopped.
     #[error("database error: {0}")]
-    Reader(String),
+    Sqlite(String),
 }
 
 impl StoreError {
@@ -116,6 +118,9 @@ pub struct Store {
     /// The per-request lookups' fast path on an SQLite file (see
     /// [`reader`]); `None` for PostgreSQL and in-memory databases.
     readers: Option<Arc<reader::Readers>>,
+    /// Group commit of record writes on an SQLite file (see [`batch`]);
+    /// `None` for PostgreSQL and in-memory databases.
+    record_writer: Option<Arc<batch::RecordWriter>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -258,11 +263,24 @@ impl Store {
         } else {
             pool.clone()
         };
+        let write_lock =
+            (dialect == Dialect::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
+        let record_writer = match (sqlite_file(&url), &write_lock) {
+            (Some(file), Some(lock)) => match batch::RecordWriter::start(&file, lock.clone()) {
+                Ok(w) => Some(Arc::new(w)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "record writes go one transaction each");
+                    None
+                }
+            },
+            _ => None,
+        };
         Ok(Store {
             pool,
             write_pool,
+            record_writer,
             dialect,
-            write_lock: (dialect == Dialect::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(()))),
+            write_lock,
             sqlite_file: sqlite_file(&url),
             readers: sqlite_file(&url).map(|f| Arc::new(reader::Readers::new(f))),
         })

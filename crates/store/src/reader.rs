@@ -87,7 +87,7 @@ impl Readers {
         match out {
             Ok(v) => Fast::Done(Ok(v)),
             Err(ReadError::Sqlite(e)) if is_busy(&e) => Fast::Fallback,
-            Err(ReadError::Sqlite(e)) => Fast::Done(Err(StoreError::Reader(e.to_string()))),
+            Err(ReadError::Sqlite(e)) => Fast::Done(Err(StoreError::Sqlite(e.to_string()))),
             Err(ReadError::Store(e)) => Fast::Done(Err(e)),
         }
     }

@@ -1,8 +1,10 @@
 //! Record types, records, their versions and the exact-match index.
 
-use crate::reader::{one, Cols, Fast};
+use crate::appender::{append_events, failed};
+use crate::reader::{numbered, one, Cols, Fast};
 use crate::{flag, from_ts, get, opt_ts, ts, Arg, Store, StoreError, StoreResult};
 use chrono::{DateTime, Utc};
+use rusqlite::OptionalExtension;
 use sqlx::any::AnyRow;
 use strongroom_core::catalogue::RecordTypeDef;
 use strongroom_core::{CompanyId, UserKey};
@@ -140,6 +142,192 @@ const RECORD_FROM: &str = "FROM records r \
 
 fn parse_data(text: &str) -> StoreResult<RecordData> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("record data: {e}")))
+}
+
+const INSERT_RECORD: &str = "INSERT INTO records (public_id, company_id, record_type_id, version, \
+    data, department_id, owner_key, created_at, updated_at) \
+    VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $7) RETURNING id";
+const INSERT_VERSION: &str = "INSERT INTO record_versions (record_id, company_id, version, \
+    change_kind, data, deleted, changed_at, changed_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+const UPDATE_DELETED: &str = "UPDATE records SET version = version + 1, data = $4, \
+    updated_at = $5, deleted_at = $6 WHERE company_id = $1 AND id = $2 AND version = $3";
+const UPDATE_LIVE: &str = "UPDATE records SET version = version + 1, data = $4, \
+    updated_at = $5, deleted_at = NULL WHERE company_id = $1 AND id = $2 AND version = $3";
+const RECORD_VERSION: &str = "SELECT version FROM records WHERE company_id = $1 AND id = $2";
+const DELETE_INDEX: &str = "DELETE FROM record_index WHERE company_id = $1 AND record_id = $2";
+/// Followed by the VALUES rows.
+const INSERT_INDEX: &str =
+    "INSERT INTO record_index (record_id, field_key, company_id, record_type_id, value) VALUES ";
+const ID_TAKEN: &str = "record id collision; retry";
+const NO_DEPARTMENT: &str = "no such department";
+const NO_RECORD: &str = "no such record";
+
+/// A new record as the SQLite writer stores it (see `batch`): the same
+/// statements as [`Store::insert_record`]'s, in the writer's transaction.
+struct NewRecord {
+    company: i64,
+    type_id: i64,
+    public_id: String,
+    text: String,
+    department_id: Option<i64>,
+    actor: i64,
+    now: i64,
+    index: IndexEntries,
+    audit: Vec<strongroom_core::audit::AuditEvent>,
+}
+
+impl NewRecord {
+    fn insert(&self, tx: &rusqlite::Connection) -> StoreResult<()> {
+        let id: i64 = tx
+            .prepare_cached(&numbered(INSERT_RECORD))
+            .and_then(|mut s| {
+                s.query_row(
+                    rusqlite::params![
+                        self.public_id,
+                        self.company,
+                        self.type_id,
+                        self.text,
+                        self.department_id,
+                        self.actor,
+                        self.now
+                    ],
+                    |r| r.get(0),
+                )
+            })
+            .map_err(|e| sqlite_conflict(e, ID_TAKEN, NO_DEPARTMENT))?;
+        let version = Version {
+            company: self.company,
+            record: id,
+            version: 1,
+            kind: ChangeKind::Create,
+            text: &self.text,
+            deleted: false,
+            actor: self.actor,
+            now: self.now,
+        };
+        version.insert(tx)?;
+        index_sqlite(tx, self.company, self.type_id, id, &self.index)?;
+        append_events(tx, &self.audit).map(|_| ())
+    }
+}
+
+/// A change to a record as the SQLite writer stores it: the same
+/// statements as [`Store::write_record`]'s.
+struct Update {
+    company: i64,
+    type_id: i64,
+    id: i64,
+    expected_version: i64,
+    text: String,
+    deleted_at: Option<i64>,
+    kind: ChangeKind,
+    actor: i64,
+    now: i64,
+    index: IndexEntries,
+    audit: Vec<strongroom_core::audit::AuditEvent>,
+}
+
+impl Update {
+    fn apply(&self, tx: &rusqlite::Connection) -> StoreResult<()> {
+        let (c, id, v) = (self.company, self.id, self.expected_version);
+        let changed = match self.deleted_at {
+            Some(d) => tx
+                .prepare_cached(&numbered(UPDATE_DELETED))
+                .and_then(|mut s| s.execute(rusqlite::params![c, id, v, self.text, self.now, d])),
+            None => tx
+                .prepare_cached(&numbered(UPDATE_LIVE))
+                .and_then(|mut s| s.execute(rusqlite::params![c, id, v, self.text, self.now])),
+        }
+        .map_err(failed)?;
+        if changed != 1 {
+            let current = tx
+                .prepare_cached(&numbered(RECORD_VERSION))
+                .and_then(|mut s| s.query_row((c, id), |r| r.get::<_, i64>(0)).optional())
+                .map_err(failed)?;
+            return Err(match current {
+                Some(current) => StoreError::VersionConflict { current },
+                None => StoreError::NotFound(NO_RECORD.into()),
+            });
+        }
+        let version = Version {
+            company: c,
+            record: id,
+            version: v + 1,
+            kind: self.kind,
+            text: &self.text,
+            deleted: self.deleted_at.is_some(),
+            actor: self.actor,
+            now: self.now,
+        };
+        version.insert(tx)?;
+        tx.prepare_cached(&numbered(DELETE_INDEX))
+            .and_then(|mut s| s.execute((c, id)))
+            .map_err(failed)?;
+        index_sqlite(tx, c, self.type_id, id, &self.index)?;
+        append_events(tx, &self.audit).map(|_| ())
+    }
+}
+
+/// A row of `record_versions`, for the SQLite writer.
+struct Version<'a> {
+    company: i64,
+    record: i64,
+    version: i64,
+    kind: ChangeKind,
+    text: &'a str,
+    deleted: bool,
+    actor: i64,
+    now: i64,
+}
+
+impl Version<'_> {
+    fn insert(&self, tx: &rusqlite::Connection) -> StoreResult<()> {
+        tx.prepare_cached(&numbered(INSERT_VERSION))
+            .and_then(|mut s| {
+                s.execute(rusqlite::params![
+                    self.record,
+                    self.company,
+                    self.version,
+                    self.kind.as_str(),
+                    self.text,
+                    self.deleted as i64,
+                    self.now,
+                    self.actor
+                ])
+            })
+            .map_err(failed)?;
+        Ok(())
+    }
+}
+
+/// A record's blind-index entries, for the SQLite writer (one prepared
+/// row statement, run per entry).
+fn index_sqlite(
+    tx: &rusqlite::Connection,
+    company: i64,
+    type_id: i64,
+    record: i64,
+    index: &IndexEntries,
+) -> StoreResult<()> {
+    let sql = format!("{INSERT_INDEX}(?1, ?2, ?3, ?4, ?5)");
+    let mut stmt = tx.prepare_cached(&sql).map_err(failed)?;
+    for (key, value) in index {
+        stmt.execute(rusqlite::params![record, key, company, type_id, value])
+            .map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// [`StoreError::map_conflict`] for SQLite's own errors.
+fn sqlite_conflict(e: rusqlite::Error, unique: &str, fk: &str) -> StoreError {
+    use rusqlite::ffi;
+    match e.sqlite_error().map(|f| f.extended_code) {
+        Some(ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => {
+            StoreError::Conflict(unique.into())
+        }
+        Some(ffi::SQLITE_CONSTRAINT_FOREIGNKEY) => StoreError::Conflict(fk.into()),
+        _ => failed(e),
+    }
 }
 
 fn record_from_row(row: &impl Cols) -> StoreResult<StoredRecord> {
@@ -286,21 +474,32 @@ impl Store {
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
         let text = serde_json::to_string(data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if let Some(writer) = &self.record_writer {
+            let new = NewRecord {
+                company: company.0,
+                type_id: record_type.id,
+                public_id: public_id.to_owned(),
+                text,
+                department_id,
+                actor: actor.0,
+                now: ts(now),
+                index: index.clone(),
+                audit: audit.to_vec(),
+            };
+            return writer.write(Box::new(move |tx| new.insert(tx))).await;
+        }
         let mut w = self.write_tx().await?;
-        let row = sqlx::query(
-            "INSERT INTO records (public_id, company_id, record_type_id, version, data, department_id, \
-               owner_key, created_at, updated_at) VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $7) RETURNING id",
-        )
-        .bind(public_id)
-        .bind(company.0)
-        .bind(record_type.id)
-        .bind(&text)
-        .bind(department_id)
-        .bind(actor.0)
-        .bind(ts(now))
-        .fetch_one(&mut *w.tx)
-        .await
-        .map_err(|e| StoreError::map_conflict(e, "record id collision; retry", "no such department"))?;
+        let row = sqlx::query(INSERT_RECORD)
+            .bind(public_id)
+            .bind(company.0)
+            .bind(record_type.id)
+            .bind(&text)
+            .bind(department_id)
+            .bind(actor.0)
+            .bind(ts(now))
+            .fetch_one(&mut *w.tx)
+            .await
+            .map_err(|e| StoreError::map_conflict(e, ID_TAKEN, NO_DEPARTMENT))?;
         let id: i64 = get(&row, "id")?;
         insert_version(
             &mut w.tx,
@@ -456,14 +655,28 @@ impl Store {
     ) -> StoreResult<()> {
         let text =
             serde_json::to_string(change.data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut w = self.write_tx().await?;
         let deleted_at = change.deleted_at.map(ts);
+        if let Some(writer) = &self.record_writer {
+            let update = Update {
+                company: company.0,
+                type_id: record_type.id,
+                id: record.id,
+                expected_version,
+                text,
+                deleted_at,
+                kind: change.kind,
+                actor: change.actor.0,
+                now: ts(change.now),
+                index: change.index.clone(),
+                audit: change.audit.to_vec(),
+            };
+            return writer.write(Box::new(move |tx| update.apply(tx))).await;
+        }
+        let mut w = self.write_tx().await?;
         let q = if deleted_at.is_some() {
-            "UPDATE records SET version = version + 1, data = $4, updated_at = $5, deleted_at = $6 \
-             WHERE company_id = $1 AND id = $2 AND version = $3"
+            UPDATE_DELETED
         } else {
-            "UPDATE records SET version = version + 1, data = $4, updated_at = $5, deleted_at = NULL \
-             WHERE company_id = $1 AND id = $2 AND version = $3"
+            UPDATE_LIVE
         };
         let mut query = sqlx::query(q)
             .bind(company.0)
@@ -476,7 +689,7 @@ impl Store {
         }
         let n = query.execute(&mut *w.tx).await?.rows_affected();
         if n != 1 {
-            let row = sqlx::query("SELECT version FROM records WHERE company_id = $1 AND id = $2")
+            let row = sqlx::query(RECORD_VERSION)
                 .bind(company.0)
                 .bind(record.id)
                 .fetch_optional(&mut *w.tx)
@@ -485,7 +698,7 @@ impl Store {
                 Some(r) => Err(StoreError::VersionConflict {
                     current: get(&r, "version")?,
                 }),
-                None => Err(StoreError::NotFound("no such record".into())),
+                None => Err(StoreError::NotFound(NO_RECORD.into())),
             };
         }
         insert_version(
@@ -500,7 +713,7 @@ impl Store {
             change.now,
         )
         .await?;
-        sqlx::query("DELETE FROM record_index WHERE company_id = $1 AND record_id = $2")
+        sqlx::query(DELETE_INDEX)
             .bind(company.0)
             .bind(record.id)
             .execute(&mut *w.tx)
@@ -564,20 +777,17 @@ async fn insert_version(
     actor: UserKey,
     now: DateTime<Utc>,
 ) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO record_versions (record_id, company_id, version, change_kind, data, deleted, \
-           changed_at, changed_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(record_id)
-    .bind(company.0)
-    .bind(version)
-    .bind(kind.as_str())
-    .bind(data)
-    .bind(deleted as i64)
-    .bind(ts(now))
-    .bind(actor.0)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(INSERT_VERSION)
+        .bind(record_id)
+        .bind(company.0)
+        .bind(version)
+        .bind(kind.as_str())
+        .bind(data)
+        .bind(deleted as i64)
+        .bind(ts(now))
+        .bind(actor.0)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -594,7 +804,7 @@ pub(crate) async fn write_index(
     let entries: Vec<_> = index.iter().collect();
     for group in entries.chunks(100) {
         let sql = format!(
-            "INSERT INTO record_index (record_id, field_key, company_id, record_type_id, value) VALUES {}",
+            "{INSERT_INDEX}{}",
             crate::values_placeholders(dialect, group.len(), 5)
         );
         let mut q = sqlx::query(&sql);

@@ -1812,3 +1812,154 @@ async fn statistics_after_a_bulk_load_keep_no_sampled_values() {
     assert_eq!(page.items.len(), 1);
     assert_eq!(page.items[0].id, ids[23]);
 }
+
+/// Writes that arrive together are committed together on SQLite (one
+/// transaction, a savepoint each): a write that loses a race fails alone,
+/// the others are stored with their audit events, and the audit chain
+/// stays whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_fail_or_succeed_each_on_their_own() {
+    let srv = TestServer::start().await;
+    let c = srv.company_master("ACME").await;
+    let target = strongroom_testkit::add_record(&c, "customer", json!({"name": "Contested"})).await;
+    let mut updates = Vec::new();
+    let mut creates = Vec::new();
+    for i in 0..8 {
+        let (c1, c2, id) = (c.clone(), c.clone(), target.id.clone());
+        updates.push(tokio::spawn(async move {
+            let req = UpdateRecord {
+                data: data(json!({ "name": format!("Racer {i}") })),
+                expected_version: Some(1),
+            };
+            c1.update_record("customer", &id, &req).await
+        }));
+        creates.push(tokio::spawn(async move {
+            let name = format!("Newcomer {i}");
+            strongroom_testkit::add_record(&c2, "customer", json!({ "name": name })).await
+        }));
+    }
+    let mut winners = Vec::new();
+    for u in updates {
+        match u.await.unwrap() {
+            Ok(v) => winners.push(v),
+            Err(e) => assert_eq!(code(&e), ErrorCode::VersionConflict, "{e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "one update of version 1 wins");
+    let mut created = Vec::new();
+    for t in creates {
+        created.push(t.await.unwrap());
+    }
+    let now = c.record("customer", &target.id).await.unwrap();
+    assert_eq!(now.version, 2);
+    assert_eq!(now.data["name"], winners[0].data["name"]);
+    assert_eq!(
+        c.record_history("customer", &target.id)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    for r in &created {
+        assert_eq!(
+            c.record("customer", &r.id).await.unwrap().data["name"],
+            r.data["name"]
+        );
+    }
+    let events = srv.audit_events("ACME").await;
+    let of = |action: &str, target: &str| {
+        events
+            .iter()
+            .filter(|e| e.action == action && e.target == target)
+            .filter(|e| e.outcome == strongroom_core::audit::Outcome::Success)
+            .count()
+    };
+    assert_eq!(of("record.update", &format!("customer/{}", target.id)), 1);
+    for r in &created {
+        assert_eq!(of("record.create", &format!("customer/{}", r.id)), 1);
+    }
+    let chain = events[0].chain;
+    let v = strongroom_server::audit::verify(srv.store(), &srv.state.keys, chain, true, None)
+        .await
+        .unwrap();
+    assert_eq!(v.problem, None);
+}
+
+/// A write that fails half-way (its record stored, its version refused)
+/// leaves nothing behind, while the writes committed beside it stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_failing_half_way_takes_none_of_its_neighbours_with_it() {
+    let srv = TestServer::start().await;
+    let c = srv.company_master("ACME").await;
+    match srv.backend {
+        strongroom_testkit::Backend::Sqlite => {
+            srv.raw_sql(
+                "CREATE TRIGGER poison BEFORE INSERT ON record_versions \
+                 WHEN NEW.data LIKE '%Poison%' BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
+            )
+            .await;
+        }
+        strongroom_testkit::Backend::Postgres => {
+            srv.raw_sql(
+                "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN \
+                 IF NEW.data LIKE '%Poison%' THEN RAISE EXCEPTION 'poisoned'; END IF; \
+                 RETURN NEW; END $$ LANGUAGE plpgsql",
+            )
+            .await;
+            srv.raw_sql(
+                "CREATE TRIGGER poison BEFORE INSERT ON record_versions \
+                 FOR EACH ROW EXECUTE FUNCTION poison()",
+            )
+            .await;
+        }
+    }
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let c = c.clone();
+        let name = if i % 2 == 0 {
+            format!("Fine {i}")
+        } else {
+            format!("Poison {i}")
+        };
+        tasks.push(tokio::spawn(async move {
+            let body = json!({ "data": { "name": name } });
+            let r =
+                strongroom_testkit::send_json(&c, Method::POST, "/api/v1/records/customer", body)
+                    .await;
+            (name, r.status)
+        }));
+    }
+    for t in tasks {
+        let (name, status) = t.await.unwrap();
+        let expected = if name.starts_with("Fine") { 201 } else { 500 };
+        assert_eq!(status, expected, "{name}");
+    }
+    let page = c
+        .list_records("customer", &[("limit", "100")])
+        .await
+        .unwrap();
+    let mut names: Vec<String> = page
+        .items
+        .iter()
+        .map(|r| r.data["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    names.sort();
+    let mut fine: Vec<String> = (0..12).step_by(2).map(|i| format!("Fine {i}")).collect();
+    fine.sort();
+    assert_eq!(names, fine, "only the writes that succeeded are stored");
+    let events = srv.audit_events("ACME").await;
+    let creates = events
+        .iter()
+        .filter(|e| e.action == "record.create")
+        .filter(|e| e.outcome == strongroom_core::audit::Outcome::Success)
+        .count();
+    assert_eq!(
+        creates, 6,
+        "an event for each stored create, none for the others"
+    );
+    let v =
+        strongroom_server::audit::verify(srv.store(), &srv.state.keys, events[0].chain, true, None)
+            .await
+            .unwrap();
+    assert_eq!(v.problem, None);
+}
