@@ -725,7 +725,7 @@ pub async fn create(
         &format!("{}/{id}", rt.view.key),
         serde_json::json!({ "fields": plain.keys().collect::<Vec<_>>() }),
     );
-    state
+    let rec = state
         .store
         .insert_record(
             p.company,
@@ -740,7 +740,6 @@ pub async fn create(
         )
         .await?;
     state.detection.feed(vec![event]);
-    let rec = find_record(&state, p.company, &rt, &id).await?;
     let view = shown(&state, &sealer, p.company, &prof, &rec, &Reveal::None).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -932,7 +931,7 @@ async fn write(
         &format!("{}/{}", rt.view.key, rec.view.id),
         detail,
     );
-    state
+    let after = state
         .store
         .write_record(
             p.company,
@@ -951,7 +950,6 @@ async fn write(
         )
         .await?;
     state.detection.feed(vec![event]);
-    let after = find_record(state, p.company, rt, &rec.view.id).await?;
     Ok(Json(
         shown(state, sealer, p.company, prof, &after, &Reveal::None).await?,
     ))

@@ -58,8 +58,13 @@ pub(crate) fn open_writer(file: &std::path::Path) -> StoreResult<Connection> {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(failed)?;
-    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
-        .map_err(failed)?;
+    // temp_store: a savepoint's copies of the pages it changes stay in
+    // memory (a few pages a write) instead of spilling to a temporary
+    // file, which was a fifth of the record writer's time.
+    conn.execute_batch(
+        "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY;",
+    )
+    .map_err(failed)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(failed)?;
     Ok(conn)

@@ -27,12 +27,15 @@ use tokio::sync::{mpsc, oneshot};
 /// Writes one transaction holds, at most.
 const MAX_BATCH: usize = 64;
 
+/// What a write hands back to its caller (after the commit).
+type Output = Box<dyn std::any::Any + Send>;
+
 /// One write: statements run inside the batch's transaction.
-pub(crate) type Work = Box<dyn FnOnce(&Connection) -> StoreResult<()> + Send>;
+type Work = Box<dyn FnOnce(&Connection) -> StoreResult<Output> + Send>;
 
 struct Job {
     work: Work,
-    reply: oneshot::Sender<StoreResult<()>>,
+    reply: oneshot::Sender<StoreResult<Output>>,
 }
 
 /// The front door of the writer thread.
@@ -66,16 +69,23 @@ impl RecordWriter {
         Ok(RecordWriter { jobs })
     }
 
-    /// Runs `work` in the next batch; returns once that batch committed
-    /// (or with why this write, or the whole batch, failed).
-    pub(crate) async fn write(&self, work: Work) -> StoreResult<()> {
+    /// Runs `work` in the next batch; returns what it gave once that batch
+    /// committed (or why this write, or the whole batch, failed).
+    pub(crate) async fn write<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
         let (reply, wait) = oneshot::channel();
         let stopped = || StoreError::Sqlite("the record writer stopped".into());
+        let work: Work = Box::new(move |c| work(c).map(|v| Box::new(v) as Output));
         self.jobs
             .send(Job { work, reply })
             .await
             .map_err(|_| stopped())?;
-        wait.await.map_err(|_| stopped())?
+        let out = wait.await.map_err(|_| stopped())??;
+        out.downcast::<T>()
+            .map(|v| *v)
+            .map_err(|_| StoreError::Sqlite("the record writer answered another write".into()))
     }
 }
 
@@ -102,7 +112,7 @@ async fn run(mut conn: Connection, lock: Arc<tokio::sync::Mutex<()>>, mut rx: mp
 
 /// Runs each write in a savepoint of one transaction and commits; one
 /// result per write.
-fn commit_batch(conn: &mut Connection, works: Vec<Work>) -> Vec<StoreResult<()>> {
+fn commit_batch(conn: &mut Connection, works: Vec<Work>) -> Vec<StoreResult<Output>> {
     let n = works.len();
     let all_failed = |e: rusqlite::Error| {
         let why = failed(e).to_string();
@@ -122,7 +132,7 @@ fn commit_batch(conn: &mut Connection, works: Vec<Work>) -> Vec<StoreResult<()>>
             Ok(mut sp) => {
                 let r = work(&sp);
                 if r.is_ok() {
-                    sp.commit().map_err(failed)
+                    sp.commit().map_err(failed).and(r)
                 } else {
                     // Dropped: rolled back to the savepoint, then released.
                     sp.set_drop_behavior(rusqlite::DropBehavior::Rollback);

@@ -122,6 +122,15 @@ impl From<StoreError> for ReadError {
 
 pub(crate) type ReadResult<T> = Result<T, ReadError>;
 
+impl From<ReadError> for StoreError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Sqlite(e) => StoreError::Sqlite(e.to_string()),
+            ReadError::Store(e) => e,
+        }
+    }
+}
+
 /// Reading a result row by column name, from sqlx's rows (both backends)
 /// or from the fast path's, so that one function turns a row into a value
 /// for both.

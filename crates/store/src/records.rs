@@ -177,7 +177,7 @@ struct NewRecord {
 }
 
 impl NewRecord {
-    fn insert(&self, tx: &rusqlite::Connection) -> StoreResult<()> {
+    fn insert(&self, tx: &rusqlite::Connection) -> StoreResult<StoredRecord> {
         let id: i64 = tx
             .prepare_cached(&numbered(INSERT_RECORD))
             .and_then(|mut s| {
@@ -207,7 +207,8 @@ impl NewRecord {
         };
         version.insert(tx)?;
         index_sqlite(tx, self.company, self.type_id, id, &self.index)?;
-        append_events(tx, &self.audit).map(|_| ())
+        append_events(tx, &self.audit)?;
+        stored_record_sqlite(tx, self.company, id)
     }
 }
 
@@ -228,7 +229,7 @@ struct Update {
 }
 
 impl Update {
-    fn apply(&self, tx: &rusqlite::Connection) -> StoreResult<()> {
+    fn apply(&self, tx: &rusqlite::Connection) -> StoreResult<StoredRecord> {
         let (c, id, v) = (self.company, self.id, self.expected_version);
         let changed = match self.deleted_at {
             Some(d) => tx
@@ -264,8 +265,34 @@ impl Update {
             .and_then(|mut s| s.execute((c, id)))
             .map_err(failed)?;
         index_sqlite(tx, c, self.type_id, id, &self.index)?;
-        append_events(tx, &self.audit).map(|_| ())
+        append_events(tx, &self.audit)?;
+        stored_record_sqlite(tx, c, id)
     }
+}
+
+/// A record as written, read back inside the transaction that wrote it
+/// (the writer's pages are warm; a reader's would not be).
+fn stored_record_sqlite(
+    tx: &rusqlite::Connection,
+    company: i64,
+    id: i64,
+) -> StoreResult<StoredRecord> {
+    one(tx, record_by_id(), (company, id), |r| record_from_row(r))?
+        .ok_or_else(|| StoreError::NotFound(NO_RECORD.into()))
+}
+
+/// [`stored_record_sqlite`] through sqlx.
+async fn stored_record(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    company: i64,
+    id: i64,
+) -> StoreResult<StoredRecord> {
+    let row = sqlx::query(record_by_id())
+        .bind(company)
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await?;
+    record_from_row(&row)
 }
 
 /// A row of `record_versions`, for the SQLite writer.
@@ -350,6 +377,14 @@ fn record_from_row(row: &impl Cols) -> StoreResult<StoredRecord> {
             revealed: Vec::new(),
             withheld: Vec::new(),
         },
+    })
+}
+
+/// A record by its internal id, built once.
+fn record_by_id() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!("SELECT {RECORD_COLUMNS} {RECORD_FROM} WHERE r.company_id = $1 AND r.id = $2")
     })
 }
 
@@ -472,7 +507,7 @@ impl Store {
         actor: UserKey,
         audit: &[strongroom_core::audit::AuditEvent],
         now: DateTime<Utc>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<StoredRecord> {
         let text = serde_json::to_string(data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         if let Some(writer) = &self.record_writer {
             let new = NewRecord {
@@ -486,7 +521,7 @@ impl Store {
                 index: index.clone(),
                 audit: audit.to_vec(),
             };
-            return writer.write(Box::new(move |tx| new.insert(tx))).await;
+            return writer.write(move |tx| new.insert(tx)).await;
         }
         let mut w = self.write_tx().await?;
         let row = sqlx::query(INSERT_RECORD)
@@ -515,7 +550,9 @@ impl Store {
         .await?;
         write_index(&mut w.tx, self.dialect, company, record_type.id, id, index).await?;
         crate::audit::chain_events(&mut w.tx, self.dialect, audit).await?;
-        w.commit().await
+        let stored = stored_record(&mut w.tx, company.0, id).await?;
+        w.commit().await?;
+        Ok(stored)
     }
 
     pub async fn record(
@@ -652,7 +689,7 @@ impl Store {
         record: &StoredRecord,
         expected_version: i64,
         change: RecordWrite<'_>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<StoredRecord> {
         let text =
             serde_json::to_string(change.data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let deleted_at = change.deleted_at.map(ts);
@@ -670,7 +707,7 @@ impl Store {
                 index: change.index.clone(),
                 audit: change.audit.to_vec(),
             };
-            return writer.write(Box::new(move |tx| update.apply(tx))).await;
+            return writer.write(move |tx| update.apply(tx)).await;
         }
         let mut w = self.write_tx().await?;
         let q = if deleted_at.is_some() {
@@ -728,7 +765,9 @@ impl Store {
         )
         .await?;
         crate::audit::chain_events(&mut w.tx, self.dialect, change.audit).await?;
-        w.commit().await
+        let stored = stored_record(&mut w.tx, company.0, record.id).await?;
+        w.commit().await?;
+        Ok(stored)
     }
 
     /// Every version of a record, oldest first.
