@@ -371,47 +371,56 @@ pub(crate) async fn chain_verify(
 ) -> anyhow::Result<()> {
     let store = &state.store;
     let (company, _) = store.company_by_code(code).await?.context("company")?;
-    let events = store
-        .audit_events(
-            company.0,
-            &strongroom_store::AuditQuery {
-                limit: i64::MAX,
-                ..Default::default()
-            },
-        )
-        .await?;
-    let n = events.len();
     let start = Instant::now();
     let v = strongroom_server::audit::verify(store, &state.keys, company.0, true, None)
         .await
         .map_err(|e| anyhow::anyhow!(e.message))?;
     let verify_t = start.elapsed();
     anyhow::ensure!(v.problem.is_none(), "chain did not verify: {:?}", v.problem);
-    let encoded: Vec<Vec<u8>> = events.iter().map(|e| e.event.canonical(e.seq)).collect();
+    let n = v.events;
+    // The baseline hashes the canonical bytes of the chain's first
+    // SAMPLE events, PASSES times over: a rate per event, without holding
+    // a long chain in memory (which the memory figures would count).
+    const SAMPLE: i64 = 20_000;
+    const PASSES: usize = 20;
+    let encoded: Vec<Vec<u8>> = store
+        .audit_events(
+            company.0,
+            &strongroom_store::AuditQuery {
+                limit: SAMPLE,
+                ..Default::default()
+            },
+        )
+        .await?
+        .iter()
+        .map(|e| e.event.canonical(e.seq))
+        .collect();
     let start = Instant::now();
     let mut prev = [0u8; 32];
-    for bytes in &encoded {
-        use sha2::Digest;
-        let mut h = sha2::Sha256::new();
-        h.update(prev);
-        h.update(bytes);
-        prev = h.finalize().into();
+    for _ in 0..PASSES {
+        for bytes in &encoded {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update(prev);
+            h.update(bytes);
+            prev = h.finalize().into();
+        }
     }
     black_box(prev);
-    let sha_t = start.elapsed();
+    let sha_rate = (PASSES * encoded.len()) as f64 / start.elapsed().as_secs_f64();
+    drop(encoded);
+    let verify_rate = n as f64 / verify_t.as_secs_f64();
     println!("\n### 5. Audit-chain verification ({n} events)\n");
     println!("| what | events/s | ratio | goal |");
     println!("|---|---:|---:|---|");
     println!(
-        "| raw SHA-256 over the same canonical bytes, in memory | {:.0} | 1.00 | |",
-        n as f64 / sha_t.as_secs_f64()
+        "| raw SHA-256 over the same canonical bytes (the first {SAMPLE} events, {PASSES} times), in memory | {sha_rate:.0} | 1.00 | |"
     );
     println!(
-        "| `audit verify`: read from the store, links, hashes, head, {} signed checkpoints | {:.0} | {:.3} | {} ≥ 1,000,000 events/s |",
+        "| `audit verify`: read from the store, links, hashes, head, {} signed checkpoints | {verify_rate:.0} | {:.3} | {} ≥ 1,000,000 events/s |",
         v.checkpoints,
-        n as f64 / verify_t.as_secs_f64(),
-        sha_t.as_secs_f64() / verify_t.as_secs_f64(),
-        if n as f64 / verify_t.as_secs_f64() >= 1e6 { "met:" } else { "NOT met:" }
+        verify_rate / sha_rate,
+        if verify_rate >= 1e6 { "met:" } else { "NOT met:" }
     );
     Ok(())
 }

@@ -114,13 +114,13 @@ async fn run(mut conn: Connection, lock: Arc<tokio::sync::Mutex<()>>, mut rx: mp
 /// result per write.
 fn commit_batch(conn: &mut Connection, works: Vec<Work>) -> Vec<StoreResult<Output>> {
     let n = works.len();
-    let all_failed = |e: rusqlite::Error| {
-        let why = failed(e).to_string();
+    let fail_all = |why: String| {
         tracing::error!(error = %why, writes = n, "a batch of record writes failed; none is stored");
         (0..n)
             .map(|_| Err(StoreError::Sqlite(why.clone())))
             .collect()
     };
+    let all_failed = |e: rusqlite::Error| fail_all(failed(e).to_string());
     // Dropped without commit, the transaction rolls back.
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
@@ -130,7 +130,9 @@ fn commit_batch(conn: &mut Connection, works: Vec<Work>) -> Vec<StoreResult<Outp
     for work in works {
         let result = match tx.savepoint() {
             Ok(mut sp) => {
-                let r = work(&sp);
+                // A write that panics fails alone (and the writer goes on).
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&sp)))
+                    .unwrap_or_else(|_| Err(StoreError::Sqlite("a record write panicked".into())));
                 if r.is_ok() {
                     sp.commit().map_err(failed).and(r)
                 } else {
@@ -141,6 +143,15 @@ fn commit_batch(conn: &mut Connection, works: Vec<Work>) -> Vec<StoreResult<Outp
             }
             Err(e) => Err(failed(e)),
         };
+        // Some errors (a full disk, an I/O error) make SQLite roll back the
+        // whole transaction. What ran before is gone, and what would run
+        // after would commit on its own: the batch stops, and fails.
+        if tx.is_autocommit() {
+            return fail_all(match &result {
+                Err(e) => e.to_string(),
+                Ok(_) => "SQLite ended the transaction".to_owned(),
+            });
+        }
         results.push(result);
     }
     match tx.commit() {

@@ -588,6 +588,53 @@ impl Drop for ScratchPostgres {
     }
 }
 
+/// A small tmpfs mounted on `dir` (unmounted when dropped), standing in
+/// for a full disk. Needs the right to mount: without it the test is
+/// skipped, unless STRONGROOM_REQUIRE_MOUNT is set (as `.ci/run` does).
+pub struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &std::path::Path, bytes: u64) -> Option<Tmpfs> {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={bytes}"))
+            .arg("tmpfs")
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            if std::env::var_os("STRONGROOM_REQUIRE_MOUNT").is_some() {
+                panic!(
+                    "cannot mount a tmpfs on {} (STRONGROOM_REQUIRE_MOUNT is set)",
+                    dir.display()
+                );
+            }
+            eprintln!("skipped: mounting a tmpfs (a full disk) needs root");
+            return None;
+        }
+        Some(Tmpfs(dir.to_owned()))
+    }
+
+    pub fn resize(&self, bytes: u64) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o"])
+            .arg(format!("remount,size={bytes}"))
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot resize the tmpfs");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database;

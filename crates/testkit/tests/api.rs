@@ -1963,3 +1963,95 @@ async fn a_write_failing_half_way_takes_none_of_its_neighbours_with_it() {
             .unwrap();
     assert_eq!(v.problem, None);
 }
+
+/// Creates on a disk that fills up: each is either acknowledged and
+/// stored, or refused and not stored; none is refused yet kept, none
+/// acknowledged yet lost. Once there is room again the store works on,
+/// and its audit chain verifies. (SQLite only: PostgreSQL's disk is not
+/// the test's to fill.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_on_a_full_disk_are_stored_exactly_when_acknowledged() {
+    if strongroom_testkit::backend() != strongroom_testkit::Backend::Sqlite {
+        return;
+    }
+    let disk_dir = tempfile::tempdir().unwrap();
+    let Some(disk) = strongroom_testkit::Tmpfs::mount(disk_dir.path(), 64 << 20) else {
+        return;
+    };
+    let db = disk_dir.path().join("strongroom.db");
+    let srv = TestServer::start_with(Options::with(&[
+        ("DATABASE_URL", db.to_str().unwrap()),
+        ("RATE_LIMIT_IP_PER_SECOND", "100000"),
+        ("RATE_LIMIT_COMPANY_PER_SECOND", "100000"),
+    ]))
+    .await;
+    let c = srv.company_master("ACME").await;
+    strongroom_testkit::add_record(&c, "customer", json!({"name": "Before"})).await;
+    // Leave room for some dozens of writes, not for all of them.
+    let used: u64 = std::fs::read_dir(disk_dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len().div_ceil(4096) * 4096)
+        .sum();
+    disk.resize(used + (256 << 10));
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for i in 0..150 {
+                let name = format!("T{t}-{i} {}", "x".repeat(150));
+                let r = strongroom_testkit::send_json(
+                    &c,
+                    Method::POST,
+                    "/api/v1/records/customer",
+                    json!({ "data": { "name": name, "address": "y".repeat(1500) } }),
+                )
+                .await;
+                answers.push((name, r.status));
+            }
+            answers
+        }));
+    }
+    let mut acknowledged = std::collections::BTreeSet::new();
+    let mut refused = 0;
+    for t in tasks {
+        for (name, status) in t.await.unwrap() {
+            match status {
+                201 => {
+                    acknowledged.insert(name);
+                }
+                500 | 503 => refused += 1,
+                other => panic!("{name}: {other}"),
+            }
+        }
+    }
+    assert!(refused > 0, "the disk must have filled up");
+    assert!(!acknowledged.is_empty(), "some creates fit");
+    disk.resize(64 << 20);
+    let mut stored = std::collections::BTreeSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q = vec![("limit", "500")];
+        if let Some(cur) = &cursor {
+            q.push(("cursor", cur.as_str()));
+        }
+        let page = c.list_records("customer", &q).await.unwrap();
+        for r in &page.items {
+            stored.insert(r.data["name"].as_str().unwrap_or_default().to_owned());
+        }
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    stored.remove("Before");
+    assert_eq!(stored, acknowledged, "stored exactly what was acknowledged");
+    strongroom_testkit::add_record(&c, "customer", json!({"name": "After"})).await;
+    let events = srv.audit_events("ACME").await;
+    let v =
+        strongroom_server::audit::verify(srv.store(), &srv.state.keys, events[0].chain, true, None)
+            .await
+            .unwrap();
+    assert_eq!(v.problem, None);
+}

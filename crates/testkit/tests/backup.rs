@@ -16,7 +16,7 @@ use serde_json::json;
 use strongroom_core::clock::Clock;
 use strongroom_server::backup;
 use strongroom_store::{Cell, Store, BACKUP_TABLES};
-use strongroom_testkit::{add_record, new_user, ScratchPostgres, TestServer};
+use strongroom_testkit::{add_record, new_user, ScratchPostgres, TestServer, Tmpfs};
 
 const NATIONAL_ID: &str = "079201001234";
 const CARD: &str = "4539578763621486";
@@ -957,54 +957,6 @@ async fn an_interrupted_restore_resumes_and_nothing_uses_the_store_before() {
         strongroom_server::prepare(&config, &resolved, Arc::new(srv.clock.clone()))
             .await
             .expect("a server starts once the restore is complete");
-    }
-}
-
-/// A small tmpfs mounted on `dir` (unmounted when dropped), standing in
-/// for a full disk. Needs the right to mount: without it the test is
-/// skipped, unless STRONGROOM_REQUIRE_MOUNT is set (as `.ci/run` does).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, bytes: u64) -> Option<Tmpfs> {
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o"])
-            .arg(format!("size={bytes}"))
-            .arg("tmpfs")
-            .arg(dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            if std::env::var_os("STRONGROOM_REQUIRE_MOUNT").is_some() {
-                panic!(
-                    "cannot mount a tmpfs on {} (STRONGROOM_REQUIRE_MOUNT is set)",
-                    dir.display()
-                );
-            }
-            eprintln!("skipped: mounting a tmpfs (a full disk) needs root");
-            return None;
-        }
-        Some(Tmpfs(dir.to_owned()))
-    }
-
-    fn resize(&self, bytes: u64) {
-        let ok = std::process::Command::new("mount")
-            .args(["-o"])
-            .arg(format!("remount,size={bytes}"))
-            .arg(&self.0)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "cannot resize the tmpfs");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
     }
 }
 
