@@ -86,34 +86,48 @@ impl AuditEvent {
     /// fixed order, with the sequence number. Stable across versions: a
     /// change here is a new format, never an edit.
     pub fn canonical(&self, seq: i64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(b"strongroom/audit/v1");
-        out.extend_from_slice(&self.chain.to_be_bytes());
-        out.extend_from_slice(&seq.to_be_bytes());
-        out.extend_from_slice(&self.at.timestamp_micros().to_be_bytes());
-        for part in [
-            Some(self.actor.as_str()),
-            Some(self.action.as_str()),
-            Some(self.target.as_str()),
-            Some(self.outcome.as_str()),
-            self.reason.as_deref(),
-            Some(self.detail.as_str()),
-            self.session.as_deref(),
-            self.client_ip.as_deref(),
-            self.user_agent.as_deref(),
-            self.request_id.as_deref(),
-        ] {
-            match part {
-                None => out.push(0),
-                Some(s) => {
-                    out.push(1);
-                    out.extend_from_slice(&(s.len() as u64).to_be_bytes());
-                    out.extend_from_slice(s.as_bytes());
-                }
+        canonical_parts(
+            self.chain,
+            seq,
+            self.at.timestamp_micros(),
+            [
+                Some(self.actor.as_str()),
+                Some(self.action.as_str()),
+                Some(self.target.as_str()),
+                Some(self.outcome.as_str()),
+                self.reason.as_deref(),
+                Some(self.detail.as_str()),
+                self.session.as_deref(),
+                self.client_ip.as_deref(),
+                self.user_agent.as_deref(),
+                self.request_id.as_deref(),
+            ],
+        )
+    }
+}
+
+/// [`AuditEvent::canonical`] from an event's parts: its time in
+/// microseconds, then actor, action, target, outcome, reason, detail,
+/// session, client address, user agent and request id. (The chain scan
+/// builds it straight from the database's text, without an event.)
+pub fn canonical_parts(chain: i64, seq: i64, at_micros: i64, parts: [Option<&str>; 10]) -> Vec<u8> {
+    let len: usize = parts.iter().map(|p| 9 + p.map_or(0, str::len)).sum();
+    let mut out = Vec::with_capacity(43 + len);
+    out.extend_from_slice(b"strongroom/audit/v1");
+    out.extend_from_slice(&chain.to_be_bytes());
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&at_micros.to_be_bytes());
+    for part in parts {
+        match part {
+            None => out.push(0),
+            Some(s) => {
+                out.push(1);
+                out.extend_from_slice(&(s.len() as u64).to_be_bytes());
+                out.extend_from_slice(s.as_bytes());
             }
         }
-        out
     }
+    out
 }
 
 /// The hash that links an event to the one before it.

@@ -377,7 +377,7 @@ struct Walker {
 impl Walker {
     /// [`Walker::step`] for a scan: false (stop) at the first problem,
     /// which is kept.
-    fn visit(&mut self, e: strongroom_store::StoredEvent) -> bool {
+    fn visit(&mut self, e: strongroom_store::ChainLink) -> bool {
         match self.step(&e) {
             Ok(()) => true,
             Err(p) => {
@@ -387,7 +387,7 @@ impl Walker {
         }
     }
 
-    fn step(&mut self, e: &strongroom_store::StoredEvent) -> Result<(), String> {
+    fn step(&mut self, e: &strongroom_store::ChainLink) -> Result<(), String> {
         if e.seq != self.next_seq {
             return Err(if e.seq > self.next_seq {
                 format!(
@@ -405,7 +405,7 @@ impl Walker {
                 e.seq - 1
             ));
         }
-        let h = chain_hash(&self.prev, &e.event.canonical(e.seq)).to_vec();
+        let h = chain_hash(&self.prev, &e.canonical).to_vec();
         if h != e.hash {
             return Err(format!("event {} was changed after it was written", e.seq));
         }
@@ -451,7 +451,7 @@ pub async fn verify(
     match (archive, &anchor) {
         (Some(arch), _) => {
             for e in arch {
-                if let Err(p) = w.step(e) {
+                if let Err(p) = w.step(&strongroom_store::ChainLink::of(e)) {
                     out.problem = Some(format!("in the archive: {p}"));
                     return Ok(out);
                 }

@@ -45,12 +45,35 @@ pub(crate) const EVENT_COLUMNS: &str =
     "chain, seq, at, actor, action, target, outcome, reason, detail, \
     session_ref, client_ip, user_agent, request_id, prev_hash, hash";
 
-/// [`Store::scan_audit`] over an SQLite file.
+/// One event as the chain scan reads it: its place, and the bytes its
+/// hash covers (see [`AuditEvent::canonical`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainLink {
+    pub seq: i64,
+    pub canonical: Vec<u8>,
+    pub prev_hash: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+impl ChainLink {
+    pub fn of(e: &StoredEvent) -> ChainLink {
+        ChainLink {
+            seq: e.seq,
+            canonical: e.event.canonical(e.seq),
+            prev_hash: e.prev_hash.clone(),
+            hash: e.hash.clone(),
+        }
+    }
+}
+
+/// [`Store::scan_audit`] over an SQLite file. The canonical bytes are
+/// built from the column text SQLite hands out, without an event (and its
+/// dozen strings) in between.
 fn scan_sqlite(
     file: &std::path::Path,
     chain: i64,
     after_seq: i64,
-    visit: &mut dyn FnMut(StoredEvent) -> bool,
+    visit: &mut dyn FnMut(ChainLink) -> bool,
 ) -> StoreResult<()> {
     use rusqlite::{Connection, OpenFlags};
     let failed = |e: rusqlite::Error| StoreError::Sqlite(format!("reading the audit log: {e}"));
@@ -75,35 +98,103 @@ fn scan_sqlite(
     let mut rows = stmt.query((chain, after_seq)).map_err(failed)?;
     while let Some(r) = rows.next().map_err(failed)? {
         let seq: i64 = r.get(0).map_err(failed)?;
-        let damaged = |e: rusqlite::Error| {
+        let damaged = |e: rusqlite::types::FromSqlError| {
             StoreError::Corrupt(format!("audit event {seq} of chain {chain}: {e}"))
         };
-        let text = |i: usize| r.get::<_, String>(i).map_err(damaged);
-        let maybe = |i: usize| r.get::<_, Option<String>>(i).map_err(damaged);
-        let event = StoredEvent {
-            seq,
-            event: AuditEvent {
-                chain,
-                at: from_ts(r.get(1).map_err(damaged)?)?,
-                actor: text(2)?,
-                action: text(3)?,
-                target: text(4)?,
-                outcome: outcome(&text(5)?)?,
-                reason: maybe(6)?,
-                detail: text(7)?,
-                session: maybe(8)?,
-                client_ip: maybe(9)?,
-                user_agent: maybe(10)?,
-                request_id: maybe(11)?,
-            },
-            prev_hash: r.get(12).map_err(damaged)?,
-            hash: r.get(13).map_err(damaged)?,
+        let text = |i: usize| -> StoreResult<Option<&str>> {
+            r.get_ref(i)
+                .map_err(failed)?
+                .as_str_or_null()
+                .map_err(damaged)
         };
-        if !visit(event) {
+        let required = |i: usize| -> StoreResult<Option<&str>> {
+            match text(i)? {
+                Some(t) => Ok(Some(t)),
+                None => Err(StoreError::Corrupt(format!(
+                    "audit event {seq} of chain {chain}: column {i} is empty"
+                ))),
+            }
+        };
+        let at: i64 = r.get(1).map_err(failed)?;
+        from_ts(at)?;
+        let outcome_text = required(5)?.unwrap_or_default();
+        outcome(outcome_text)?;
+        let canonical = strongroom_core::audit::canonical_parts(
+            chain,
+            seq,
+            at,
+            [
+                required(2)?,
+                required(3)?,
+                required(4)?,
+                Some(outcome_text),
+                text(6)?,
+                required(7)?,
+                text(8)?,
+                text(9)?,
+                text(10)?,
+                text(11)?,
+            ],
+        );
+        let link = ChainLink {
+            seq,
+            canonical,
+            prev_hash: r.get(12).map_err(failed)?,
+            hash: r.get(13).map_err(failed)?,
+        };
+        if !visit(link) {
             break;
         }
     }
     Ok(())
+}
+
+/// Events handed from the reading thread to the visiting one at a time.
+const SCAN_BATCH: usize = 1024;
+
+/// [`scan_sqlite`] on a thread of its own, with `visit` on the calling
+/// thread: reading and decoding rows, and what the visitor does with them
+/// (hashing, for verification), each take about half of the work, and run
+/// on two cores at once. A visitor that stops stops the reader.
+fn scan_sqlite_pipelined(
+    file: &std::path::Path,
+    chain: i64,
+    after_seq: i64,
+    visit: &mut dyn FnMut(ChainLink) -> bool,
+) -> StoreResult<()> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<ChainLink>>(8);
+    std::thread::scope(|scope| {
+        let reader = std::thread::Builder::new()
+            .name("strongroom-scan".into())
+            .spawn_scoped(scope, move || {
+                let mut batch = Vec::with_capacity(SCAN_BATCH);
+                scan_sqlite(file, chain, after_seq, &mut |e| {
+                    batch.push(e);
+                    if batch.len() < SCAN_BATCH {
+                        return true;
+                    }
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(SCAN_BATCH));
+                    tx.send(full).is_ok()
+                })?;
+                if !batch.is_empty() {
+                    let _ = tx.send(batch);
+                }
+                Ok(())
+            })
+            .map_err(|e| StoreError::Sqlite(format!("the audit scan cannot start: {e}")))?;
+        'batches: for batch in rx.iter() {
+            for e in batch {
+                if !visit(e) {
+                    break 'batches;
+                }
+            }
+        }
+        // Dropping the receiver tells a reader still at work to stop.
+        drop(rx);
+        reader
+            .join()
+            .map_err(|_| StoreError::Sqlite("the audit scan stopped".into()))?
+    })
 }
 
 fn outcome(s: &str) -> StoreResult<Outcome> {
@@ -467,13 +558,15 @@ impl Store {
 
 impl Store {
     /// Hands every event of a chain after `after_seq` to `visit` with
-    /// `state`, oldest first, until `visit` says stop (returns `false`);
-    /// gives the state back.
+    /// `state` (as a [`ChainLink`]: what its hash covers, and its links),
+    /// oldest first, until `visit` says stop (returns `false`); gives the
+    /// state back.
     ///
     /// For verifying a whole chain. On an SQLite file the rows are read on a
-    /// blocking thread through a read-only connection of its own (rusqlite):
-    /// sqlx's driver hands every row from its worker thread to the caller's,
-    /// which costs several times more than reading and hashing the row.
+    /// thread of their own through a read-only connection (rusqlite), while
+    /// `visit` runs on another: sqlx's driver hands every row from its
+    /// worker thread to the caller's, which costs several times more than
+    /// reading and hashing the row.
     /// PostgreSQL rows arrive in pages through the pool.
     pub async fn scan_audit<S, F>(
         &self,
@@ -484,11 +577,11 @@ impl Store {
     ) -> StoreResult<S>
     where
         S: Send + 'static,
-        F: Fn(&mut S, StoredEvent) -> bool + Send + 'static,
+        F: Fn(&mut S, ChainLink) -> bool + Send + 'static,
     {
         if let Some(file) = self.sqlite_file.clone() {
             return tokio::task::spawn_blocking(move || {
-                scan_sqlite(&file, chain, after_seq, &mut |e| visit(&mut state, e))?;
+                scan_sqlite_pipelined(&file, chain, after_seq, &mut |e| visit(&mut state, e))?;
                 Ok(state)
             })
             .await
@@ -510,7 +603,7 @@ impl Store {
             };
             next = fetch(last.seq);
             for e in page {
-                if !visit(&mut state, e) {
+                if !visit(&mut state, ChainLink::of(&e)) {
                     next.abort();
                     return Ok(state);
                 }

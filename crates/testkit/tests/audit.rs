@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use strongroom_core::audit::{AuditEvent, Outcome, SERVER_CHAIN};
 use strongroom_core::clock::Clock;
 use strongroom_proto::*;
+use strongroom_store::ChainLink;
 use strongroom_testkit::client::{Client, RawResponse};
 use strongroom_testkit::{Backend, TestServer, PASSWORD};
 
@@ -555,17 +556,24 @@ async fn pages_read_for_verification_keep_every_byte_of_every_event() {
                 seen.len() < stop_after
             })
     };
+    // What the scan hands out is what the hash covers: the canonical bytes
+    // (every field, length-prefixed) of the events as written.
+    let links: Vec<ChainLink> = by_rows.iter().map(ChainLink::of).collect();
     let scanned = scan(0, usize::MAX).await.unwrap();
-    assert_eq!(scanned, by_rows);
-    let written: Vec<&AuditEvent> = scanned
+    assert_eq!(scanned, links);
+    let written: Vec<&AuditEvent> = by_rows
         .iter()
         .filter(|e| e.event.action == "test.awkward")
         .map(|e| &e.event)
         .collect();
     assert_eq!(written, events.iter().collect::<Vec<_>>());
+    let first = by_rows.len() - events.len();
+    for (e, link) in events.iter().zip(&scanned[first..]) {
+        assert_eq!(link.canonical, e.canonical(link.seq));
+    }
     // From the middle, and stopping when told.
     let part = scan(2, 3).await.unwrap();
-    assert_eq!(part, by_rows[2..5]);
+    assert_eq!(part, links[2..5]);
     let last = by_rows.last().unwrap().seq;
     assert!(scan(last, usize::MAX).await.unwrap().is_empty());
     assert_eq!(verify(&srv, chain).await.problem, None);
