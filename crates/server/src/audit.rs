@@ -140,7 +140,12 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        let events: Vec<AuditEvent> = batch.iter().flat_map(|(e, _)| e.iter().cloned()).collect();
+        let mut events: Vec<AuditEvent> = Vec::with_capacity(n);
+        let mut replies = Vec::with_capacity(batch.len());
+        for (mine, reply) in batch {
+            events.extend(mine);
+            replies.push(reply);
+        }
         let written = match appender.as_mut() {
             Some(a) => a.append(&events).await,
             None => store.append_audit(&events).await,
@@ -153,9 +158,9 @@ async fn writer(
         if result.is_ok() {
             // Queued before the requests are answered, so that a caller who
             // has its answer can rely on the detectors having the event.
-            detection.feed(events.clone());
+            detection.feed(events);
         }
-        for (_, reply) in batch {
+        for reply in replies {
             let _ = reply.send(result.clone());
         }
         // Every CHECKPOINT_EVERY events a chain gets a signed checkpoint.
