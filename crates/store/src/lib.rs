@@ -305,6 +305,9 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
         self.write_pool.close().await;
+        if let Some(r) = &self.readers {
+            r.close_idle();
+        }
     }
 
     /// Starts a write transaction (serialised on SQLite).

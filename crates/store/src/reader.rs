@@ -54,6 +54,13 @@ impl Readers {
         }
     }
 
+    /// Closes the idle connections (more open as reads need them).
+    pub(crate) fn close_idle(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+    }
+
     fn open(&self) -> rusqlite::Result<Connection> {
         let conn = Connection::open_with_flags(
             &self.file,
