@@ -138,28 +138,40 @@ impl From<ReadError> for StoreError {
     }
 }
 
-/// Reading a result row by column name, from sqlx's rows (both backends)
-/// or from the fast path's, so that one function turns a row into a value
-/// for both.
+/// Reading a result row, from sqlx's rows (both backends) or from the
+/// fast path's, so that one function turns a row into a value for both.
+/// Columns are read by position (a lookup by name asks SQLite for every
+/// column's name, a few percent of a read); debug builds, which the tests
+/// run, check that the position has the name the caller expects.
 pub(crate) trait Cols {
-    fn int(&self, col: &str) -> StoreResult<i64>;
-    fn opt_int(&self, col: &str) -> StoreResult<Option<i64>>;
-    fn text(&self, col: &str) -> StoreResult<String>;
-    fn opt_text(&self, col: &str) -> StoreResult<Option<String>>;
+    fn int(&self, i: usize, name: &str) -> StoreResult<i64>;
+    fn opt_int(&self, i: usize, name: &str) -> StoreResult<Option<i64>>;
+    fn text(&self, i: usize, name: &str) -> StoreResult<String>;
+    fn opt_text(&self, i: usize, name: &str) -> StoreResult<Option<String>>;
+}
+
+fn check_name(found: Option<&str>, i: usize, name: &str) {
+    debug_assert_eq!(found, Some(name), "column {i} of the statement");
 }
 
 impl Cols for sqlx::any::AnyRow {
-    fn int(&self, col: &str) -> StoreResult<i64> {
-        crate::get(self, col)
+    fn int(&self, i: usize, name: &str) -> StoreResult<i64> {
+        self.opt_int(i, name)?
+            .ok_or_else(|| StoreError::Corrupt(format!("column {name} is empty")))
     }
-    fn opt_int(&self, col: &str) -> StoreResult<Option<i64>> {
-        crate::get(self, col)
+    fn opt_int(&self, i: usize, name: &str) -> StoreResult<Option<i64>> {
+        use sqlx::{Column, Row};
+        check_name(self.columns().get(i).map(|c| c.name()), i, name);
+        self.try_get(i).map_err(StoreError::Db)
     }
-    fn text(&self, col: &str) -> StoreResult<String> {
-        crate::get(self, col)
+    fn text(&self, i: usize, name: &str) -> StoreResult<String> {
+        self.opt_text(i, name)?
+            .ok_or_else(|| StoreError::Corrupt(format!("column {name} is empty")))
     }
-    fn opt_text(&self, col: &str) -> StoreResult<Option<String>> {
-        crate::get(self, col)
+    fn opt_text(&self, i: usize, name: &str) -> StoreResult<Option<String>> {
+        use sqlx::{Column, Row};
+        check_name(self.columns().get(i).map(|c| c.name()), i, name);
+        self.try_get(i).map_err(StoreError::Db)
     }
 }
 
@@ -168,17 +180,21 @@ fn damaged(col: &str, e: rusqlite::Error) -> StoreError {
 }
 
 impl Cols for rusqlite::Row<'_> {
-    fn int(&self, col: &str) -> StoreResult<i64> {
-        self.get(col).map_err(|e| damaged(col, e))
+    fn int(&self, i: usize, name: &str) -> StoreResult<i64> {
+        check_name(self.as_ref().column_name(i).ok(), i, name);
+        self.get(i).map_err(|e| damaged(name, e))
     }
-    fn opt_int(&self, col: &str) -> StoreResult<Option<i64>> {
-        self.get(col).map_err(|e| damaged(col, e))
+    fn opt_int(&self, i: usize, name: &str) -> StoreResult<Option<i64>> {
+        check_name(self.as_ref().column_name(i).ok(), i, name);
+        self.get(i).map_err(|e| damaged(name, e))
     }
-    fn text(&self, col: &str) -> StoreResult<String> {
-        self.get(col).map_err(|e| damaged(col, e))
+    fn text(&self, i: usize, name: &str) -> StoreResult<String> {
+        check_name(self.as_ref().column_name(i).ok(), i, name);
+        self.get(i).map_err(|e| damaged(name, e))
     }
-    fn opt_text(&self, col: &str) -> StoreResult<Option<String>> {
-        self.get(col).map_err(|e| damaged(col, e))
+    fn opt_text(&self, i: usize, name: &str) -> StoreResult<Option<String>> {
+        check_name(self.as_ref().column_name(i).ok(), i, name);
+        self.get(i).map_err(|e| damaged(name, e))
     }
 }
 
@@ -216,7 +232,10 @@ mod tests {
     fn parameters_bind_by_their_number_not_their_place() {
         let conn = Connection::open_in_memory().unwrap();
         // `$2` comes first: bound by place, 1 - 10 would be asked.
-        let got = one(&conn, "SELECT $2 - $1 AS d", (1i64, 10i64), |r| r.int("d")).unwrap();
+        let got = one(&conn, "SELECT $2 - $1 AS d", (1i64, 10i64), |r| {
+            r.int(0, "d")
+        })
+        .unwrap();
         assert!(matches!(got, Some(9)), "expected 10 - 1");
     }
 }

@@ -358,21 +358,21 @@ fn sqlite_conflict(e: rusqlite::Error, unique: &str, fk: &str) -> StoreError {
 }
 
 fn record_from_row(row: &impl Cols) -> StoreResult<StoredRecord> {
-    let data = row.text("data")?;
+    let data = row.text(4, "data")?;
     Ok(StoredRecord {
-        id: row.int("id")?,
-        department_id: row.opt_int("department_id")?,
-        owner: UserKey(row.int("owner_key")?),
+        id: row.int(0, "id")?,
+        department_id: row.opt_int(5, "department_id")?,
+        owner: UserKey(row.int(7, "owner_key")?),
         view: RecordView {
-            id: row.text("public_id")?,
-            record_type: row.text("type_key")?,
-            version: row.int("version")?,
+            id: row.text(1, "public_id")?,
+            record_type: row.text(2, "type_key")?,
+            version: row.int(3, "version")?,
             data: parse_data(&data)?,
-            department: row.opt_text("department_code")?,
-            owner: row.text("owner_id")?,
-            created_at: from_ts(row.int("created_at")?)?,
-            updated_at: from_ts(row.int("updated_at")?)?,
-            deleted_at: opt_ts(row.opt_int("deleted_at")?)?,
+            department: row.opt_text(6, "department_code")?,
+            owner: row.text(8, "owner_id")?,
+            created_at: from_ts(row.int(9, "created_at")?)?,
+            updated_at: from_ts(row.int(10, "updated_at")?)?,
+            deleted_at: opt_ts(row.opt_int(11, "deleted_at")?)?,
             masked: Vec::new(),
             revealed: Vec::new(),
             withheld: Vec::new(),

@@ -46,27 +46,27 @@ fn session_query() -> &'static str {
 }
 
 fn session_from_row(r: &impl Cols) -> StoreResult<SessionRecord> {
-    let status = r.text("status")?;
-    let restriction = r.text("restriction")?;
+    let status = r.text(4, "status")?;
+    let restriction = r.text(12, "restriction")?;
     Ok(SessionRecord {
-        company: CompanyId(r.int("company_id")?),
-        company_code: r.text("code")?,
-        user: UserKey(r.int("user_key")?),
-        user_id: r.text("user_id")?,
+        company: CompanyId(r.int(0, "company_id")?),
+        company_code: r.text(1, "code")?,
+        user: UserKey(r.int(2, "user_key")?),
+        user_id: r.text(3, "user_id")?,
         user_status: UserStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("user status '{status}'")))?,
-        is_admin: r.int("is_admin")? != 0,
-        is_master: r.int("is_master")? != 0,
-        department_id: r.opt_int("department_id")?,
+        is_admin: r.int(5, "is_admin")? != 0,
+        is_master: r.int(6, "is_master")? != 0,
+        department_id: r.opt_int(7, "department_id")?,
         times: SessionTimes {
-            created_at: from_ts(r.int("created_at")?)?,
-            last_seen_at: from_ts(r.int("last_seen_at")?)?,
-            expires_at: from_ts(r.int("expires_at")?)?,
-            idle: chrono::Duration::seconds(r.int("idle_secs")?),
+            created_at: from_ts(r.int(8, "created_at")?)?,
+            last_seen_at: from_ts(r.int(9, "last_seen_at")?)?,
+            expires_at: from_ts(r.int(10, "expires_at")?)?,
+            idle: chrono::Duration::seconds(r.int(11, "idle_secs")?),
         },
         restriction: Restriction::parse(&restriction)
             .ok_or_else(|| StoreError::Corrupt(format!("session restriction '{restriction}'")))?,
-        policy_epoch: r.int("policy_epoch")?,
+        policy_epoch: r.int(13, "policy_epoch")?,
     })
 }
 
