@@ -157,7 +157,7 @@ pub(crate) fn append_events(tx: &Connection, events: &[AuditEvent]) -> StoreResu
                 .map_err(failed)?;
         }
         drop(insert);
-        tx.prepare_cached(&numbered(HEAD_UPDATE))
+        tx.prepare_cached(numbered(HEAD_UPDATE))
             .and_then(|mut s| s.execute((chain, head.seq, head.hash.as_slice())))
             .map_err(failed)?;
         heads.push(head);

@@ -75,13 +75,8 @@ fn scan_sqlite(
     after_seq: i64,
     visit: &mut dyn FnMut(ChainLink) -> bool,
 ) -> StoreResult<()> {
-    use rusqlite::{Connection, OpenFlags};
     let failed = |e: rusqlite::Error| StoreError::Sqlite(format!("reading the audit log: {e}"));
-    let conn = Connection::open_with_flags(
-        file,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(failed)?;
+    let conn = crate::reader::open_read_only(file).map_err(failed)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(failed)?;
     // SQLite keeps any type in any column: a tampered value of another type
@@ -107,29 +102,28 @@ fn scan_sqlite(
                 .as_str_or_null()
                 .map_err(damaged)
         };
-        let required = |i: usize| -> StoreResult<Option<&str>> {
-            match text(i)? {
-                Some(t) => Ok(Some(t)),
-                None => Err(StoreError::Corrupt(format!(
+        let required = |i: usize| -> StoreResult<&str> {
+            text(i)?.ok_or_else(|| {
+                StoreError::Corrupt(format!(
                     "audit event {seq} of chain {chain}: column {i} is empty"
-                ))),
-            }
+                ))
+            })
         };
         let at: i64 = r.get(1).map_err(failed)?;
         from_ts(at)?;
-        let outcome_text = required(5)?.unwrap_or_default();
+        let outcome_text = required(5)?;
         outcome(outcome_text)?;
         let canonical = strongroom_core::audit::canonical_parts(
             chain,
             seq,
             at,
             [
-                required(2)?,
-                required(3)?,
-                required(4)?,
+                Some(required(2)?),
+                Some(required(3)?),
+                Some(required(4)?),
                 Some(outcome_text),
                 text(6)?,
-                required(7)?,
+                Some(required(7)?),
                 text(8)?,
                 text(9)?,
                 text(10)?,

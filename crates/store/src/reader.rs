@@ -62,10 +62,7 @@ impl Readers {
     }
 
     fn open(&self) -> rusqlite::Result<Connection> {
-        let conn = Connection::open_with_flags(
-            &self.file,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
+        let conn = open_read_only(&self.file)?;
         conn.set_prepared_statement_cache_capacity(STATEMENTS);
         Ok(conn)
     }
@@ -98,6 +95,15 @@ impl Readers {
             Err(ReadError::Store(e)) => Fast::Done(Err(e)),
         }
     }
+}
+
+/// A read-only connection to the store's file, outside sqlx (the fast
+/// lookups here, the audit chain scan).
+pub(crate) fn open_read_only(file: &Path) -> rusqlite::Result<Connection> {
+    Connection::open_with_flags(
+        file,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
@@ -154,69 +160,95 @@ fn check_name(found: Option<&str>, i: usize, name: &str) {
     debug_assert_eq!(found, Some(name), "column {i} of the statement");
 }
 
+/// Column `i` of an sqlx row, which must be named `name`.
+fn any_col<T>(row: &sqlx::any::AnyRow, i: usize, name: &str) -> StoreResult<T>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    use sqlx::{Column, Row};
+    check_name(row.columns().get(i).map(|c| c.name()), i, name);
+    row.try_get(i).map_err(StoreError::Db)
+}
+
+fn required<T>(v: Option<T>, name: &str) -> StoreResult<T> {
+    v.ok_or_else(|| StoreError::Corrupt(format!("column {name} is empty")))
+}
+
 impl Cols for sqlx::any::AnyRow {
     fn int(&self, i: usize, name: &str) -> StoreResult<i64> {
-        self.opt_int(i, name)?
-            .ok_or_else(|| StoreError::Corrupt(format!("column {name} is empty")))
+        required(any_col(self, i, name)?, name)
     }
     fn opt_int(&self, i: usize, name: &str) -> StoreResult<Option<i64>> {
-        use sqlx::{Column, Row};
-        check_name(self.columns().get(i).map(|c| c.name()), i, name);
-        self.try_get(i).map_err(StoreError::Db)
+        any_col(self, i, name)
     }
     fn text(&self, i: usize, name: &str) -> StoreResult<String> {
-        self.opt_text(i, name)?
-            .ok_or_else(|| StoreError::Corrupt(format!("column {name} is empty")))
+        required(any_col(self, i, name)?, name)
     }
     fn opt_text(&self, i: usize, name: &str) -> StoreResult<Option<String>> {
-        use sqlx::{Column, Row};
-        check_name(self.columns().get(i).map(|c| c.name()), i, name);
-        self.try_get(i).map_err(StoreError::Db)
+        any_col(self, i, name)
     }
 }
 
-fn damaged(col: &str, e: rusqlite::Error) -> StoreError {
-    StoreError::Corrupt(format!("column {col}: {e}"))
+/// Column `i` of a rusqlite row, which must be named `name`.
+fn sqlite_col<T: rusqlite::types::FromSql>(
+    row: &rusqlite::Row<'_>,
+    i: usize,
+    name: &str,
+) -> StoreResult<T> {
+    check_name(row.as_ref().column_name(i).ok(), i, name);
+    row.get(i)
+        .map_err(|e| StoreError::Corrupt(format!("column {name}: {e}")))
 }
 
 impl Cols for rusqlite::Row<'_> {
     fn int(&self, i: usize, name: &str) -> StoreResult<i64> {
-        check_name(self.as_ref().column_name(i).ok(), i, name);
-        self.get(i).map_err(|e| damaged(name, e))
+        sqlite_col(self, i, name)
     }
     fn opt_int(&self, i: usize, name: &str) -> StoreResult<Option<i64>> {
-        check_name(self.as_ref().column_name(i).ok(), i, name);
-        self.get(i).map_err(|e| damaged(name, e))
+        sqlite_col(self, i, name)
     }
     fn text(&self, i: usize, name: &str) -> StoreResult<String> {
-        check_name(self.as_ref().column_name(i).ok(), i, name);
-        self.get(i).map_err(|e| damaged(name, e))
+        sqlite_col(self, i, name)
     }
     fn opt_text(&self, i: usize, name: &str) -> StoreResult<Option<String>> {
-        check_name(self.as_ref().column_name(i).ok(), i, name);
-        self.get(i).map_err(|e| damaged(name, e))
+        sqlite_col(self, i, name)
     }
 }
 
 /// The statements shared with sqlx number their parameters `$1`, `$2`...;
 /// to SQLite itself those are names, numbered in the order they first
 /// appear (`$2 ... $1` would bind backwards). `?1`, `?2`... are numbers.
-pub(crate) fn numbered(sql: &str) -> std::borrow::Cow<'_, str> {
-    if sql.contains('$') {
-        std::borrow::Cow::Owned(sql.replace('$', "?"))
+///
+/// Statements are `'static` (constants, or built once), a fixed set: each
+/// one's `?n` spelling is made once and kept, so the lookups on the request
+/// path do not rewrite their SQL each time.
+pub(crate) fn numbered(sql: &'static str) -> &'static str {
+    use std::collections::BTreeMap;
+    use std::sync::RwLock;
+    static MADE: RwLock<BTreeMap<(usize, usize), &'static str>> = RwLock::new(BTreeMap::new());
+    let key = (sql.as_ptr() as usize, sql.len());
+    if let Some(made) = MADE.read().ok().and_then(|m| m.get(&key).copied()) {
+        return made;
+    }
+    let made: &'static str = if sql.contains('$') {
+        Box::leak(sql.replace('$', "?").into_boxed_str())
     } else {
-        std::borrow::Cow::Borrowed(sql)
+        sql
+    };
+    match MADE.write() {
+        Ok(mut m) => m.entry(key).or_insert(made),
+        Err(_) => made,
     }
 }
 
 /// Runs a query of at most one row through a cached statement and maps it.
 pub(crate) fn one<T>(
     conn: &Connection,
-    sql: &str,
+    sql: &'static str,
     params: impl rusqlite::Params,
     map: impl FnOnce(&rusqlite::Row<'_>) -> StoreResult<T>,
 ) -> ReadResult<Option<T>> {
-    let mut stmt = conn.prepare_cached(&numbered(sql))?;
+    let mut stmt = conn.prepare_cached(numbered(sql))?;
     let mut rows = stmt.query(params)?;
     match rows.next()? {
         Some(r) => Ok(Some(map(r)?)),

@@ -162,65 +162,14 @@ const ID_TAKEN: &str = "record id collision; retry";
 const NO_DEPARTMENT: &str = "no such department";
 const NO_RECORD: &str = "no such record";
 
-/// A new record as the SQLite writer stores it (see `batch`): the same
-/// statements as [`Store::insert_record`]'s, in the writer's transaction.
-struct NewRecord {
+/// What every record write stores beside the record's row, as the SQLite
+/// writer stores it (see `batch`): the same statements as
+/// [`Store::insert_record`]'s and [`Store::write_record`]'s, in the
+/// writer's transaction.
+struct Change {
     company: i64,
     type_id: i64,
-    public_id: String,
     text: String,
-    department_id: Option<i64>,
-    actor: i64,
-    now: i64,
-    index: IndexEntries,
-    audit: Vec<strongroom_core::audit::AuditEvent>,
-}
-
-impl NewRecord {
-    fn insert(&self, tx: &rusqlite::Connection) -> StoreResult<StoredRecord> {
-        let id: i64 = tx
-            .prepare_cached(&numbered(INSERT_RECORD))
-            .and_then(|mut s| {
-                s.query_row(
-                    rusqlite::params![
-                        self.public_id,
-                        self.company,
-                        self.type_id,
-                        self.text,
-                        self.department_id,
-                        self.actor,
-                        self.now
-                    ],
-                    |r| r.get(0),
-                )
-            })
-            .map_err(|e| sqlite_conflict(e, ID_TAKEN, NO_DEPARTMENT))?;
-        let version = Version {
-            company: self.company,
-            record: id,
-            version: 1,
-            kind: ChangeKind::Create,
-            text: &self.text,
-            deleted: false,
-            actor: self.actor,
-            now: self.now,
-        };
-        version.insert(tx)?;
-        index_sqlite(tx, self.company, self.type_id, id, &self.index)?;
-        append_events(tx, &self.audit)?;
-        stored_record_sqlite(tx, self.company, id)
-    }
-}
-
-/// A change to a record as the SQLite writer stores it: the same
-/// statements as [`Store::write_record`]'s.
-struct Update {
-    company: i64,
-    type_id: i64,
-    id: i64,
-    expected_version: i64,
-    text: String,
-    deleted_at: Option<i64>,
     kind: ChangeKind,
     actor: i64,
     now: i64,
@@ -228,46 +177,125 @@ struct Update {
     audit: Vec<strongroom_core::audit::AuditEvent>,
 }
 
+impl Change {
+    /// Stores version `version` of record `id`, its blind-index entries
+    /// and the audit events; hands back the record as now stored.
+    fn finish(
+        &self,
+        tx: &rusqlite::Connection,
+        id: i64,
+        version: i64,
+        deleted: bool,
+    ) -> StoreResult<StoredRecord> {
+        tx.prepare_cached(numbered(INSERT_VERSION))
+            .and_then(|mut s| {
+                s.execute(rusqlite::params![
+                    id,
+                    self.company,
+                    version,
+                    self.kind.as_str(),
+                    self.text,
+                    deleted as i64,
+                    self.now,
+                    self.actor
+                ])
+            })
+            .map_err(failed)?;
+        let mut entry = tx
+            .prepare_cached(numbered(insert_index_row()))
+            .map_err(failed)?;
+        for (key, value) in &self.index {
+            entry
+                .execute(rusqlite::params![
+                    id,
+                    key,
+                    self.company,
+                    self.type_id,
+                    value
+                ])
+                .map_err(failed)?;
+        }
+        append_events(tx, &self.audit)?;
+        stored_record_sqlite(tx, self.company, id)
+    }
+}
+
+/// A new record, for the SQLite writer.
+struct NewRecord {
+    change: Change,
+    public_id: String,
+    department_id: Option<i64>,
+}
+
+impl NewRecord {
+    fn insert(&self, tx: &rusqlite::Connection) -> StoreResult<StoredRecord> {
+        let c = &self.change;
+        let id: i64 = tx
+            .prepare_cached(numbered(INSERT_RECORD))
+            .and_then(|mut s| {
+                s.query_row(
+                    rusqlite::params![
+                        self.public_id,
+                        c.company,
+                        c.type_id,
+                        c.text,
+                        self.department_id,
+                        c.actor,
+                        c.now
+                    ],
+                    |r| r.get(0),
+                )
+            })
+            .map_err(|e| sqlite_conflict(e, ID_TAKEN, NO_DEPARTMENT))?;
+        c.finish(tx, id, 1, false)
+    }
+}
+
+/// A change to a record still at `expected_version`, for the SQLite writer.
+struct Update {
+    change: Change,
+    id: i64,
+    expected_version: i64,
+    deleted_at: Option<i64>,
+}
+
 impl Update {
     fn apply(&self, tx: &rusqlite::Connection) -> StoreResult<StoredRecord> {
-        let (c, id, v) = (self.company, self.id, self.expected_version);
+        let c = &self.change;
+        let (company, id, v) = (c.company, self.id, self.expected_version);
         let changed = match self.deleted_at {
             Some(d) => tx
-                .prepare_cached(&numbered(UPDATE_DELETED))
-                .and_then(|mut s| s.execute(rusqlite::params![c, id, v, self.text, self.now, d])),
+                .prepare_cached(numbered(UPDATE_DELETED))
+                .and_then(|mut s| s.execute(rusqlite::params![company, id, v, c.text, c.now, d])),
             None => tx
-                .prepare_cached(&numbered(UPDATE_LIVE))
-                .and_then(|mut s| s.execute(rusqlite::params![c, id, v, self.text, self.now])),
+                .prepare_cached(numbered(UPDATE_LIVE))
+                .and_then(|mut s| s.execute(rusqlite::params![company, id, v, c.text, c.now])),
         }
         .map_err(failed)?;
         if changed != 1 {
             let current = tx
-                .prepare_cached(&numbered(RECORD_VERSION))
-                .and_then(|mut s| s.query_row((c, id), |r| r.get::<_, i64>(0)).optional())
+                .prepare_cached(numbered(RECORD_VERSION))
+                .and_then(|mut s| {
+                    s.query_row((company, id), |r| r.get::<_, i64>(0))
+                        .optional()
+                })
                 .map_err(failed)?;
             return Err(match current {
                 Some(current) => StoreError::VersionConflict { current },
                 None => StoreError::NotFound(NO_RECORD.into()),
             });
         }
-        let version = Version {
-            company: c,
-            record: id,
-            version: v + 1,
-            kind: self.kind,
-            text: &self.text,
-            deleted: self.deleted_at.is_some(),
-            actor: self.actor,
-            now: self.now,
-        };
-        version.insert(tx)?;
-        tx.prepare_cached(&numbered(DELETE_INDEX))
-            .and_then(|mut s| s.execute((c, id)))
+        tx.prepare_cached(numbered(DELETE_INDEX))
+            .and_then(|mut s| s.execute((company, id)))
             .map_err(failed)?;
-        index_sqlite(tx, c, self.type_id, id, &self.index)?;
-        append_events(tx, &self.audit)?;
-        stored_record_sqlite(tx, c, id)
+        c.finish(tx, id, v + 1, self.deleted_at.is_some())
     }
+}
+
+/// One blind-index entry's INSERT, built once.
+fn insert_index_row() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| format!("{INSERT_INDEX}($1, $2, $3, $4, $5)"))
 }
 
 /// A record as written, read back inside the transaction that wrote it
@@ -293,56 +321,6 @@ async fn stored_record(
         .fetch_one(&mut **tx)
         .await?;
     record_from_row(&row)
-}
-
-/// A row of `record_versions`, for the SQLite writer.
-struct Version<'a> {
-    company: i64,
-    record: i64,
-    version: i64,
-    kind: ChangeKind,
-    text: &'a str,
-    deleted: bool,
-    actor: i64,
-    now: i64,
-}
-
-impl Version<'_> {
-    fn insert(&self, tx: &rusqlite::Connection) -> StoreResult<()> {
-        tx.prepare_cached(&numbered(INSERT_VERSION))
-            .and_then(|mut s| {
-                s.execute(rusqlite::params![
-                    self.record,
-                    self.company,
-                    self.version,
-                    self.kind.as_str(),
-                    self.text,
-                    self.deleted as i64,
-                    self.now,
-                    self.actor
-                ])
-            })
-            .map_err(failed)?;
-        Ok(())
-    }
-}
-
-/// A record's blind-index entries, for the SQLite writer (one prepared
-/// row statement, run per entry).
-fn index_sqlite(
-    tx: &rusqlite::Connection,
-    company: i64,
-    type_id: i64,
-    record: i64,
-    index: &IndexEntries,
-) -> StoreResult<()> {
-    let sql = format!("{INSERT_INDEX}(?1, ?2, ?3, ?4, ?5)");
-    let mut stmt = tx.prepare_cached(&sql).map_err(failed)?;
-    for (key, value) in index {
-        stmt.execute(rusqlite::params![record, key, company, type_id, value])
-            .map_err(failed)?;
-    }
-    Ok(())
 }
 
 /// [`StoreError::map_conflict`] for SQLite's own errors.
@@ -511,15 +489,18 @@ impl Store {
         let text = serde_json::to_string(data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         if let Some(writer) = &self.record_writer {
             let new = NewRecord {
-                company: company.0,
-                type_id: record_type.id,
+                change: Change {
+                    company: company.0,
+                    type_id: record_type.id,
+                    text,
+                    kind: ChangeKind::Create,
+                    actor: actor.0,
+                    now: ts(now),
+                    index: index.clone(),
+                    audit: audit.to_vec(),
+                },
                 public_id: public_id.to_owned(),
-                text,
                 department_id,
-                actor: actor.0,
-                now: ts(now),
-                index: index.clone(),
-                audit: audit.to_vec(),
             };
             return writer.write(move |tx| new.insert(tx)).await;
         }
@@ -695,17 +676,19 @@ impl Store {
         let deleted_at = change.deleted_at.map(ts);
         if let Some(writer) = &self.record_writer {
             let update = Update {
-                company: company.0,
-                type_id: record_type.id,
+                change: Change {
+                    company: company.0,
+                    type_id: record_type.id,
+                    text,
+                    kind: change.kind,
+                    actor: change.actor.0,
+                    now: ts(change.now),
+                    index: change.index.clone(),
+                    audit: change.audit.to_vec(),
+                },
                 id: record.id,
                 expected_version,
-                text,
                 deleted_at,
-                kind: change.kind,
-                actor: change.actor.0,
-                now: ts(change.now),
-                index: change.index.clone(),
-                audit: change.audit.to_vec(),
             };
             return writer.write(move |tx| update.apply(tx)).await;
         }
