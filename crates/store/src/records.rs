@@ -215,8 +215,9 @@ impl Change {
                 ])
                 .map_err(failed)?;
         }
+        let stored = stored_record_sqlite(tx, self.company, id)?;
         append_events(tx, &self.audit)?;
-        stored_record_sqlite(tx, self.company, id)
+        Ok(stored)
     }
 }
 
@@ -530,8 +531,10 @@ impl Store {
         )
         .await?;
         write_index(&mut w.tx, self.dialect, company, record_type.id, id, index).await?;
-        crate::audit::chain_events(&mut w.tx, self.dialect, audit).await?;
+        // Read back before the chain's head is locked (on PostgreSQL it is
+        // held to the commit, and every write of the company waits for it).
         let stored = stored_record(&mut w.tx, company.0, id).await?;
+        crate::audit::chain_events(&mut w.tx, self.dialect, audit).await?;
         w.commit().await?;
         Ok(stored)
     }
@@ -747,8 +750,9 @@ impl Store {
             change.index,
         )
         .await?;
-        crate::audit::chain_events(&mut w.tx, self.dialect, change.audit).await?;
+        // Read back before the chain's head is locked (see insert_record).
         let stored = stored_record(&mut w.tx, company.0, record.id).await?;
+        crate::audit::chain_events(&mut w.tx, self.dialect, change.audit).await?;
         w.commit().await?;
         Ok(stored)
     }
