@@ -66,11 +66,24 @@ impl PasswordHasher {
 
     /// A PHC string (`$argon2id$v=19$m=...`) with a fresh random salt.
     pub fn hash(&self, password: &str) -> Result<String, CryptoError> {
+        self.hash_in(&mut WorkMemory::default(), password)
+    }
+
+    /// [`hash`](Self::hash), with Argon2's working memory taken from (and
+    /// left in) `work`.
+    pub fn hash_in(&self, work: &mut WorkMemory, password: &str) -> Result<String, CryptoError> {
         let err = |e: &dyn std::fmt::Display| CryptoError::Hash(e.to_string());
         let salt_bytes = crate::token::random_bytes::<16>()?;
         let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| err(&e))?;
         let mut out = [0u8; 32];
-        run(&self.argon, password.as_bytes(), &salt_bytes, &mut out).map_err(|e| err(&e))?;
+        run(
+            &self.argon,
+            work,
+            password.as_bytes(),
+            &salt_bytes,
+            &mut out,
+        )
+        .map_err(|e| err(&e))?;
         let phc = PasswordHash {
             algorithm: Algorithm::Argon2id.ident(),
             version: Some(Version::V0x13.into()),
@@ -85,6 +98,12 @@ impl PasswordHasher {
     /// user) or an unreadable one, the same work is done against a dummy and
     /// `false` returned.
     pub fn verify(&self, password: &str, stored: Option<&str>) -> bool {
+        self.verify_in(&mut WorkMemory::default(), password, stored)
+    }
+
+    /// [`verify`](Self::verify), with Argon2's working memory taken from
+    /// (and left in) `work`.
+    pub fn verify_in(&self, work: &mut WorkMemory, password: &str, stored: Option<&str>) -> bool {
         let real = stored.and_then(|s| PasswordHash::new(s).ok());
         let is_real = real.is_some();
         let target = match real {
@@ -96,7 +115,7 @@ impl PasswordHasher {
         };
         // The parameters inside the stored hash are used, so old hashes keep
         // working after the defaults are raised.
-        verify_phc(password.as_bytes(), &target).unwrap_or(false) && is_real
+        verify_phc(work, password.as_bytes(), &target).unwrap_or(false) && is_real
     }
 }
 
@@ -108,17 +127,61 @@ impl PasswordHasher {
 /// (measured: 870 MB resident after a sign-in flood, against 21 MB).
 const WORK_MEMORY_FLOOR_BLOCKS: usize = 33 * 1024;
 
-/// Runs Argon2 into `out` with working memory of our own allocation.
-fn run(argon: &Argon2<'_>, pwd: &[u8], salt: &[u8], out: &mut [u8]) -> argon2::Result<()> {
-    let n = argon.params().block_count();
-    let mut blocks: Vec<Block> = Vec::with_capacity(n.max(WORK_MEMORY_FLOOR_BLOCKS));
-    blocks.resize(n, Block::default());
-    argon.hash_password_into_with_memory(pwd, salt, out, &mut blocks[..])
+/// Argon2's working memory (19 MiB at the default parameters), kept by a
+/// thread that hashes one password after another.
+///
+/// Fresh memory for every hash costs a fifth of the hash: the kernel maps,
+/// zeroes and faults in each of its 4,864 pages, then unmaps them. Kept, it
+/// is only overwritten: each hash writes every block before reading it.
+/// What one hash leaves there is the next one's to overwrite, and
+/// [`release`](Self::release) gives the pages back to the kernel; a holder
+/// releases it when no more hashes are waiting, so a quiet server holds
+/// none.
+#[derive(Default)]
+pub struct WorkMemory(Vec<Block>);
+
+impl WorkMemory {
+    /// Gives the memory back to the system.
+    pub fn release(&mut self) {
+        self.0 = Vec::new();
+    }
+
+    /// Whether memory is held (bytes in use by it, roughly, if so).
+    pub fn held(&self) -> usize {
+        self.0.len() * Block::SIZE
+    }
+
+    fn blocks(&mut self, n: usize) -> &mut [Block] {
+        if self.0.len() < n {
+            let mut blocks = Vec::with_capacity(n.max(WORK_MEMORY_FLOOR_BLOCKS));
+            blocks.resize(n, Block::default());
+            self.0 = blocks;
+        }
+        &mut self.0[..n]
+    }
+}
+
+impl std::fmt::Debug for WorkMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WorkMemory({} bytes)", self.held())
+    }
+}
+
+/// Runs Argon2 into `out` in `work`'s memory.
+fn run(
+    argon: &Argon2<'_>,
+    work: &mut WorkMemory,
+    pwd: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+) -> argon2::Result<()> {
+    let blocks = work.blocks(argon.params().block_count());
+    argon.hash_password_into_with_memory(pwd, salt, out, blocks)
 }
 
 /// Recomputes a PHC hash with its own algorithm, version, parameters and
 /// salt, and compares in constant time.
-fn verify_phc(pwd: &[u8], phc: &PasswordHash<'_>) -> Option<bool> {
+fn verify_phc(work: &mut WorkMemory, pwd: &[u8], phc: &PasswordHash<'_>) -> Option<bool> {
     let algorithm = Algorithm::try_from(phc.algorithm).ok()?;
     let version = Version::try_from(phc.version.unwrap_or(0x13)).ok()?;
     let expected = phc.hash?;
@@ -135,7 +198,7 @@ fn verify_phc(pwd: &[u8], phc: &PasswordHash<'_>) -> Option<bool> {
     let salt = phc.salt?.decode_b64(&mut salt_buf).ok()?;
     let argon = Argon2::new(algorithm, version, params);
     let mut out = vec![0u8; expected.len()];
-    run(&argon, pwd, salt, &mut out).ok()?;
+    run(&argon, work, pwd, salt, &mut out).ok()?;
     let actual = Output::new(&out).ok()?;
     // Output's equality is constant-time.
     Some(actual == expected)
@@ -182,6 +245,37 @@ mod tests {
         assert!(Argon2::default()
             .verify_password(b"another passphrase", &parsed)
             .is_err());
+    }
+
+    #[test]
+    fn memory_kept_between_hashes_gives_the_answers_of_fresh_memory() {
+        let h = PasswordHasher::new(HashParams::default()).unwrap();
+        let bigger = PasswordHasher::new(HashParams {
+            memory_kib: 24_000,
+            iterations: 3,
+            parallelism: 2,
+        })
+        .unwrap();
+        let mut work = WorkMemory::default();
+        let small = h.hash_in(&mut work, "first passphrase").unwrap();
+        assert_eq!(work.held(), 19_456 * 1024);
+        let big = bigger.hash_in(&mut work, "second passphrase").unwrap();
+        assert_eq!(
+            work.held(),
+            24_000 * 1024,
+            "grown for the larger parameters"
+        );
+        // Each checked in memory the other left behind, and in fresh memory.
+        for _ in 0..2 {
+            assert!(h.verify_in(&mut work, "first passphrase", Some(&small)));
+            assert!(!h.verify_in(&mut work, "first passphrasE", Some(&small)));
+            assert!(h.verify_in(&mut work, "second passphrase", Some(&big)));
+            assert!(!h.verify_in(&mut work, "second passphrasE", Some(&big)));
+        }
+        assert!(h.verify("first passphrase", Some(&small)));
+        assert!(h.verify("second passphrase", Some(&big)));
+        work.release();
+        assert_eq!(work.held(), 0);
     }
 
     #[test]

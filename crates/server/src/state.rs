@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use strongroom_core::clock::SharedClock;
 use strongroom_core::session::SessionPolicy;
-use strongroom_crypto::password::PasswordHasher;
+use strongroom_crypto::password::{PasswordHasher, WorkMemory};
 use strongroom_store::Store;
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
@@ -68,38 +68,129 @@ pub struct HashPool {
     waiting: Arc<AtomicUsize>,
     max_waiting: usize,
     verifications: Arc<AtomicU64>,
-    jobs: std::sync::mpsc::Sender<HashJob>,
+    queue: Arc<Closer>,
 }
 
-type HashJob = Box<dyn FnOnce() + Send>;
+type HashJob = Box<dyn FnOnce(&mut WorkMemory) + Send>;
+
+/// How long a hashing thread keeps Argon2's working memory (19 MiB) once
+/// no hash is waiting: long enough to carry it across the gaps of a burst
+/// of sign-ins, short enough that a quiet server holds none.
+const KEEP_WORK_MEMORY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The jobs waiting for a hashing thread.
+struct Queue {
+    state: std::sync::Mutex<QueueState>,
+    ready: std::sync::Condvar,
+}
+
+struct QueueState {
+    jobs: std::collections::VecDeque<HashJob>,
+    open: bool,
+    /// Times a thread has given its working memory back.
+    releases: u64,
+}
+
+/// Closes the queue (and so ends the threads) when the last pool handle
+/// is dropped.
+struct Closer(Arc<Queue>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.state.lock() {
+            s.open = false;
+        }
+        self.0.ready.notify_all();
+    }
+}
+
+enum Next {
+    Job(HashJob),
+    /// Nothing came while the thread held working memory.
+    Idle,
+    Closed,
+}
+
+impl Queue {
+    /// The next job; waits at most `keep` for one when `holding` memory.
+    fn next(&self, holding: bool, keep: std::time::Duration) -> Next {
+        let Ok(mut s) = self.state.lock() else {
+            return Next::Closed;
+        };
+        loop {
+            if let Some(job) = s.jobs.pop_front() {
+                return Next::Job(job);
+            }
+            if !s.open {
+                return Next::Closed;
+            }
+            s = if holding {
+                match self.ready.wait_timeout(s, keep) {
+                    Ok((s, t)) if t.timed_out() && s.jobs.is_empty() && s.open => {
+                        return Next::Idle
+                    }
+                    Ok((s, _)) => s,
+                    Err(_) => return Next::Closed,
+                }
+            } else {
+                match self.ready.wait(s) {
+                    Ok(s) => s,
+                    Err(_) => return Next::Closed,
+                }
+            };
+        }
+    }
+}
 
 impl HashPool {
     /// `concurrency` threads whose niceness is the server's plus `nice`
     /// (0 to 19; 0 keeps the server's priority).
     pub fn new(hasher: PasswordHasher, concurrency: usize, nice: i32) -> std::io::Result<Self> {
+        Self::with_keep(hasher, concurrency, nice, KEEP_WORK_MEMORY)
+    }
+
+    fn with_keep(
+        hasher: PasswordHasher,
+        concurrency: usize,
+        nice: i32,
+        keep: std::time::Duration,
+    ) -> std::io::Result<Self> {
         let concurrency = concurrency.max(1);
-        let (jobs, queue) = std::sync::mpsc::channel::<HashJob>();
-        let queue = Arc::new(std::sync::Mutex::new(queue));
+        let queue = Arc::new(Queue {
+            state: std::sync::Mutex::new(QueueState {
+                jobs: std::collections::VecDeque::new(),
+                open: true,
+                releases: 0,
+            }),
+            ready: std::sync::Condvar::new(),
+        });
         for i in 0..concurrency {
             let queue = queue.clone();
             std::thread::Builder::new()
                 .name(format!("strongroom-hash-{i}"))
                 .spawn(move || {
                     lower_priority(nice);
+                    // Kept from one hash to the next while hashes keep
+                    // coming (see `WorkMemory`).
+                    let mut work = WorkMemory::default();
                     loop {
-                        // The lock is held only while waiting for a job.
-                        let job = match queue.lock() {
-                            Ok(q) => q.recv(),
-                            Err(_) => return,
-                        };
-                        match job {
+                        match queue.next(work.held() > 0, keep) {
                             // A panicking hash fails its own request (its
                             // reply is dropped), not the thread.
-                            Ok(job) => {
-                                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                            Next::Job(job) => {
+                                let _ =
+                                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                        job(&mut work)
+                                    }));
                             }
-                            // Every pool handle is gone.
-                            Err(_) => return,
+                            Next::Idle => {
+                                work.release();
+                                if let Ok(mut s) = queue.state.lock() {
+                                    s.releases += 1;
+                                }
+                                queue.ready.notify_all();
+                            }
+                            Next::Closed => return,
                         }
                     }
                 })?;
@@ -110,13 +201,13 @@ impl HashPool {
             waiting: Arc::new(AtomicUsize::new(0)),
             max_waiting: concurrency * 32,
             verifications: Arc::new(AtomicU64::new(0)),
-            jobs,
+            queue: Arc::new(Closer(queue)),
         })
     }
 
     async fn run<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&PasswordHasher) -> R + Send + 'static,
+        f: impl FnOnce(&PasswordHasher, &mut WorkMemory) -> R + Send + 'static,
     ) -> Result<R, ApiError> {
         if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_waiting {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -130,12 +221,19 @@ impl HashPool {
         let permit = permit.map_err(|_| ApiError::internal("hash pool closed"))?;
         let hasher = self.hasher.clone();
         let (done, result) = tokio::sync::oneshot::channel();
-        self.jobs
-            .send(Box::new(move || {
-                let _permit = permit;
-                let _ = done.send(f(&hasher));
-            }))
-            .map_err(|_| ApiError::internal("hash pool stopped"))?;
+        let job: HashJob = Box::new(move |work| {
+            let _permit = permit;
+            let _ = done.send(f(&hasher, work));
+        });
+        {
+            let queue = &self.queue.0;
+            let mut s = queue
+                .state
+                .lock()
+                .map_err(|_| ApiError::internal("hash pool stopped"))?;
+            s.jobs.push_back(job);
+        }
+        self.queue.0.ready.notify_one();
         result
             .await
             .map_err(|_| ApiError::internal("hashing task failed"))
@@ -147,9 +245,9 @@ impl HashPool {
         stored: Option<String>,
     ) -> Result<bool, ApiError> {
         let counter = self.verifications.clone();
-        self.run(move |h| {
+        self.run(move |h, work| {
             counter.fetch_add(1, Ordering::Relaxed);
-            h.verify(&password, stored.as_deref())
+            h.verify_in(work, &password, stored.as_deref())
         })
         .await
     }
@@ -162,7 +260,7 @@ impl HashPool {
     }
 
     pub async fn hash(&self, password: Zeroizing<String>) -> Result<String, ApiError> {
-        self.run(move |h| h.hash(&password))
+        self.run(move |h, work| h.hash_in(work, &password))
             .await?
             .map_err(ApiError::from)
     }
@@ -187,6 +285,7 @@ fn lower_priority(nice: i32) {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::time::Duration;
     use strongroom_crypto::password::HashParams;
 
     fn niceness() -> i32 {
@@ -198,7 +297,7 @@ mod tests {
         let before = niceness();
         let pool =
             HashPool::new(PasswordHasher::new(HashParams::default()).unwrap(), 2, 7).unwrap();
-        let seen = pool.run(|_| niceness()).await.unwrap();
+        let seen = pool.run(|_, _| niceness()).await.unwrap();
         assert_eq!(seen, (before + 7).min(19));
         assert_eq!(niceness(), before, "the caller's thread keeps its priority");
         let stored = pool
@@ -210,5 +309,31 @@ mod tests {
             .await
             .unwrap());
         assert_eq!(pool.verifications(), 1);
+    }
+
+    #[tokio::test]
+    async fn working_memory_is_kept_between_hashes_and_released_when_idle() {
+        let hasher = || PasswordHasher::new(HashParams::default()).unwrap();
+        let held = 19_456 * 1024;
+        let hash = |pool: &HashPool| {
+            let pool = pool.clone();
+            async move { pool.hash(Zeroizing::new("a long passphrase".into())).await }
+        };
+        // One thread, which keeps the memory for as long as a test runs.
+        let keeping = HashPool::with_keep(hasher(), 1, 0, Duration::from_secs(3600)).unwrap();
+        assert_eq!(keeping.run(|_, w| w.held()).await.unwrap(), 0);
+        hash(&keeping).await.unwrap();
+        assert_eq!(keeping.run(|_, w| w.held()).await.unwrap(), held);
+        // One that gives it back as soon as no job is waiting.
+        let quick = HashPool::with_keep(hasher(), 1, 0, Duration::ZERO).unwrap();
+        hash(&quick).await.unwrap();
+        let queue = quick.queue.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let s = queue.state.lock().unwrap();
+            drop(queue.ready.wait_while(s, |s| s.releases == 0).unwrap());
+        })
+        .await
+        .unwrap();
+        assert_eq!(quick.run(|_, w| w.held()).await.unwrap(), 0);
     }
 }
