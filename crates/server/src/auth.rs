@@ -342,7 +342,7 @@ pub async fn login(
             CompanyId(chain),
             account.as_ref().map(|a| a.key),
             client.ip,
-            None,
+            account.as_ref().map(|a| a.policy_epoch),
         )
         .await?;
         (
@@ -373,7 +373,9 @@ pub async fn login(
         _ => false,
     };
     let hours = match &account {
-        Some(a) if password_ok => Some(crate::hours::check(&state, a.company, a.key, None).await?),
+        Some(a) if password_ok => {
+            Some(crate::hours::check(&state, a.company, a.key, Some(a.policy_epoch)).await?)
+        }
         _ => None,
     }
     .filter(|d| *d != strongroom_core::hours::HoursDecision::Allowed);
@@ -479,8 +481,18 @@ pub async fn finish_sign_in(
     if account.must_change_password || age == PasswordAge::Expired {
         restriction = Restriction::Password;
     }
+    let session_policy = state
+        .policy
+        .session_policy
+        .get_or_load(
+            account.company.0,
+            Some(account.policy_epoch),
+            state.store.session_policy(account.company),
+        )
+        .await?;
     if let Some(reason) =
-        crate::session_admin::make_room(state, account.company, account.key).await?
+        crate::session_admin::make_room(state, account.company, account.key, &session_policy)
+            .await?
     {
         attempt.outcome = Outcome::Denied;
         attempt.reason = Some(reason.into());
@@ -499,10 +511,7 @@ pub async fn finish_sign_in(
         attempt.detail = detail.to_string();
     }
     state.audit.write(vec![attempt]).await?;
-    let idle_minutes = match account.idle_minutes {
-        Some(m) => m,
-        None => state.store.session_policy(account.company).await?.2,
-    };
+    let idle_minutes = account.idle_minutes.unwrap_or(session_policy.2);
     let times = state
         .sessions
         .start(now, Some(chrono::Duration::minutes(idle_minutes)));

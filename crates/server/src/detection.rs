@@ -47,11 +47,12 @@ impl Blocks {
         if self.is_blocked(chain, ip, now) {
             return Ok(true);
         }
-        for c in [chain, SERVER_CHAIN] {
-            if let Some(until) = store.address_blocked_until(c, &ip.to_string(), now).await? {
-                self.add(c, ip, until);
-                return Ok(true);
-            }
+        let found = store
+            .address_blocked_until((chain, SERVER_CHAIN), &ip.to_string(), now)
+            .await?;
+        if let Some((c, until)) = found {
+            self.add(c, ip, until);
+            return Ok(true);
         }
         Ok(false)
     }

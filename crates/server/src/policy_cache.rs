@@ -1,6 +1,7 @@
 //! What every request's security checks read (access hours, IP rules, the
 //! caller's roles and clearance, record types, current key versions),
-//! cached per node under the company's policy epoch.
+//! cached per node under the company's policy epoch; and, for sign-in, the
+//! session policy and whether a company has users besides its master.
 //!
 //! The epoch is a counter in the store that triggers move in the same
 //! transaction as any change to those inputs (see the store's
@@ -92,6 +93,10 @@ pub struct PolicyCache {
     pub record_types: EpochCache<(i64, String), Option<StoredRecordType>>,
     /// company → the current (data, index) key versions.
     pub key_versions: EpochCache<i64, (i64, i64)>,
+    /// company → its session limit, what to do when full, idle minutes.
+    pub session_policy: EpochCache<i64, (i64, String, i64)>,
+    /// company → whether it has users besides its master account.
+    pub other_users: EpochCache<i64, bool>,
 }
 
 #[cfg(test)]

@@ -60,7 +60,15 @@ pub async fn factors(state: &AppState, company: CompanyId, user: UserKey) -> Api
 pub async fn required(state: &AppState, a: &LoginAccount) -> ApiResult<bool> {
     let policy = state.store.sign_in_policy(a.company).await?;
     let others = if a.is_master {
-        state.store.company_has_other_users(a.company).await?
+        state
+            .policy
+            .other_users
+            .get_or_load(
+                a.company.0,
+                Some(a.policy_epoch),
+                state.store.company_has_other_users(a.company),
+            )
+            .await?
     } else {
         true
     };

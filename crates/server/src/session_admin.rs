@@ -233,12 +233,15 @@ pub async fn set_policy(
 
 /// Applies the session limit before a new session is made: refuses, or
 /// ends the oldest. Returns a refusal reason when refused.
+/// `policy` is the company's, as `Store::session_policy` gives it.
 pub async fn make_room(
     state: &AppState,
     company: CompanyId,
     user: UserKey,
+    policy: &(i64, String, i64),
 ) -> ApiResult<Option<&'static str>> {
-    let (max, when_full, _) = state.store.session_policy(company).await?;
+    let (max, when_full, _) = policy;
+    let (max, when_full) = (*max, when_full.as_str());
     if max <= 0 {
         return Ok(None);
     }

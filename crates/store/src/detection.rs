@@ -141,23 +141,28 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Blocks still in force.
-    /// Until when an address is blocked for a chain, if it is.
+    /// Until when an address is blocked for either of two chains (a
+    /// company's and the server's), if it is: the block of `chains.0` when
+    /// both have one, with its chain.
     pub async fn address_blocked_until(
         &self,
-        chain: i64,
+        chains: (i64, i64),
         address: &str,
         now: DateTime<Utc>,
-    ) -> StoreResult<Option<DateTime<Utc>>> {
+    ) -> StoreResult<Option<(i64, DateTime<Utc>)>> {
         let row = sqlx::query(
-            "SELECT until FROM address_blocks WHERE chain = $1 AND address = $2 AND until > $3",
+            "SELECT chain, until FROM address_blocks \
+             WHERE chain IN ($1, $2) AND address = $3 AND until > $4 \
+             ORDER BY CASE WHEN chain = $1 THEN 0 ELSE 1 END LIMIT 1",
         )
-        .bind(chain)
+        .bind(chains.0)
+        .bind(chains.1)
         .bind(address)
         .bind(ts(now))
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| from_ts(get(&r, "until")?)).transpose()
+        row.map(|r| Ok((get(&r, "chain")?, from_ts(get(&r, "until")?)?)))
+            .transpose()
     }
 
     pub async fn active_blocks(&self, now: DateTime<Utc>) -> StoreResult<Vec<AddressBlock>> {
@@ -344,52 +349,33 @@ impl Store {
         address: &str,
         hour: u32,
     ) -> StoreResult<(i64, i64, i64)> {
+        // One statement counts all three (each row new at 1, or one more).
         let mut w = self.write_tx().await?;
-        let mut before = Vec::new();
-        for (kind, value) in [
-            ("address", address.to_owned()),
-            ("hour", hour.to_string()),
-            ("total", String::new()),
-        ] {
-            let row = sqlx::query(
-                "SELECT seen FROM sign_in_history WHERE company_id = $1 AND user_key = $2 AND kind = $3 AND value = $4",
-            )
-            .bind(company.0)
-            .bind(user.0)
-            .bind(kind)
-            .bind(&value)
-            .fetch_optional(&mut *w.tx)
-            .await?;
-            let seen: i64 = match row {
-                Some(r) => get(&r, "seen")?,
-                None => 0,
-            };
-            before.push(seen);
-            if seen == 0 {
-                sqlx::query(
-                    "INSERT INTO sign_in_history (company_id, user_key, kind, value, seen) VALUES ($1, $2, $3, $4, 1)",
-                )
-                .bind(company.0)
-                .bind(user.0)
-                .bind(kind)
-                .bind(&value)
-                .execute(&mut *w.tx)
-                .await?;
-            } else {
-                sqlx::query(
-                    "UPDATE sign_in_history SET seen = seen + 1 \
-                     WHERE company_id = $1 AND user_key = $2 AND kind = $3 AND value = $4",
-                )
-                .bind(company.0)
-                .bind(user.0)
-                .bind(kind)
-                .bind(&value)
-                .execute(&mut *w.tx)
-                .await?;
-            }
-        }
+        let rows = sqlx::query(
+            "INSERT INTO sign_in_history (company_id, user_key, kind, value, seen) \
+             VALUES ($1, $2, 'address', $3, 1), ($1, $2, 'hour', $4, 1), ($1, $2, 'total', '', 1) \
+             ON CONFLICT (company_id, user_key, kind, value) \
+             DO UPDATE SET seen = sign_in_history.seen + 1 \
+             RETURNING kind, seen",
+        )
+        .bind(company.0)
+        .bind(user.0)
+        .bind(address)
+        .bind(hour.to_string())
+        .fetch_all(&mut *w.tx)
+        .await?;
         w.commit().await?;
-        Ok((before[0], before[1], before[2]))
+        let before = |kind: &str| -> StoreResult<i64> {
+            for r in &rows {
+                if get::<String>(r, "kind")? == kind {
+                    return Ok(get::<i64>(r, "seen")? - 1);
+                }
+            }
+            Err(StoreError::Corrupt(format!(
+                "sign-in history without '{kind}'"
+            )))
+        };
+        Ok((before("address")?, before("hour")?, before("total")?))
     }
 
     pub async fn enqueue_alert(&self, payload: &str, now: DateTime<Utc>) -> StoreResult<()> {

@@ -47,6 +47,9 @@ pub struct LoginAccount {
     pub password_changed_at: DateTime<Utc>,
     /// The user's own idle timeout, if set.
     pub idle_minutes: Option<i64>,
+    /// The company's policy epoch, read with the account: what the sign-in
+    /// checks may take from the node's caches (see `policy_epoch_column`).
+    pub policy_epoch: i64,
 }
 
 impl std::fmt::Debug for LoginAccount {
@@ -79,7 +82,10 @@ pub struct UserChange {
 const LOGIN_SELECT: &str =
     "SELECT c.id AS company_id, c.code, u.id AS user_key, u.user_id, u.status, \
     u.password_hash, u.is_admin, u.is_master, u.two_factor_required, u.must_change_password, \
-    u.password_changed_at, u.idle_minutes FROM companies c JOIN users u ON u.company_id = c.id";
+    u.password_changed_at, u.idle_minutes, \
+    COALESCE((SELECT e.epoch FROM policy_epochs e WHERE e.company_id = u.company_id), 0) \
+      AS policy_epoch \
+    FROM companies c JOIN users u ON u.company_id = c.id";
 
 fn login_account_from_row(r: &AnyRow) -> StoreResult<LoginAccount> {
     let status: String = get(r, "status")?;
@@ -97,6 +103,7 @@ fn login_account_from_row(r: &AnyRow) -> StoreResult<LoginAccount> {
         must_change_password: flag(r, "must_change_password")?,
         password_changed_at: from_ts(get(r, "password_changed_at")?)?,
         idle_minutes: get(r, "idle_minutes")?,
+        policy_epoch: get(r, "policy_epoch")?,
     })
 }
 

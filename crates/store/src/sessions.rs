@@ -356,12 +356,26 @@ impl Store {
         company: CompanyId,
         user: Option<UserKey>,
     ) -> StoreResult<strongroom_core::password::PasswordRules> {
-        if let Some(u) = user {
-            if let Some(r) = self.user_password_rules(company, u).await? {
-                return Ok(r);
-            }
-        }
-        self.password_rules(company).await
+        let Some(u) = user else {
+            return self.password_rules(company).await;
+        };
+        // The user's own row first, else the company's: one statement.
+        let row = sqlx::query(&format!(
+            "SELECT {RULE_COLUMNS} FROM ( \
+               SELECT 0 AS pick, {RULE_COLUMNS} FROM user_password_rules \
+                 WHERE company_id = $1 AND user_key = $2 \
+               UNION ALL \
+               SELECT 1 AS pick, {RULE_COLUMNS} FROM password_rules WHERE company_id = $1 \
+             ) AS r ORDER BY pick LIMIT 1"
+        ))
+        .bind(company.0)
+        .bind(u.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref()
+            .map(rules_from_row)
+            .transpose()
+            .map(Option::unwrap_or_default)
     }
 
     /// Sets the company's rules, or a user's own (`user`); `None` rules
