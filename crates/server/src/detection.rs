@@ -82,7 +82,8 @@ impl Blocks {
 }
 
 enum Input {
-    Events(Vec<AuditEvent>),
+    /// With their places in the queue's bound, given back once examined.
+    Events(Vec<AuditEvent>, tokio::sync::OwnedSemaphorePermit),
     Findings(Vec<Finding>),
     Flush(tokio::sync::oneshot::Sender<()>),
     RulesChanged(i64),
@@ -94,7 +95,15 @@ enum Input {
 #[derive(Clone)]
 pub struct Detection {
     tx: mpsc::Sender<Input>,
+    /// Places for events waiting to be examined (see [`MAX_QUEUED_EVENTS`]).
+    queued: Arc<tokio::sync::Semaphore>,
 }
+
+/// Events waiting to be examined, at most. The queue is bounded in events,
+/// not in batches (the audit log hands over up to 512 at a time), so a
+/// detector that falls behind holds a known amount of memory (well under
+/// 100 MB at this bound) rather than millions of events.
+pub const MAX_QUEUED_EVENTS: usize = 65_536;
 
 /// Where alerts go.
 #[derive(Clone, Default)]
@@ -127,7 +136,19 @@ impl Detection {
         blocks: Arc<Blocks>,
         alerts: AlertSettings,
     ) -> Detection {
-        let (tx, rx) = mpsc::channel(16_384);
+        Self::start_bounded(store, clock, blocks, alerts, MAX_QUEUED_EVENTS)
+    }
+
+    fn start_bounded(
+        store: Store,
+        clock: SharedClock,
+        blocks: Arc<Blocks>,
+        alerts: AlertSettings,
+        max_events: usize,
+    ) -> Detection {
+        // Every event batch holds at least one place, so batches are
+        // bounded by the event bound too.
+        let (tx, rx) = mpsc::channel(max_events.max(1) + 64);
         let notify = Arc::new(Notify::new());
         tokio::spawn(detector_task(
             store.clone(),
@@ -140,7 +161,10 @@ impl Detection {
         tokio::spawn(crate::detection::deliver_alerts(
             store, clock, alerts, notify,
         ));
-        Detection { tx }
+        Detection {
+            tx,
+            queued: Arc::new(tokio::sync::Semaphore::new(max_events)),
+        }
     }
 
     /// Returns once everything fed before has been examined and responded
@@ -157,10 +181,21 @@ impl Detection {
         let _ = self.tx.send(Input::RulesChanged(chain)).await;
     }
 
-    pub fn feed(&self, events: Vec<AuditEvent>) {
-        if self.tx.try_send(Input::Events(events)).is_err() {
-            tracing::warn!("intrusion detection is lagging; some events were not examined");
+    /// Hands events to the detector; `false` (and a warning in the log)
+    /// when its queue is full and they will not be examined.
+    pub fn feed(&self, events: Vec<AuditEvent>) -> bool {
+        let n = u32::try_from(events.len().max(1)).unwrap_or(u32::MAX);
+        let sent = match self.queued.clone().try_acquire_many_owned(n) {
+            Ok(places) => self.tx.try_send(Input::Events(events, places)).is_ok(),
+            Err(_) => false,
+        };
+        if !sent {
+            tracing::warn!(
+                events = n,
+                "intrusion detection is lagging; some events were not examined"
+            );
         }
+        sent
     }
 
     fn report(&self, findings: Vec<Finding>) {
@@ -238,7 +273,7 @@ async fn detector_task(
                 continue;
             }
             Input::Findings(f) => f,
-            Input::Events(events) => {
+            Input::Events(events, _places) => {
                 let mut found = Vec::new();
                 for e in events {
                     let fresh = rules
@@ -525,4 +560,39 @@ async fn send_email(
         .await
         .map(|_| ())
         .map_err(|e| format!("SMTP: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use strongroom_core::clock::ManualClock;
+
+    fn event(i: usize) -> AuditEvent {
+        AuditEvent::new(
+            7,
+            Utc::now(),
+            "user:x",
+            "record.read",
+            format!("customer/{i}"),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_events_and_frees_its_places_once_examined() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = Store::connect(&url, Default::default()).await.unwrap();
+        store.migrate(Utc::now()).await.unwrap();
+        let clock: SharedClock = Arc::new(ManualClock::new(Utc::now()));
+        let d =
+            Detection::start_bounded(store, clock, Arc::default(), AlertSettings::default(), 10);
+        // The detector task has not run yet (one thread, no await between).
+        assert!(d.feed((0..6).map(event).collect()));
+        assert!(d.feed((6..10).map(event).collect()));
+        assert!(!d.feed(vec![event(10)]), "an eleventh event is refused");
+        // Once the queue is examined, its places are free again.
+        d.flush().await;
+        assert!(d.feed((0..10).map(event).collect()));
+    }
 }
