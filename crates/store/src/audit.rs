@@ -143,6 +143,102 @@ fn scan_sqlite(
     Ok(())
 }
 
+/// [`Store::scan_audit`] on PostgreSQL: one query streamed over a
+/// connection of its own, with native rows read by position (the pool's
+/// `Any` rows convert every column of every row, and each lookup by name
+/// hashes it), decoded on a task of its own while `visit` runs here.
+async fn scan_postgres<S, F>(
+    opts: std::sync::Arc<sqlx::postgres::PgConnectOptions>,
+    chain: i64,
+    after_seq: i64,
+    mut state: S,
+    visit: F,
+) -> StoreResult<S>
+where
+    F: Fn(&mut S, ChainLink) -> bool,
+{
+    use futures_util::TryStreamExt;
+    use sqlx::{Connection, Row};
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<StoreResult<Vec<ChainLink>>>(8);
+    let reader = tokio::spawn(async move {
+        let read = async {
+            let mut conn = sqlx::postgres::PgConnection::connect_with(&opts).await?;
+            let mut rows = sqlx::query(
+                "SELECT seq, at, actor, action, target, outcome, reason, detail, session_ref, \
+                 client_ip, user_agent, request_id, prev_hash, hash \
+                 FROM audit_events WHERE chain = $1 AND seq > $2 ORDER BY seq",
+            )
+            .bind(chain)
+            .bind(after_seq)
+            .fetch(&mut conn);
+            let mut batch = Vec::with_capacity(SCAN_BATCH);
+            while let Some(r) = rows.try_next().await? {
+                let seq: i64 = r.try_get(0)?;
+                let at: i64 = r.try_get(1)?;
+                from_ts(at)?;
+                let text = |i: usize| r.try_get::<Option<&str>, _>(i);
+                let required = |i: usize| {
+                    text(i)?.ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "audit event {seq} of chain {chain}: column {i} is empty"
+                        ))
+                    })
+                };
+                let outcome_text = required(5)?;
+                outcome(outcome_text)?;
+                let canonical = strongroom_core::audit::canonical_parts(
+                    chain,
+                    seq,
+                    at,
+                    [
+                        Some(required(2)?),
+                        Some(required(3)?),
+                        Some(required(4)?),
+                        Some(outcome_text),
+                        text(6)?,
+                        Some(required(7)?),
+                        text(8)?,
+                        text(9)?,
+                        text(10)?,
+                        text(11)?,
+                    ],
+                );
+                batch.push(ChainLink {
+                    seq,
+                    canonical,
+                    prev_hash: r.try_get(12)?,
+                    hash: r.try_get(13)?,
+                });
+                if batch.len() == SCAN_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(SCAN_BATCH));
+                    if tx.send(Ok(full)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                let _ = tx.send(Ok(batch)).await;
+            }
+            StoreResult::Ok(())
+        };
+        if let Err(e) = read.await {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    while let Some(batch) = rx.recv().await {
+        for link in batch? {
+            if !visit(&mut state, link) {
+                // Dropping the receiver stops the reader at its next batch.
+                return Ok(state);
+            }
+        }
+    }
+    reader
+        .await
+        .map_err(|e| StoreError::Sqlite(format!("the audit scan stopped: {e}")))?;
+    Ok(state)
+}
+
 /// Events handed from the reading thread to the visiting one at a time.
 const SCAN_BATCH: usize = 1024;
 
@@ -580,6 +676,9 @@ impl Store {
             })
             .await
             .map_err(|e| StoreError::Sqlite(format!("the audit scan stopped: {e}")))?;
+        }
+        if let Some(opts) = self.pg_options.clone() {
+            return scan_postgres(opts, chain, after_seq, state, visit).await;
         }
         // The next page is asked for before this one is visited, so the
         // database's work overlaps ours.

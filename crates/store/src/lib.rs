@@ -121,6 +121,10 @@ pub struct Store {
     /// Group commit of record writes on an SQLite file (see [`batch`]);
     /// `None` for PostgreSQL and in-memory databases.
     record_writer: Option<Arc<batch::RecordWriter>>,
+    /// How to open a PostgreSQL connection of its own, for the reads that
+    /// go around the pool's `Any` rows (a full audit chain scan). Holds
+    /// the URL's password: never printed (see `Debug` below).
+    pg_options: Option<Arc<sqlx::postgres::PgConnectOptions>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -283,6 +287,13 @@ impl Store {
             write_lock,
             sqlite_file: sqlite_file(&url),
             readers: sqlite_file(&url).map(|f| Arc::new(reader::Readers::new(f))),
+            pg_options: match dialect {
+                Dialect::Postgres => Some(Arc::new(
+                    url.parse::<sqlx::postgres::PgConnectOptions>()
+                        .map_err(|e| StoreError::Config(describe_connect_error(&e, dialect)))?,
+                )),
+                Dialect::Sqlite => None,
+            },
         })
     }
 
