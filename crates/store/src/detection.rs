@@ -339,7 +339,16 @@ impl Store {
         w.commit().await?;
         Ok(Some(inc))
     }
+}
 
+/// Counts a sign-in's address, hour and total in `sign_in_history`.
+const NOTE_SIGN_IN: &str = "INSERT INTO sign_in_history (company_id, user_key, kind, value, seen) \
+     VALUES ($1, $2, 'address', $3, 1), ($1, $2, 'hour', $4, 1), ($1, $2, 'total', '', 1) \
+     ON CONFLICT (company_id, user_key, kind, value) \
+     DO UPDATE SET seen = sign_in_history.seen + 1 \
+     RETURNING kind, seen";
+
+impl Store {
     /// Records a successful sign-in's address and hour; returns how often
     /// each was seen before, and how many sign-ins the user had before.
     pub async fn note_sign_in(
@@ -350,30 +359,45 @@ impl Store {
         hour: u32,
     ) -> StoreResult<(i64, i64, i64)> {
         // One statement counts all three (each row new at 1, or one more).
-        let mut w = self.write_tx().await?;
-        let rows = sqlx::query(
-            "INSERT INTO sign_in_history (company_id, user_key, kind, value, seen) \
-             VALUES ($1, $2, 'address', $3, 1), ($1, $2, 'hour', $4, 1), ($1, $2, 'total', '', 1) \
-             ON CONFLICT (company_id, user_key, kind, value) \
-             DO UPDATE SET seen = sign_in_history.seen + 1 \
-             RETURNING kind, seen",
-        )
-        .bind(company.0)
-        .bind(user.0)
-        .bind(address)
-        .bind(hour.to_string())
-        .fetch_all(&mut *w.tx)
-        .await?;
-        w.commit().await?;
+        let seen: Vec<(String, i64)> = if let Some(writer) = &self.record_writer {
+            // On an SQLite file, with the other writes of the moment.
+            let (company, user, address, hour) =
+                (company.0, user.0, address.to_owned(), hour.to_string());
+            writer
+                .write(move |c| {
+                    let mut st = c
+                        .prepare_cached(crate::reader::numbered(NOTE_SIGN_IN))
+                        .map_err(crate::appender::failed)?;
+                    let rows = st
+                        .query_map(rusqlite::params![company, user, address, hour], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })
+                        .map_err(crate::appender::failed)?;
+                    rows.collect::<Result<Vec<_>, _>>()
+                        .map_err(crate::appender::failed)
+                })
+                .await?
+        } else {
+            let mut w = self.write_tx().await?;
+            let rows = sqlx::query(NOTE_SIGN_IN)
+                .bind(company.0)
+                .bind(user.0)
+                .bind(address)
+                .bind(hour.to_string())
+                .fetch_all(&mut *w.tx)
+                .await?;
+            w.commit().await?;
+            rows.iter()
+                .map(|r| Ok((get(r, "kind")?, get(r, "seen")?)))
+                .collect::<StoreResult<_>>()?
+        };
         let before = |kind: &str| -> StoreResult<i64> {
-            for r in &rows {
-                if get::<String>(r, "kind")? == kind {
-                    return Ok(get::<i64>(r, "seen")? - 1);
-                }
+            match seen.iter().find(|(k, _)| k == kind) {
+                Some((_, n)) => Ok(n - 1),
+                None => Err(StoreError::Corrupt(format!(
+                    "sign-in history without '{kind}'"
+                ))),
             }
-            Err(StoreError::Corrupt(format!(
-                "sign-in history without '{kind}'"
-            )))
         };
         Ok((before("address")?, before("hour")?, before("total")?))
     }

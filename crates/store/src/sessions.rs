@@ -70,6 +70,11 @@ fn session_from_row(r: &impl Cols) -> StoreResult<SessionRecord> {
     })
 }
 
+const INSERT_SESSION: &str =
+    "INSERT INTO sessions (token_hash, company_id, user_key, created_at, last_seen_at, \
+       expires_at, client_ip, user_agent, idle_secs, restriction) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
 impl Store {
     #[allow(clippy::too_many_arguments)]
     pub async fn create_session(
@@ -82,24 +87,48 @@ impl Store {
         client_ip: Option<&str>,
         user_agent: Option<&str>,
     ) -> StoreResult<()> {
+        if let Some(writer) = &self.record_writer {
+            // On an SQLite file, with the other writes of the moment (one
+            // commit, one wait for the disk).
+            let (hash, company, user) = (token_hash.to_vec(), company.0, user.0);
+            let (ip, agent) = (client_ip.map(str::to_owned), user_agent.map(str::to_owned));
+            let restriction = restriction.as_str();
+            return writer
+                .write(move |c| {
+                    c.prepare_cached(crate::reader::numbered(INSERT_SESSION))
+                        .and_then(|mut st| {
+                            st.execute(rusqlite::params![
+                                hash,
+                                company,
+                                user,
+                                ts(times.created_at),
+                                ts(times.last_seen_at),
+                                ts(times.expires_at),
+                                ip,
+                                agent,
+                                times.idle.num_seconds(),
+                                restriction,
+                            ])
+                        })
+                        .map_err(crate::appender::failed)?;
+                    Ok(())
+                })
+                .await;
+        }
         let mut w = self.write_tx().await?;
-        sqlx::query(
-            "INSERT INTO sessions (token_hash, company_id, user_key, created_at, last_seen_at, \
-               expires_at, client_ip, user_agent, idle_secs, restriction) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(token_hash.to_vec())
-        .bind(company.0)
-        .bind(user.0)
-        .bind(ts(times.created_at))
-        .bind(ts(times.last_seen_at))
-        .bind(ts(times.expires_at))
-        .bind(client_ip)
-        .bind(user_agent)
-        .bind(times.idle.num_seconds())
-        .bind(restriction.as_str())
-        .execute(&mut *w.tx)
-        .await?;
+        sqlx::query(INSERT_SESSION)
+            .bind(token_hash.to_vec())
+            .bind(company.0)
+            .bind(user.0)
+            .bind(ts(times.created_at))
+            .bind(ts(times.last_seen_at))
+            .bind(ts(times.expires_at))
+            .bind(client_ip)
+            .bind(user_agent)
+            .bind(times.idle.num_seconds())
+            .bind(restriction.as_str())
+            .execute(&mut *w.tx)
+            .await?;
         w.commit().await?;
         Ok(())
     }
