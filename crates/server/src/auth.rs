@@ -364,12 +364,9 @@ pub async fn login(
         state.hashing.verify(password, stored).await?
     };
     let now = state.clock.now();
+    // The lock as read with the account, at the start of this attempt.
     let locked = match &account {
-        Some(a) if !blocked => state
-            .store
-            .account_locked_until(a.company, a.key, now)
-            .await?
-            .is_some(),
+        Some(a) if !blocked => a.locked_until.is_some_and(|until| until > now),
         _ => false,
     };
     let hours = match &account {
@@ -419,7 +416,9 @@ pub async fn login(
             return Err(sign_in_failed());
         }
     };
-    crate::lockout::succeeded(&state, chain, account.key).await?;
+    if account.has_failures {
+        crate::lockout::succeeded(&state, chain, account.key).await?;
+    }
     let factors = crate::second_factor::factors(&state, account.company, account.key).await?;
     if factors.any() {
         // The password step is done; a session comes only with the second.

@@ -97,7 +97,15 @@ pub struct Detection {
     tx: mpsc::Sender<Input>,
     /// Places for events waiting to be examined (see [`MAX_QUEUED_EVENTS`]).
     queued: Arc<tokio::sync::Semaphore>,
+    /// Each company's rules as the sign-in checks last read them, and when.
+    rules: Arc<std::sync::Mutex<HashMap<i64, (Arc<Vec<Rule>>, Instant)>>>,
 }
+
+/// How long a company's detector rules are used before they are read
+/// again. A change made through this node applies at once (see
+/// [`Detection::rules_changed`]); one made through another node, within
+/// this long.
+const RULES_FRESH_SECS: u64 = 30;
 
 /// Events waiting to be examined, at most. The queue is bounded in events,
 /// not in batches (the audit log hands over up to 512 at a time), so a
@@ -164,6 +172,7 @@ impl Detection {
         Detection {
             tx,
             queued: Arc::new(tokio::sync::Semaphore::new(max_events)),
+            rules: Arc::default(),
         }
     }
 
@@ -178,6 +187,10 @@ impl Detection {
 
     /// A company's rules changed: use them from the next event on.
     pub async fn rules_changed(&self, chain: i64) {
+        self.rules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&chain);
         let _ = self.tx.send(Input::RulesChanged(chain)).await;
     }
 
@@ -204,6 +217,31 @@ impl Detection {
         }
     }
 
+    /// A company's rules, read from the store at most every
+    /// [`RULES_FRESH_SECS`].
+    async fn company_rules(
+        &self,
+        store: &Store,
+        chain: i64,
+    ) -> strongroom_store::StoreResult<Arc<Vec<Rule>>> {
+        let cached = {
+            let map = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+            map.get(&chain)
+                .filter(|(_, at)| at.elapsed().as_secs() < RULES_FRESH_SECS)
+                .map(|(r, _)| r.clone())
+        };
+        if let Some(r) = cached {
+            return Ok(r);
+        }
+        let r = Arc::new(store.detector_rules(chain).await?);
+        let mut map = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= 10_000 {
+            map.clear();
+        }
+        map.insert(chain, (r.clone(), Instant::now()));
+        Ok(r)
+    }
+
     /// After a successful sign-in: a never-seen address, or an hour the user
     /// never signs in at, is a finding.
     #[allow(clippy::too_many_arguments)]
@@ -219,7 +257,7 @@ impl Detection {
         let (addr_seen, hour_seen, total) = store
             .note_sign_in(company, user, &ip.to_string(), now.hour())
             .await?;
-        let rules = store.detector_rules(company.0).await?;
+        let rules = self.company_rules(store, company.0).await?;
         let rule = |d| rules.iter().find(|r: &&Rule| r.detector == d && r.enabled);
         let mut out = Vec::new();
         let mk = |r: &Rule, summary: String| Finding {
@@ -278,7 +316,7 @@ async fn detector_task(
                 for e in events {
                     let fresh = rules
                         .get(&e.chain)
-                        .is_some_and(|(_, at)| at.elapsed().as_secs() < 30);
+                        .is_some_and(|(_, at)| at.elapsed().as_secs() < RULES_FRESH_SECS);
                     if !fresh {
                         match store.detector_rules(e.chain).await {
                             Ok(r) => {

@@ -1,6 +1,6 @@
 //! Companies, departments and users.
 
-use crate::{flag, from_ts, get, ts, Store, StoreError, StoreResult};
+use crate::{flag, from_ts, get, opt_ts, ts, Store, StoreError, StoreResult};
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -50,6 +50,11 @@ pub struct LoginAccount {
     /// The company's policy epoch, read with the account: what the sign-in
     /// checks may take from the node's caches (see `policy_epoch_column`).
     pub policy_epoch: i64,
+    /// Until when the account is locked, as of the read (it may be past).
+    pub locked_until: Option<DateTime<Utc>>,
+    /// Whether failed sign-ins of the account are on record (for a
+    /// successful one to clear).
+    pub has_failures: bool,
 }
 
 impl std::fmt::Debug for LoginAccount {
@@ -84,7 +89,12 @@ const LOGIN_SELECT: &str =
     u.password_hash, u.is_admin, u.is_master, u.two_factor_required, u.must_change_password, \
     u.password_changed_at, u.idle_minutes, \
     COALESCE((SELECT e.epoch FROM policy_epochs e WHERE e.company_id = u.company_id), 0) \
-      AS policy_epoch \
+      AS policy_epoch, \
+    (SELECT l.until FROM account_locks l WHERE l.company_id = u.company_id AND l.user_key = u.id) \
+      AS locked_until, \
+    CAST(CASE WHEN EXISTS (SELECT 1 FROM sign_in_failures f \
+      WHERE f.chain = u.company_id AND f.subject = 'user:' || u.id) THEN 1 ELSE 0 END AS BIGINT) \
+      AS has_failures \
     FROM companies c JOIN users u ON u.company_id = c.id";
 
 fn login_account_from_row(r: &AnyRow) -> StoreResult<LoginAccount> {
@@ -104,6 +114,8 @@ fn login_account_from_row(r: &AnyRow) -> StoreResult<LoginAccount> {
         password_changed_at: from_ts(get(r, "password_changed_at")?)?,
         idle_minutes: get(r, "idle_minutes")?,
         policy_epoch: get(r, "policy_epoch")?,
+        locked_until: opt_ts(get(r, "locked_until")?)?,
+        has_failures: flag(r, "has_failures")?,
     })
 }
 

@@ -1039,3 +1039,22 @@ async fn a_block_made_by_another_node_applies_at_sign_in_at_once() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_successful_sign_in_clears_the_failures_before_it() {
+    let srv =
+        TestServer::start_with(Options::with(&[("LOGIN_RATE_PER_IP_PER_MINUTE", "1000")])).await;
+    let admin = srv.company_master("ACME").await;
+    with_user(&srv, &admin, "ann", false).await;
+    let c = srv.client();
+    // Four failures a round stay under the threshold of five only if each
+    // success forgets the failures before it.
+    for round in 0..3 {
+        for _ in 0..4 {
+            assert!(c.login("ACME", "ann", "not her password").await.is_err());
+        }
+        if let Err(e) = c.login("ACME", "ann", PASSWORD).await {
+            panic!("round {round}: the right password was refused: {e:?}");
+        }
+    }
+}
