@@ -98,8 +98,11 @@ pub struct Detection {
     /// Places for events waiting to be examined (see [`MAX_QUEUED_EVENTS`]).
     queued: Arc<tokio::sync::Semaphore>,
     /// Each company's rules as the sign-in checks last read them, and when.
-    rules: Arc<std::sync::Mutex<HashMap<i64, (Arc<Vec<Rule>>, Instant)>>>,
+    rules: Arc<std::sync::Mutex<RulesByCompany>>,
 }
+
+/// chain → its detector rules, and when they were read.
+type RulesByCompany = HashMap<i64, (Arc<Vec<Rule>>, Instant)>;
 
 /// How long a company's detector rules are used before they are read
 /// again. A change made through this node applies at once (see
@@ -606,14 +609,12 @@ mod tests {
     use super::*;
     use strongroom_core::clock::ManualClock;
 
+    fn at() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
     fn event(i: usize) -> AuditEvent {
-        AuditEvent::new(
-            7,
-            Utc::now(),
-            "user:x",
-            "record.read",
-            format!("customer/{i}"),
-        )
+        AuditEvent::new(7, at(), "user:x", "record.read", format!("customer/{i}"))
     }
 
     #[tokio::test]
@@ -621,8 +622,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("s.db").display());
         let store = Store::connect(&url, Default::default()).await.unwrap();
-        store.migrate(Utc::now()).await.unwrap();
-        let clock: SharedClock = Arc::new(ManualClock::new(Utc::now()));
+        store.migrate(at()).await.unwrap();
+        let clock: SharedClock = Arc::new(ManualClock::new(at()));
         let d =
             Detection::start_bounded(store, clock, Arc::default(), AlertSettings::default(), 10);
         // The detector task has not run yet (one thread, no await between).
