@@ -98,7 +98,7 @@ enum What {
     ///
     /// Example: cargo run --release -p strongroom-bench -- profile --load read --seconds 20
     Profile {
-        /// read, read-unaudited, create, update, list, signin (8 connections at most) or livez.
+        /// read, read-unaudited, create, update, list, signin (8 connections at most), flood (reads alone, then beside 8 connections of sign-ins) or livez.
         #[arg(long)]
         load: String,
         #[arg(long, default_value_t = 20)]

@@ -608,6 +608,45 @@ pub async fn profile(
         .take(conns)
         .map(str::to_owned)
         .collect();
+    if load == "flood" {
+        // Section 4's second half alone: reads, then reads beside a flood
+        // of sign-ins on the same server.
+        let read = || Load::get(format!("/api/v1/records/customer/{}", s.record), conns);
+        let flood = sign_in_load(&s, 8).await?;
+        eprintln!(
+            "pid {} ready; reads for {secs} s, then reads beside a sign-in flood",
+            std::process::id()
+        );
+        let quiet = drive(&s, read(), secs).await?;
+        let target = s.target.clone();
+        let (flood_paths, flood_body) = (flood.paths.clone(), flood.body.clone());
+        let signing = tokio::spawn(async move {
+            let l = Load {
+                method: "POST",
+                paths: flood_paths,
+                body: flood_body,
+                token: false,
+                conns: 8,
+            };
+            drive_at(&target, l, secs + 1).await
+        });
+        let during = drive(&s, read(), secs).await?;
+        let signed = signing.await??;
+        for (what, r) in [("reads alone", quiet), ("reads in the flood", during)] {
+            println!(
+                "{what}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
+                r.rps,
+                ms(r.p50),
+                ms(r.p99)
+            );
+        }
+        println!(
+            "sign-ins: {:.0}/s; reads' p99 in the flood = {:.2}× alone",
+            signed.rps,
+            during.p99.as_secs_f64() / quiet.p99.as_secs_f64()
+        );
+        return Ok(());
+    }
     let l = match load {
         "read" | "read-unaudited" => {
             Load::get(format!("/api/v1/records/customer/{}", s.record), conns)
@@ -630,7 +669,7 @@ pub async fn profile(
         },
         "signin" => sign_in_load(&s, conns.min(8)).await?,
         other => anyhow::bail!(
-            "unknown load '{other}': read, read-unaudited, create, update, list, signin or livez"
+            "unknown load '{other}': read, read-unaudited, create, update, list, signin, flood or livez"
         ),
     };
     eprintln!(
