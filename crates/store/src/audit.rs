@@ -212,13 +212,18 @@ where
                 if batch.len() == SCAN_BATCH {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(SCAN_BATCH));
                     if tx.send(Ok(full)).await.is_err() {
-                        return Ok(());
+                        // The visitor stopped.
+                        batch.clear();
+                        break;
                     }
                 }
             }
+            drop(rows);
             if !batch.is_empty() {
                 let _ = tx.send(Ok(batch)).await;
             }
+            // Said goodbye to, the server does not log a lost client.
+            conn.close().await?;
             StoreResult::Ok(())
         };
         if let Err(e) = read.await {
