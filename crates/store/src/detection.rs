@@ -378,15 +378,20 @@ impl Store {
                 })
                 .await?
         } else {
-            let mut w = self.write_tx().await?;
-            let rows = sqlx::query(NOTE_SIGN_IN)
+            let note = sqlx::query(NOTE_SIGN_IN)
                 .bind(company.0)
                 .bind(user.0)
                 .bind(address)
-                .bind(hour.to_string())
-                .fetch_all(&mut *w.tx)
-                .await?;
-            w.commit().await?;
+                .bind(hour.to_string());
+            let rows = if self.dialect == crate::Dialect::Postgres {
+                // One statement is a transaction of its own.
+                note.fetch_all(&self.pool).await?
+            } else {
+                let mut w = self.write_tx().await?;
+                let rows = note.fetch_all(&mut *w.tx).await?;
+                w.commit().await?;
+                rows
+            };
             rows.iter()
                 .map(|r| Ok((get(r, "kind")?, get(r, "seen")?)))
                 .collect::<StoreResult<_>>()?

@@ -115,8 +115,7 @@ impl Store {
                 })
                 .await;
         }
-        let mut w = self.write_tx().await?;
-        sqlx::query(INSERT_SESSION)
+        let insert = sqlx::query(INSERT_SESSION)
             .bind(token_hash.to_vec())
             .bind(company.0)
             .bind(user.0)
@@ -126,9 +125,15 @@ impl Store {
             .bind(client_ip)
             .bind(user_agent)
             .bind(times.idle.num_seconds())
-            .bind(restriction.as_str())
-            .execute(&mut *w.tx)
-            .await?;
+            .bind(restriction.as_str());
+        if self.dialect == crate::Dialect::Postgres {
+            // One statement is a transaction of its own: no BEGIN and
+            // COMMIT round trips.
+            insert.execute(&self.pool).await?;
+            return Ok(());
+        }
+        let mut w = self.write_tx().await?;
+        insert.execute(&mut *w.tx).await?;
         w.commit().await?;
         Ok(())
     }
