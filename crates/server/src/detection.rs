@@ -97,6 +97,8 @@ pub struct Detection {
     tx: mpsc::Sender<Input>,
     /// Places for events waiting to be examined (see [`MAX_QUEUED_EVENTS`]).
     queued: Arc<tokio::sync::Semaphore>,
+    /// Events refused for want of a place (a metric).
+    skipped: prometheus_client::metrics::counter::Counter,
     /// Each company's rules as the sign-in checks last read them, and when.
     rules: Arc<std::sync::Mutex<RulesByCompany>>,
 }
@@ -146,8 +148,9 @@ impl Detection {
         clock: SharedClock,
         blocks: Arc<Blocks>,
         alerts: AlertSettings,
+        skipped: prometheus_client::metrics::counter::Counter,
     ) -> Detection {
-        Self::start_bounded(store, clock, blocks, alerts, MAX_QUEUED_EVENTS)
+        Self::start_bounded(store, clock, blocks, alerts, skipped, MAX_QUEUED_EVENTS)
     }
 
     fn start_bounded(
@@ -155,6 +158,7 @@ impl Detection {
         clock: SharedClock,
         blocks: Arc<Blocks>,
         alerts: AlertSettings,
+        skipped: prometheus_client::metrics::counter::Counter,
         max_events: usize,
     ) -> Detection {
         // Every event batch holds at least one place, so batches are
@@ -175,6 +179,7 @@ impl Detection {
         Detection {
             tx,
             queued: Arc::new(tokio::sync::Semaphore::new(max_events)),
+            skipped,
             rules: Arc::default(),
         }
     }
@@ -206,6 +211,7 @@ impl Detection {
             Err(_) => false,
         };
         if !sent {
+            self.skipped.inc_by(u64::from(n));
             tracing::warn!(
                 events = n,
                 "intrusion detection is lagging; some events were not examined"
@@ -624,12 +630,20 @@ mod tests {
         let store = Store::connect(&url, Default::default()).await.unwrap();
         store.migrate(at()).await.unwrap();
         let clock: SharedClock = Arc::new(ManualClock::new(at()));
-        let d =
-            Detection::start_bounded(store, clock, Arc::default(), AlertSettings::default(), 10);
+        let skipped = prometheus_client::metrics::counter::Counter::default();
+        let d = Detection::start_bounded(
+            store,
+            clock,
+            Arc::default(),
+            AlertSettings::default(),
+            skipped.clone(),
+            10,
+        );
         // The detector task has not run yet (one thread, no await between).
         assert!(d.feed((0..6).map(event).collect()));
         assert!(d.feed((6..10).map(event).collect()));
         assert!(!d.feed(vec![event(10)]), "an eleventh event is refused");
+        assert_eq!(skipped.get(), 1, "and counted in the metric");
         // Once the queue is examined, its places are free again.
         d.flush().await;
         assert!(d.feed((0..10).map(event).collect()));

@@ -134,11 +134,13 @@ pub async fn prepare_with(
     let store_empty = store.is_empty().await?;
     let blocks = Arc::new(detection::Blocks::default());
     blocks.reload(&store, clock.now()).await?;
+    let metrics = Arc::new(metrics::Metrics::new());
     let detection = detection::Detection::start(
         store.clone(),
         clock.clone(),
         blocks.clone(),
         alert_settings(config),
+        metrics.detector_skipped.clone(),
     );
     let hasher = PasswordHasher::new(HashParams::default())?;
     let concurrency = match config.login_concurrency {
@@ -167,7 +169,7 @@ pub async fn prepare_with(
             absolute_lifetime: chrono::Duration::hours(config.session_lifetime_hours),
         },
         hashing: HashPool::new(hasher, concurrency, config.login_hash_nice as i32)?,
-        metrics: Arc::new(metrics::Metrics::new()),
+        metrics,
         metrics_allow: Arc::new(resolved.metrics_allow.clone()),
         audit: {
             let log = audit::AuditLog::start(

@@ -20,6 +20,9 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub latency: Family<RequestLabels, Histogram>,
+    /// Audit events the intrusion detectors never examined: their queue
+    /// was full (see `detection::MAX_QUEUED_EVENTS`).
+    pub detector_skipped: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -48,10 +51,17 @@ impl Metrics {
             "Time to answer an HTTP request, by method, route and status",
             latency.clone(),
         );
+        let detector_skipped = Counter::default();
+        registry.register(
+            "detector_skipped_events",
+            "Audit events the intrusion detectors did not examine because they had fallen too far behind",
+            detector_skipped.clone(),
+        );
         Metrics {
             registry,
             requests,
             latency,
+            detector_skipped,
         }
     }
 
