@@ -366,7 +366,7 @@ pub async fn login(
     let now = state.clock.now();
     // The lock as read with the account, at the start of this attempt.
     let locked = match &account {
-        Some(a) if !blocked => a.locked_until.is_some_and(|until| until > now),
+        Some(a) if !blocked => a.locked_at(now),
         _ => false,
     };
     let hours = match &account {
@@ -416,9 +416,7 @@ pub async fn login(
             return Err(sign_in_failed());
         }
     };
-    if account.has_failures {
-        crate::lockout::succeeded(&state, chain, account.key).await?;
-    }
+    crate::lockout::succeeded(&state, &account).await?;
     let factors = crate::second_factor::factors(&state, account.company, account.key).await?;
     if factors.any() {
         // The password step is done; a session comes only with the second.

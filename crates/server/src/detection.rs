@@ -86,7 +86,6 @@ enum Input {
     Events(Vec<AuditEvent>, tokio::sync::OwnedSemaphorePermit),
     Findings(Vec<Finding>),
     Flush(tokio::sync::oneshot::Sender<()>),
-    RulesChanged(i64),
 }
 
 /// The detectors' front door. Feeding never blocks a request: if the
@@ -99,12 +98,52 @@ pub struct Detection {
     queued: Arc<tokio::sync::Semaphore>,
     /// Events refused for want of a place (a metric).
     skipped: prometheus_client::metrics::counter::Counter,
-    /// Each company's rules as the sign-in checks last read them, and when.
-    rules: Arc<std::sync::Mutex<RulesByCompany>>,
+    /// Each company's rules, shared by the detector task and the sign-in
+    /// checks.
+    rules: Arc<RuleCache>,
 }
 
-/// chain → its detector rules, and when they were read.
-type RulesByCompany = HashMap<i64, (Arc<Vec<Rule>>, Instant)>;
+/// Each company's detector rules as last read, and when (see
+/// [`RULES_FRESH_SECS`]).
+#[derive(Default)]
+struct RuleCache(std::sync::Mutex<HashMap<i64, ReadRules>>);
+
+/// A company's rules, and when they were read.
+type ReadRules = (Arc<Vec<Rule>>, Instant);
+
+impl RuleCache {
+    /// A company's rules, read from the store at most every
+    /// [`RULES_FRESH_SECS`].
+    async fn get(
+        &self,
+        store: &Store,
+        chain: i64,
+    ) -> strongroom_store::StoreResult<Arc<Vec<Rule>>> {
+        let cached = {
+            let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            map.get(&chain)
+                .filter(|(_, at)| at.elapsed().as_secs() < RULES_FRESH_SECS)
+                .map(|(r, _)| r.clone())
+        };
+        if let Some(r) = cached {
+            return Ok(r);
+        }
+        let r = Arc::new(store.detector_rules(chain).await?);
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= 10_000 {
+            map.clear();
+        }
+        map.insert(chain, (r.clone(), Instant::now()));
+        Ok(r)
+    }
+
+    fn forget(&self, chain: i64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&chain);
+    }
+}
 
 /// How long a company's detector rules are used before they are read
 /// again. A change made through this node applies at once (see
@@ -165,6 +204,7 @@ impl Detection {
         // bounded by the event bound too.
         let (tx, rx) = mpsc::channel(max_events.max(1) + 64);
         let notify = Arc::new(Notify::new());
+        let rules = Arc::new(RuleCache::default());
         tokio::spawn(detector_task(
             store.clone(),
             clock.clone(),
@@ -172,6 +212,7 @@ impl Detection {
             rx,
             notify.clone(),
             alerts.channels(),
+            rules.clone(),
         ));
         tokio::spawn(crate::detection::deliver_alerts(
             store, clock, alerts, notify,
@@ -180,7 +221,7 @@ impl Detection {
             tx,
             queued: Arc::new(tokio::sync::Semaphore::new(max_events)),
             skipped,
-            rules: Arc::default(),
+            rules,
         }
     }
 
@@ -194,12 +235,8 @@ impl Detection {
     }
 
     /// A company's rules changed: use them from the next event on.
-    pub async fn rules_changed(&self, chain: i64) {
-        self.rules
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&chain);
-        let _ = self.tx.send(Input::RulesChanged(chain)).await;
+    pub fn rules_changed(&self, chain: i64) {
+        self.rules.forget(chain);
     }
 
     /// Hands events to the detector; `false` (and a warning in the log)
@@ -226,31 +263,6 @@ impl Detection {
         }
     }
 
-    /// A company's rules, read from the store at most every
-    /// [`RULES_FRESH_SECS`].
-    async fn company_rules(
-        &self,
-        store: &Store,
-        chain: i64,
-    ) -> strongroom_store::StoreResult<Arc<Vec<Rule>>> {
-        let cached = {
-            let map = self.rules.lock().unwrap_or_else(|e| e.into_inner());
-            map.get(&chain)
-                .filter(|(_, at)| at.elapsed().as_secs() < RULES_FRESH_SECS)
-                .map(|(r, _)| r.clone())
-        };
-        if let Some(r) = cached {
-            return Ok(r);
-        }
-        let r = Arc::new(store.detector_rules(chain).await?);
-        let mut map = self.rules.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= 10_000 {
-            map.clear();
-        }
-        map.insert(chain, (r.clone(), Instant::now()));
-        Ok(r)
-    }
-
     /// After a successful sign-in: a never-seen address, or an hour the user
     /// never signs in at, is a finding.
     #[allow(clippy::too_many_arguments)]
@@ -266,7 +278,7 @@ impl Detection {
         let (addr_seen, hour_seen, total) = store
             .note_sign_in(company, user, &ip.to_string(), now.hour())
             .await?;
-        let rules = self.company_rules(store, company.0).await?;
+        let rules = self.rules.get(store, company.0).await?;
         let rule = |d| rules.iter().find(|r: &&Rule| r.detector == d && r.enabled);
         let mut out = Vec::new();
         let mk = |r: &Rule, summary: String| Finding {
@@ -306,39 +318,23 @@ async fn detector_task(
     mut rx: mpsc::Receiver<Input>,
     notify: Arc<Notify>,
     channels: Vec<&'static str>,
+    rules: Arc<RuleCache>,
 ) {
     let mut engine = Engine::default();
-    let mut rules: HashMap<i64, (Vec<Rule>, Instant)> = HashMap::new();
     while let Some(input) = rx.recv().await {
         let findings = match input {
             Input::Flush(done) => {
                 let _ = done.send(());
                 continue;
             }
-            Input::RulesChanged(chain) => {
-                rules.remove(&chain);
-                continue;
-            }
             Input::Findings(f) => f,
             Input::Events(events, _places) => {
                 let mut found = Vec::new();
                 for e in events {
-                    let fresh = rules
-                        .get(&e.chain)
-                        .is_some_and(|(_, at)| at.elapsed().as_secs() < RULES_FRESH_SECS);
-                    if !fresh {
-                        match store.detector_rules(e.chain).await {
-                            Ok(r) => {
-                                rules.insert(e.chain, (r, Instant::now()));
-                            }
-                            Err(err) => {
-                                tracing::warn!(error = %err, "cannot load detector rules");
-                                continue;
-                            }
-                        }
+                    match rules.get(&store, e.chain).await {
+                        Ok(company_rules) => found.extend(engine.observe(&e, &company_rules)),
+                        Err(err) => tracing::warn!(error = %err, "cannot load detector rules"),
                     }
-                    let company_rules = rules.get(&e.chain).map(|r| r.0.as_slice()).unwrap_or(&[]);
-                    found.extend(engine.observe(&e, company_rules));
                 }
                 found
             }

@@ -19,6 +19,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ClientInfo};
 use crate::state::AppState;
+use strongroom_store::LoginAccount;
 
 /// "Until an administrator unlocks it": the last second of year 9999.
 pub fn until_unlocked() -> DateTime<Utc> {
@@ -136,11 +137,17 @@ pub async fn failed(
     Ok(())
 }
 
-/// A successful sign-in forgets the account's failures and lockouts.
-pub async fn succeeded(state: &AppState, chain: i64, user: UserKey) -> ApiResult<()> {
+/// A successful sign-in forgets the account's failures and lockouts. Most
+/// sign-ins follow no failure (as read with the account) and need no write,
+/// nor a wait for the write lock and the disk. A failure recorded after the
+/// account was read stays, as it would had it come just after.
+pub async fn succeeded(state: &AppState, account: &LoginAccount) -> ApiResult<()> {
+    if !account.has_failures {
+        return Ok(());
+    }
     Ok(state
         .store
-        .clear_failures(chain, &format!("user:{}", user.0))
+        .clear_failures(account.company.0, &format!("user:{}", account.key.0))
         .await?)
 }
 

@@ -302,17 +302,19 @@ pub async fn answer(
     }
     // The account may have been disabled or locked, or the caller may be
     // somewhere or at a time it may not sign in from, since the password.
-    let locked = state
-        .store
-        .account_locked_until(ch.company, ch.user, now)
-        .await?
-        .is_some();
     let refusal = if account.status != UserStatus::Active {
         Some("account_disabled")
-    } else if locked {
+    } else if account.locked_at(now) {
         Some("account_locked")
     } else {
-        crate::auth::admission(&state, ch.company, ch.user, client.ip, None).await?
+        crate::auth::admission(
+            &state,
+            ch.company,
+            ch.user,
+            client.ip,
+            Some(account.policy_epoch),
+        )
+        .await?
     };
     if let Some(reason) = refusal {
         state.store.delete_challenge(&hash).await?;
@@ -389,7 +391,7 @@ pub async fn answer(
     if !events.is_empty() {
         state.audit.write(events).await?;
     }
-    crate::lockout::succeeded(&state, ch.company.0, ch.user).await?;
+    crate::lockout::succeeded(&state, &account).await?;
     attempt.action = "auth.login".into();
     attempt.detail = serde_json::json!({ "second_factor": method }).to_string();
     crate::auth::finish_sign_in(&state, &account, &client, Restriction::None, attempt).await

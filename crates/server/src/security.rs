@@ -187,7 +187,7 @@ pub async fn set_detector(
         .store
         .set_detector_rule(auth.company().0, &rule)
         .await?;
-    state.detection.rules_changed(auth.company().0).await;
+    state.detection.rules_changed(auth.company().0);
     audit::record(
         &state,
         &caller,

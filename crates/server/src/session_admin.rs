@@ -240,8 +240,7 @@ pub async fn make_room(
     user: UserKey,
     policy: &(i64, String, i64),
 ) -> ApiResult<Option<&'static str>> {
-    let (max, when_full, _) = policy;
-    let (max, when_full) = (*max, when_full.as_str());
+    let (max, when_full) = (policy.0, policy.1.as_str());
     if max <= 0 {
         return Ok(None);
     }

@@ -66,6 +66,45 @@ impl ChainLink {
     }
 }
 
+/// The canonical bytes of an event as a chain scan reads it: `at`, and
+/// `text(i)` for columns 2 to 11 of the scan's SELECT (actor, action,
+/// target, outcome, reason, detail, session, client address, user agent,
+/// request id). The time and the outcome must be ones an event can have.
+fn scanned_canonical<'r>(
+    chain: i64,
+    seq: i64,
+    at: i64,
+    text: impl Fn(usize) -> StoreResult<Option<&'r str>>,
+) -> StoreResult<Vec<u8>> {
+    let required = |i: usize| {
+        text(i)?.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "audit event {seq} of chain {chain}: column {i} is empty"
+            ))
+        })
+    };
+    from_ts(at)?;
+    let outcome_text = required(5)?;
+    outcome(outcome_text)?;
+    Ok(strongroom_core::audit::canonical_parts(
+        chain,
+        seq,
+        at,
+        [
+            Some(required(2)?),
+            Some(required(3)?),
+            Some(required(4)?),
+            Some(outcome_text),
+            text(6)?,
+            Some(required(7)?),
+            text(8)?,
+            text(9)?,
+            text(10)?,
+            text(11)?,
+        ],
+    ))
+}
+
 /// [`Store::scan_audit`] over an SQLite file. The canonical bytes are
 /// built from the column text SQLite hands out, without an event (and its
 /// dozen strings) in between.
@@ -102,37 +141,10 @@ fn scan_sqlite(
                 .as_str_or_null()
                 .map_err(damaged)
         };
-        let required = |i: usize| -> StoreResult<&str> {
-            text(i)?.ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "audit event {seq} of chain {chain}: column {i} is empty"
-                ))
-            })
-        };
         let at: i64 = r.get(1).map_err(failed)?;
-        from_ts(at)?;
-        let outcome_text = required(5)?;
-        outcome(outcome_text)?;
-        let canonical = strongroom_core::audit::canonical_parts(
-            chain,
-            seq,
-            at,
-            [
-                Some(required(2)?),
-                Some(required(3)?),
-                Some(required(4)?),
-                Some(outcome_text),
-                text(6)?,
-                Some(required(7)?),
-                text(8)?,
-                text(9)?,
-                text(10)?,
-                text(11)?,
-            ],
-        );
         let link = ChainLink {
             seq,
-            canonical,
+            canonical: scanned_canonical(chain, seq, at, text)?,
             prev_hash: r.get(12).map_err(failed)?,
             hash: r.get(13).map_err(failed)?,
         };
@@ -175,37 +187,10 @@ where
             while let Some(r) = rows.try_next().await? {
                 let seq: i64 = r.try_get(0)?;
                 let at: i64 = r.try_get(1)?;
-                from_ts(at)?;
-                let text = |i: usize| r.try_get::<Option<&str>, _>(i);
-                let required = |i: usize| {
-                    text(i)?.ok_or_else(|| {
-                        StoreError::Corrupt(format!(
-                            "audit event {seq} of chain {chain}: column {i} is empty"
-                        ))
-                    })
-                };
-                let outcome_text = required(5)?;
-                outcome(outcome_text)?;
-                let canonical = strongroom_core::audit::canonical_parts(
-                    chain,
-                    seq,
-                    at,
-                    [
-                        Some(required(2)?),
-                        Some(required(3)?),
-                        Some(required(4)?),
-                        Some(outcome_text),
-                        text(6)?,
-                        Some(required(7)?),
-                        text(8)?,
-                        text(9)?,
-                        text(10)?,
-                        text(11)?,
-                    ],
-                );
+                let text = |i: usize| Ok(r.try_get::<Option<&str>, _>(i)?);
                 batch.push(ChainLink {
                     seq,
-                    canonical,
+                    canonical: scanned_canonical(chain, seq, at, text)?,
                     prev_hash: r.try_get(12)?,
                     hash: r.try_get(13)?,
                 });

@@ -383,15 +383,7 @@ impl Store {
                 .bind(user.0)
                 .bind(address)
                 .bind(hour.to_string());
-            let rows = if self.dialect == crate::Dialect::Postgres {
-                // One statement is a transaction of its own.
-                note.fetch_all(&self.pool).await?
-            } else {
-                let mut w = self.write_tx().await?;
-                let rows = note.fetch_all(&mut *w.tx).await?;
-                w.commit().await?;
-                rows
-            };
+            let rows = self.write_one(note).await?;
             rows.iter()
                 .map(|r| Ok((get(r, "kind")?, get(r, "seen")?)))
                 .collect::<StoreResult<_>>()?

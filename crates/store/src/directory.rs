@@ -57,6 +57,13 @@ pub struct LoginAccount {
     pub has_failures: bool,
 }
 
+impl LoginAccount {
+    /// Whether the account is locked at `now` (as read with it).
+    pub fn locked_at(&self, now: DateTime<Utc>) -> bool {
+        self.locked_until.is_some_and(|until| until > now)
+    }
+}
+
 impl std::fmt::Debug for LoginAccount {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoginAccount")

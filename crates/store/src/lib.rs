@@ -331,6 +331,23 @@ impl Store {
         Ok(WriteTx { tx, _guard: guard })
     }
 
+    /// Runs one write statement on its own and hands back the rows it
+    /// returns. PostgreSQL runs a lone statement as a transaction of its
+    /// own, so it needs no BEGIN and COMMIT round trips; SQLite takes the
+    /// write lock around it like every write transaction.
+    pub(crate) async fn write_one<'q>(
+        &self,
+        q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> StoreResult<Vec<AnyRow>> {
+        if self.dialect == Dialect::Postgres {
+            return Ok(q.fetch_all(&self.pool).await?);
+        }
+        let mut w = self.write_tx().await?;
+        let rows = q.fetch_all(&mut *w.tx).await?;
+        w.commit().await?;
+        Ok(rows)
+    }
+
     /// Refreshes the query planner's statistics. Worth running after a bulk
     /// load (a restore, a benchmark data set): until PostgreSQL's autovacuum
     /// does it, fresh tables can get plans hundreds of times slower.

@@ -126,15 +126,7 @@ impl Store {
             .bind(user_agent)
             .bind(times.idle.num_seconds())
             .bind(restriction.as_str());
-        if self.dialect == crate::Dialect::Postgres {
-            // One statement is a transaction of its own: no BEGIN and
-            // COMMIT round trips.
-            insert.execute(&self.pool).await?;
-            return Ok(());
-        }
-        let mut w = self.write_tx().await?;
-        insert.execute(&mut *w.tx).await?;
-        w.commit().await?;
+        self.write_one(insert).await?;
         Ok(())
     }
 
@@ -350,6 +342,16 @@ fn rules_from_row(r: &sqlx::any::AnyRow) -> StoreResult<strongroom_core::passwor
     })
 }
 
+/// The rules in a row, or the defaults when there is none.
+fn rules_or_default(
+    row: Option<sqlx::any::AnyRow>,
+) -> StoreResult<strongroom_core::password::PasswordRules> {
+    row.as_ref()
+        .map(rules_from_row)
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
+
 impl Store {
     /// The company's password rules (defaults when it set none).
     pub async fn password_rules(
@@ -362,10 +364,7 @@ impl Store {
         .bind(company.0)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref()
-            .map(rules_from_row)
-            .transpose()
-            .map(Option::unwrap_or_default)
+        rules_or_default(row)
     }
 
     /// A user's own password rules, when an administrator set them.
@@ -406,10 +405,7 @@ impl Store {
         .bind(u.0)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref()
-            .map(rules_from_row)
-            .transpose()
-            .map(Option::unwrap_or_default)
+        rules_or_default(row)
     }
 
     /// Sets the company's rules, or a user's own (`user`); `None` rules

@@ -206,27 +206,13 @@ impl Store {
     /// Forgets a subject's failures and lockouts (a successful sign-in, or
     /// an administrator's unlock).
     pub async fn clear_failures(&self, chain: i64, subject: &str) -> StoreResult<()> {
-        // Most sign-ins follow no failure: they need no write (and so no
-        // wait for the write lock and the disk). A failure recorded after
-        // this look and before the sign-in ends stays, as it would had it
-        // come just after.
-        let any = sqlx::query(
-            "SELECT 1 AS one FROM sign_in_failures WHERE chain = $1 AND subject = $2 LIMIT 1",
+        self.write_one(
+            sqlx::query("DELETE FROM sign_in_failures WHERE chain = $1 AND subject = $2")
+                .bind(chain)
+                .bind(subject),
         )
-        .bind(chain)
-        .bind(subject)
-        .fetch_optional(&self.pool)
         .await?;
-        if any.is_none() {
-            return Ok(());
-        }
-        let mut w = self.write_tx().await?;
-        sqlx::query("DELETE FROM sign_in_failures WHERE chain = $1 AND subject = $2")
-            .bind(chain)
-            .bind(subject)
-            .execute(&mut *w.tx)
-            .await?;
-        w.commit().await
+        Ok(())
     }
 
     /// Whether the company has users besides its master account.

@@ -396,13 +396,19 @@ async fn passkey_registration_and_sign_in_with_a_software_authenticator() {
 
 // ----- lockout ---------------------------------------------------------------------
 
-#[tokio::test]
-async fn lockout_grows_with_each_lockout_and_can_wait_for_an_admin() {
-    // Many sign-ins from one address: lift the per-address sign-in rate.
+/// A server with ACME's user "ann", where one address may try many
+/// sign-ins a minute (the per-address sign-in rate lifted).
+async fn ann_signing_in_often() -> TestServer {
     let srv =
         TestServer::start_with(Options::with(&[("LOGIN_RATE_PER_IP_PER_MINUTE", "1000")])).await;
     let admin = srv.company_master("ACME").await;
     with_user(&srv, &admin, "ann", false).await;
+    srv
+}
+
+#[tokio::test]
+async fn lockout_grows_with_each_lockout_and_can_wait_for_an_admin() {
+    let srv = ann_signing_in_often().await;
     let fail = |n: usize| {
         let c = srv.client();
         async move {
@@ -1042,10 +1048,7 @@ async fn a_block_made_by_another_node_applies_at_sign_in_at_once() {
 
 #[tokio::test]
 async fn a_successful_sign_in_clears_the_failures_before_it() {
-    let srv =
-        TestServer::start_with(Options::with(&[("LOGIN_RATE_PER_IP_PER_MINUTE", "1000")])).await;
-    let admin = srv.company_master("ACME").await;
-    with_user(&srv, &admin, "ann", false).await;
+    let srv = ann_signing_in_often().await;
     let c = srv.client();
     // Four failures a round stay under the threshold of five only if each
     // success forgets the failures before it.
