@@ -91,6 +91,11 @@ enum What {
         /// absent.
         #[arg(long)]
         database_url: Option<String>,
+        /// After the table, verify the same chain this many times more and
+        /// print each rate: the spread of a noisy machine, and a window for
+        /// a profiler (the pid is printed first).
+        #[arg(long, default_value_t = 0)]
+        again: usize,
     },
 
     /// One load of the suite, alone and as long as asked, for a profiler
@@ -192,7 +197,8 @@ fn main() -> anyhow::Result<()> {
         What::Chain {
             events,
             database_url,
-        } => rt.block_on(suite::chain(events, database_url.as_deref()))?,
+            again,
+        } => rt.block_on(suite::chain(events, database_url.as_deref(), again))?,
         What::Profile {
             load,
             seconds,

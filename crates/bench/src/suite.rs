@@ -548,7 +548,7 @@ fn verdict(ok: bool, text: String) -> String {
 }
 
 /// Section 5 of the suite on its own, over a chain of `events` events.
-pub async fn chain(events: usize, database_url: Option<&str>) -> anyhow::Result<()> {
+pub async fn chain(events: usize, database_url: Option<&str>, again: usize) -> anyhow::Result<()> {
     let s = start(false, database_url, "chain").await?;
     let (company, _) = s
         .state
@@ -586,6 +586,30 @@ pub async fn chain(events: usize, database_url: Option<&str>) -> anyhow::Result<
         written += n;
     }
     crate::chain_verify(&s.state, &s.code).await?;
+    if again > 0 {
+        eprintln!(
+            "pid {} ready; verifying {again} times more",
+            std::process::id()
+        );
+        println!();
+        for _ in 0..again {
+            let start = std::time::Instant::now();
+            let v = strongroom_server::audit::verify(
+                &s.state.store,
+                &s.state.keys,
+                company.0,
+                true,
+                None,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+            anyhow::ensure!(v.problem.is_none(), "chain did not verify: {:?}", v.problem);
+            println!(
+                "again: {:.0} events/s",
+                v.events as f64 / start.elapsed().as_secs_f64()
+            );
+        }
+    }
     if let Some(db) = &s._database {
         db.drop_now().await?;
     }
