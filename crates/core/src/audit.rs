@@ -109,10 +109,31 @@ impl AuditEvent {
 /// [`AuditEvent::canonical`] from an event's parts: its time in
 /// microseconds, then actor, action, target, outcome, reason, detail,
 /// session, client address, user agent and request id. (The chain scan
-/// builds it straight from the database's text, without an event.)
+/// builds it straight from the database's bytes, with [`write_canonical`].)
 pub fn canonical_parts(chain: i64, seq: i64, at_micros: i64, parts: [Option<&str>; 10]) -> Vec<u8> {
-    let len: usize = parts.iter().map(|p| 9 + p.map_or(0, str::len)).sum();
-    let mut out = Vec::with_capacity(43 + len);
+    let mut out = Vec::new();
+    write_canonical(
+        &mut out,
+        chain,
+        seq,
+        at_micros,
+        parts.map(|p| p.map(str::as_bytes)),
+    );
+    out
+}
+
+/// [`canonical_parts`] appended to `out`, from the parts' bytes as stored.
+/// (A chain scan hashes the bytes without checking they are UTF-8: bytes
+/// that differ from the ones written fail their hash either way.)
+pub fn write_canonical(
+    out: &mut Vec<u8>,
+    chain: i64,
+    seq: i64,
+    at_micros: i64,
+    parts: [Option<&[u8]>; 10],
+) {
+    let len: usize = parts.iter().map(|p| 9 + p.map_or(0, <[u8]>::len)).sum();
+    out.reserve(43 + len);
     out.extend_from_slice(b"strongroom/audit/v1");
     out.extend_from_slice(&chain.to_be_bytes());
     out.extend_from_slice(&seq.to_be_bytes());
@@ -123,11 +144,10 @@ pub fn canonical_parts(chain: i64, seq: i64, at_micros: i64, parts: [Option<&str
             Some(s) => {
                 out.push(1);
                 out.extend_from_slice(&(s.len() as u64).to_be_bytes());
-                out.extend_from_slice(s.as_bytes());
+                out.extend_from_slice(s);
             }
         }
     }
-    out
 }
 
 /// The hash that links an event to the one before it.

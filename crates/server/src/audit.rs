@@ -374,7 +374,9 @@ struct Walker {
     next_seq: i64,
     events: i64,
     hashes: std::collections::HashMap<i64, Vec<u8>>,
-    want: std::collections::HashSet<i64>,
+    /// The sequence numbers whose hashes `hashes` keeps (the checkpoints'),
+    /// in ascending order; those behind the walk are dropped.
+    want: std::collections::VecDeque<i64>,
     /// The first problem [`Walker::visit`] met; the walk stops there.
     problem: Option<String>,
 }
@@ -382,8 +384,8 @@ struct Walker {
 impl Walker {
     /// [`Walker::step`] for a scan: false (stop) at the first problem,
     /// which is kept.
-    fn visit(&mut self, e: strongroom_store::ChainLink) -> bool {
-        match self.step(&e) {
+    fn visit(&mut self, e: strongroom_store::LinkRef<'_>) -> bool {
+        match self.step(e) {
             Ok(()) => true,
             Err(p) => {
                 self.problem = Some(p);
@@ -392,7 +394,7 @@ impl Walker {
         }
     }
 
-    fn step(&mut self, e: &strongroom_store::ChainLink) -> Result<(), String> {
+    fn step(&mut self, e: strongroom_store::LinkRef<'_>) -> Result<(), String> {
         if e.seq != self.next_seq {
             return Err(if e.seq > self.next_seq {
                 format!(
@@ -403,21 +405,24 @@ impl Walker {
                 format!("event {} is out of order", e.seq)
             });
         }
-        if e.prev_hash != self.prev {
+        if e.prev_hash != self.prev.as_slice() {
             return Err(format!(
                 "event {} does not follow event {}: the chain is broken (an event was removed, inserted or reordered)",
                 e.seq,
                 e.seq - 1
             ));
         }
-        let h = chain_hash(&self.prev, &e.canonical).to_vec();
-        if h != e.hash {
+        let h = chain_hash(&self.prev, e.canonical);
+        if h[..] != *e.hash {
             return Err(format!("event {} was changed after it was written", e.seq));
         }
-        if self.want.contains(&e.seq) {
-            self.hashes.insert(e.seq, h.clone());
+        while self.want.front().is_some_and(|&w| w <= e.seq) {
+            if self.want.pop_front() == Some(e.seq) {
+                self.hashes.insert(e.seq, h.to_vec());
+            }
         }
-        self.prev = h;
+        self.prev.clear();
+        self.prev.extend_from_slice(&h);
         self.next_seq += 1;
         self.events += 1;
         Ok(())
@@ -450,13 +455,17 @@ pub async fn verify(
         next_seq: 1,
         events: 0,
         hashes: std::collections::HashMap::new(),
-        want: checkpoints.iter().map(|c| c.seq).collect(),
+        want: {
+            let mut seqs: Vec<i64> = checkpoints.iter().map(|c| c.seq).collect();
+            seqs.sort_unstable();
+            seqs.into()
+        },
         problem: None,
     };
     match (archive, &anchor) {
         (Some(arch), _) => {
             for e in arch {
-                if let Err(p) = w.step(&strongroom_store::ChainLink::of(e)) {
+                if let Err(p) = w.step(strongroom_store::ChainLink::of(e).as_link()) {
                     out.problem = Some(format!("in the archive: {p}"));
                     return Ok(out);
                 }

@@ -64,33 +64,97 @@ impl ChainLink {
             hash: e.hash.clone(),
         }
     }
+
+    pub fn as_link(&self) -> LinkRef<'_> {
+        LinkRef {
+            seq: self.seq,
+            canonical: &self.canonical,
+            prev_hash: &self.prev_hash,
+            hash: &self.hash,
+        }
+    }
 }
 
-/// The canonical bytes of an event as a chain scan reads it: `at`, and
-/// `text(i)` for columns 2 to 11 of the scan's SELECT (actor, action,
-/// target, outcome, reason, detail, session, client address, user agent,
-/// request id). The time and the outcome must be ones an event can have.
-fn scanned_canonical<'r>(
-    chain: i64,
-    seq: i64,
-    at: i64,
-    text: impl Fn(usize) -> StoreResult<Option<&'r str>>,
-) -> StoreResult<Vec<u8>> {
-    let required = |i: usize| {
-        text(i)?.ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "audit event {seq} of chain {chain}: column {i} is empty"
-            ))
+/// A [`ChainLink`] borrowed from a scan's buffer: what
+/// [`Store::scan_audit`] hands its visitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkRef<'a> {
+    pub seq: i64,
+    pub canonical: &'a [u8],
+    pub prev_hash: &'a [u8],
+    pub hash: &'a [u8],
+}
+
+impl LinkRef<'_> {
+    pub fn owned(&self) -> ChainLink {
+        ChainLink {
+            seq: self.seq,
+            canonical: self.canonical.to_vec(),
+            prev_hash: self.prev_hash.to_vec(),
+            hash: self.hash.to_vec(),
+        }
+    }
+}
+
+/// Links in one buffer. A scan reads rows into a batch on one thread and
+/// visits it on another; the emptied batch goes back to be filled again,
+/// so an event costs no allocation.
+#[derive(Debug, Default)]
+struct LinkBatch {
+    bytes: Vec<u8>,
+    /// Each link's sequence number, and where its canonical bytes, its
+    /// previous hash and its hash end in `bytes` (each part starts where
+    /// the one before it ends).
+    ends: Vec<(i64, usize, usize, usize)>,
+}
+
+impl LinkBatch {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    fn links(&self) -> impl Iterator<Item = LinkRef<'_>> {
+        let mut start = 0;
+        self.ends.iter().map(move |&(seq, c, p, h)| {
+            let link = LinkRef {
+                seq,
+                canonical: &self.bytes[start..c],
+                prev_hash: &self.bytes[c..p],
+                hash: &self.bytes[p..h],
+            };
+            start = h;
+            link
         })
-    };
-    from_ts(at)?;
-    let outcome_text = required(5)?;
-    outcome(outcome_text)?;
-    Ok(strongroom_core::audit::canonical_parts(
-        chain,
-        seq,
-        at,
-        [
+    }
+
+    /// Appends the event of one scan row: `at`, `text(i)` for columns 2 to
+    /// 11 of the scan's SELECT (actor, action, target, outcome, reason,
+    /// detail, session, client address, user agent, request id) and the
+    /// bytes of columns 12 and 13 (the hashes). The time and the outcome
+    /// must be ones an event can have.
+    fn push<'r>(
+        &mut self,
+        chain: i64,
+        seq: i64,
+        at: i64,
+        text: impl Fn(usize) -> StoreResult<Option<&'r [u8]>>,
+    ) -> StoreResult<()> {
+        let required = |i: usize| {
+            text(i)?.ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "audit event {seq} of chain {chain}: column {i} is empty"
+                ))
+            })
+        };
+        from_ts(at)?;
+        let outcome_text = required(5)?;
+        outcome_of(outcome_text)?;
+        let parts = [
             Some(required(2)?),
             Some(required(3)?),
             Some(required(4)?),
@@ -101,56 +165,65 @@ fn scanned_canonical<'r>(
             text(9)?,
             text(10)?,
             text(11)?,
-        ],
-    ))
+        ];
+        let (prev_hash, hash) = (required(12)?, required(13)?);
+        strongroom_core::audit::write_canonical(&mut self.bytes, chain, seq, at, parts);
+        let c = self.bytes.len();
+        self.bytes.extend_from_slice(prev_hash);
+        let p = self.bytes.len();
+        self.bytes.extend_from_slice(hash);
+        self.ends.push((seq, c, p, self.bytes.len()));
+        Ok(())
+    }
 }
 
-/// [`Store::scan_audit`] over an SQLite file. The canonical bytes are
-/// built from the column text SQLite hands out, without an event (and its
-/// dozen strings) in between.
+/// [`Store::scan_audit`] over an SQLite file: rows read into batches,
+/// each handed to `hand`, which gives back an empty batch to fill next or
+/// `None` to stop. The canonical bytes are built from the bytes SQLite
+/// hands out, without an event (and its dozen strings) in between.
 fn scan_sqlite(
     file: &std::path::Path,
     chain: i64,
     after_seq: i64,
-    visit: &mut dyn FnMut(ChainLink) -> bool,
+    mut hand: impl FnMut(LinkBatch) -> Option<LinkBatch>,
 ) -> StoreResult<()> {
+    use rusqlite::types::ValueRef;
     let failed = |e: rusqlite::Error| StoreError::Sqlite(format!("reading the audit log: {e}"));
     let conn = crate::reader::open_read_only(file).map_err(failed)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(failed)?;
-    // SQLite keeps any type in any column: a tampered value of another type
-    // reads as text, and then fails its hash.
     let mut stmt = conn
         .prepare(
-            "SELECT seq, at, CAST(actor AS TEXT), CAST(action AS TEXT), CAST(target AS TEXT), \
-             CAST(outcome AS TEXT), CAST(reason AS TEXT), CAST(detail AS TEXT), \
-             CAST(session_ref AS TEXT), CAST(client_ip AS TEXT), CAST(user_agent AS TEXT), \
-             CAST(request_id AS TEXT), prev_hash, hash \
+            "SELECT seq, at, actor, action, target, outcome, reason, detail, session_ref, \
+             client_ip, user_agent, request_id, prev_hash, hash \
              FROM audit_events WHERE chain = ?1 AND seq > ?2 ORDER BY seq",
         )
         .map_err(failed)?;
     let mut rows = stmt.query((chain, after_seq)).map_err(failed)?;
+    let mut batch = LinkBatch::default();
     while let Some(r) = rows.next().map_err(failed)? {
         let seq: i64 = r.get(0).map_err(failed)?;
-        let damaged = |e: rusqlite::types::FromSqlError| {
-            StoreError::Corrupt(format!("audit event {seq} of chain {chain}: {e}"))
-        };
-        let text = |i: usize| -> StoreResult<Option<&str>> {
-            r.get_ref(i)
-                .map_err(failed)?
-                .as_str_or_null()
-                .map_err(damaged)
-        };
         let at: i64 = r.get(1).map_err(failed)?;
-        let link = ChainLink {
-            seq,
-            canonical: scanned_canonical(chain, seq, at, text)?,
-            prev_hash: r.get(12).map_err(failed)?,
-            hash: r.get(13).map_err(failed)?,
+        // The text columns have TEXT affinity, so a number written there
+        // is stored as text; a blob keeps its bytes, as a cast to text
+        // would, and then fails its hash.
+        let text = |i: usize| match r.get_ref(i).map_err(failed)? {
+            ValueRef::Null => Ok(None),
+            ValueRef::Text(b) | ValueRef::Blob(b) => Ok(Some(b)),
+            ValueRef::Integer(_) | ValueRef::Real(_) => Err(StoreError::Corrupt(format!(
+                "audit event {seq} of chain {chain}: column {i} holds a number"
+            ))),
         };
-        if !visit(link) {
-            break;
+        batch.push(chain, seq, at, text)?;
+        if batch.len() == SCAN_BATCH {
+            match hand(batch) {
+                Some(empty) => batch = empty,
+                None => return Ok(()),
+            }
         }
+    }
+    if batch.len() > 0 {
+        hand(batch);
     }
     Ok(())
 }
@@ -167,13 +240,18 @@ async fn scan_postgres<S, F>(
     visit: F,
 ) -> StoreResult<S>
 where
-    F: Fn(&mut S, ChainLink) -> bool,
+    F: Fn(&mut S, LinkRef<'_>) -> bool,
 {
     use futures_util::TryStreamExt;
     use sqlx::{Connection, Row};
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<StoreResult<Vec<ChainLink>>>(8);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<StoreResult<LinkBatch>>(BATCHES_IN_FLIGHT);
+    let (back, mut returned) = tokio::sync::mpsc::channel::<LinkBatch>(BATCHES_IN_FLIGHT + 1);
     let reader = tokio::spawn(async move {
         let read = async {
+            // The chain in the order of its primary key, never sorted: a
+            // planner without fresh statistics (a table just written to)
+            // would sort the whole chain on disk instead.
+            let opts = opts.as_ref().clone().options([("enable_sort", "off")]);
             let mut conn = sqlx::postgres::PgConnection::connect_with(&opts).await?;
             let mut rows = sqlx::query(
                 "SELECT seq, at, actor, action, target, outcome, reason, detail, session_ref, \
@@ -183,20 +261,25 @@ where
             .bind(chain)
             .bind(after_seq)
             .fetch(&mut conn);
-            let mut batch = Vec::with_capacity(SCAN_BATCH);
+            let mut batch = LinkBatch::default();
             while let Some(r) = rows.try_next().await? {
                 let seq: i64 = r.try_get(0)?;
                 let at: i64 = r.try_get(1)?;
-                let text = |i: usize| Ok(r.try_get::<Option<&str>, _>(i)?);
-                batch.push(ChainLink {
-                    seq,
-                    canonical: scanned_canonical(chain, seq, at, text)?,
-                    prev_hash: r.try_get(12)?,
-                    hash: r.try_get(13)?,
-                });
+                let text = |i: usize| {
+                    Ok(if i < 12 {
+                        r.try_get::<Option<&str>, _>(i)?.map(str::as_bytes)
+                    } else {
+                        r.try_get::<Option<&[u8]>, _>(i)?
+                    })
+                };
+                batch.push(chain, seq, at, text)?;
                 if batch.len() == SCAN_BATCH {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(SCAN_BATCH));
-                    if tx.send(Ok(full)).await.is_err() {
+                    let next = returned.try_recv().unwrap_or_default();
+                    if tx
+                        .send(Ok(std::mem::replace(&mut batch, next)))
+                        .await
+                        .is_err()
+                    {
                         // The visitor stopped.
                         batch.clear();
                         break;
@@ -204,7 +287,7 @@ where
                 }
             }
             drop(rows);
-            if !batch.is_empty() {
+            if batch.len() > 0 {
                 let _ = tx.send(Ok(batch)).await;
             }
             // Said goodbye to, the server does not log a lost client.
@@ -216,12 +299,15 @@ where
         }
     });
     while let Some(batch) = rx.recv().await {
-        for link in batch? {
+        let mut batch = batch?;
+        for link in batch.links() {
             if !visit(&mut state, link) {
                 // Dropping the receiver stops the reader at its next batch.
                 return Ok(state);
             }
         }
+        batch.clear();
+        let _ = back.try_send(batch);
     }
     reader
         .await
@@ -229,8 +315,11 @@ where
     Ok(state)
 }
 
-/// Events handed from the reading thread to the visiting one at a time.
+/// Events in a batch handed from the reading thread to the visiting one.
 const SCAN_BATCH: usize = 1024;
+
+/// Full batches waiting for the visitor at most.
+const BATCHES_IN_FLIGHT: usize = 8;
 
 /// [`scan_sqlite`] on a thread of its own, with `visit` on the calling
 /// thread: reading and decoding rows, and what the visitor does with them
@@ -240,34 +329,28 @@ fn scan_sqlite_pipelined(
     file: &std::path::Path,
     chain: i64,
     after_seq: i64,
-    visit: &mut dyn FnMut(ChainLink) -> bool,
+    visit: &mut dyn FnMut(LinkRef<'_>) -> bool,
 ) -> StoreResult<()> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<ChainLink>>(8);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<LinkBatch>(BATCHES_IN_FLIGHT);
+    let (back, returned) = std::sync::mpsc::sync_channel::<LinkBatch>(BATCHES_IN_FLIGHT + 1);
     std::thread::scope(|scope| {
         let reader = std::thread::Builder::new()
             .name("strongroom-scan".into())
             .spawn_scoped(scope, move || {
-                let mut batch = Vec::with_capacity(SCAN_BATCH);
-                scan_sqlite(file, chain, after_seq, &mut |e| {
-                    batch.push(e);
-                    if batch.len() < SCAN_BATCH {
-                        return true;
-                    }
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(SCAN_BATCH));
-                    tx.send(full).is_ok()
-                })?;
-                if !batch.is_empty() {
-                    let _ = tx.send(batch);
-                }
-                Ok(())
+                scan_sqlite(file, chain, after_seq, |full| {
+                    tx.send(full).ok()?;
+                    Some(returned.try_recv().unwrap_or_default())
+                })
             })
             .map_err(|e| StoreError::Sqlite(format!("the audit scan cannot start: {e}")))?;
-        'batches: for batch in rx.iter() {
-            for e in batch {
-                if !visit(e) {
+        'batches: for mut batch in rx.iter() {
+            for link in batch.links() {
+                if !visit(link) {
                     break 'batches;
                 }
             }
+            batch.clear();
+            let _ = back.try_send(batch);
         }
         // Dropping the receiver tells a reader still at work to stop.
         drop(rx);
@@ -277,13 +360,20 @@ fn scan_sqlite_pipelined(
     })
 }
 
-fn outcome(s: &str) -> StoreResult<Outcome> {
+fn outcome_of(s: &[u8]) -> StoreResult<Outcome> {
     match s {
-        "success" => Ok(Outcome::Success),
-        "denied" => Ok(Outcome::Denied),
-        "failed" => Ok(Outcome::Failed),
-        other => Err(StoreError::Corrupt(format!("audit outcome '{other}'"))),
+        b"success" => Ok(Outcome::Success),
+        b"denied" => Ok(Outcome::Denied),
+        b"failed" => Ok(Outcome::Failed),
+        other => Err(StoreError::Corrupt(format!(
+            "audit outcome '{}'",
+            String::from_utf8_lossy(other)
+        ))),
     }
+}
+
+fn outcome(s: &str) -> StoreResult<Outcome> {
+    outcome_of(s.as_bytes())
 }
 
 fn event_from_row(r: &AnyRow) -> StoreResult<StoredEvent> {
@@ -638,7 +728,7 @@ impl Store {
 
 impl Store {
     /// Hands every event of a chain after `after_seq` to `visit` with
-    /// `state` (as a [`ChainLink`]: what its hash covers, and its links),
+    /// `state` (as a [`LinkRef`]: what its hash covers, and its links),
     /// oldest first, until `visit` says stop (returns `false`); gives the
     /// state back.
     ///
@@ -657,7 +747,7 @@ impl Store {
     ) -> StoreResult<S>
     where
         S: Send + 'static,
-        F: Fn(&mut S, ChainLink) -> bool + Send + 'static,
+        F: Fn(&mut S, LinkRef<'_>) -> bool + Send + 'static,
     {
         if let Some(file) = self.sqlite_file.clone() {
             return tokio::task::spawn_blocking(move || {
@@ -686,7 +776,7 @@ impl Store {
             };
             next = fetch(last.seq);
             for e in page {
-                if !visit(&mut state, ChainLink::of(&e)) {
+                if !visit(&mut state, ChainLink::of(&e).as_link()) {
                     next.abort();
                     return Ok(state);
                 }

@@ -506,6 +506,44 @@ async fn each_kind_of_tampering_is_found_and_named() {
     assert!(problem(&srv, chain).await.contains("bad signature"));
 }
 
+/// SQLite keeps whatever bytes it is given in a TEXT column: a value that
+/// is not UTF-8, or a blob, is a changed event like any other, named by
+/// its place in the chain, and not a failure of the verification itself.
+#[tokio::test]
+async fn bytes_that_are_not_text_read_as_a_changed_event() {
+    let (srv, chain) = signed_chain(6).await;
+    if srv.backend == Backend::Postgres {
+        // PostgreSQL refuses text that is not UTF-8 when it is written.
+        return;
+    }
+    srv.raw_sql(&format!(
+        "UPDATE audit_events SET target = CAST(X'FF00FE' AS TEXT) WHERE chain = {chain} AND seq = 3"
+    ))
+    .await;
+    assert_eq!(
+        problem(&srv, chain).await,
+        "event 3 was changed after it was written"
+    );
+
+    let (srv, chain) = signed_chain(6).await;
+    // The same bytes as a blob are the same event...
+    srv.raw_sql(&format!(
+        "UPDATE audit_events SET actor = CAST(actor AS BLOB), prev_hash = CAST(prev_hash AS TEXT) \
+         WHERE chain = {chain} AND seq = 3"
+    ))
+    .await;
+    assert_eq!(verify(&srv, chain).await.problem, None);
+    // ...and other bytes are not.
+    srv.raw_sql(&format!(
+        "UPDATE audit_events SET actor = X'00' WHERE chain = {chain} AND seq = 4"
+    ))
+    .await;
+    assert_eq!(
+        problem(&srv, chain).await,
+        "event 4 was changed after it was written"
+    );
+}
+
 /// Chain verification reads events through `scan_audit` (on SQLite, a
 /// driver of its own): every kind of text must come back byte for byte (or
 /// every hash fails), in order, the same as the API's reader gives.
@@ -552,7 +590,7 @@ async fn pages_read_for_verification_keep_every_byte_of_every_event() {
     let scan = |after: i64, stop_after: usize| {
         srv.store()
             .scan_audit(chain, after, Vec::new(), move |seen, e| {
-                seen.push(e);
+                seen.push(e.owned());
                 seen.len() < stop_after
             })
     };
