@@ -253,25 +253,23 @@ where
             // would sort the whole chain on disk instead.
             let opts = opts.as_ref().clone().options([("enable_sort", "off")]);
             let mut conn = sqlx::postgres::PgConnection::connect_with(&opts).await?;
-            let mut rows = sqlx::query(
-                "SELECT seq, at, actor, action, target, outcome, reason, detail, session_ref, \
-                 client_ip, user_agent, request_id, prev_hash, hash \
-                 FROM audit_events WHERE chain = $1 AND seq > $2 ORDER BY seq",
-            )
-            .bind(chain)
-            .bind(after_seq)
-            .fetch(&mut conn);
+            // Every column in the table's order (EVENT_COLUMNS), so the
+            // server sends its rows as they are stored, without building
+            // new ones.
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM audit_events \
+                 WHERE chain = $1 AND seq > $2 ORDER BY seq"
+            );
+            let mut rows = sqlx::query(&sql)
+                .bind(chain)
+                .bind(after_seq)
+                .fetch(&mut conn);
             let mut batch = LinkBatch::default();
             while let Some(r) = rows.try_next().await? {
-                let seq: i64 = r.try_get(0)?;
-                let at: i64 = r.try_get(1)?;
-                let text = |i: usize| {
-                    Ok(if i < 12 {
-                        r.try_get::<Option<&str>, _>(i)?.map(str::as_bytes)
-                    } else {
-                        r.try_get::<Option<&[u8]>, _>(i)?
-                    })
-                };
+                let seq: i64 = r.try_get(1)?;
+                let at: i64 = r.try_get(2)?;
+                // The bytes of text and bytea alike, as the hash covers them.
+                let text = |i: usize| Ok(r.try_get_unchecked::<Option<&[u8]>, _>(i + 1)?);
                 batch.push(chain, seq, at, text)?;
                 if batch.len() == SCAN_BATCH {
                     let next = returned.try_recv().unwrap_or_default();
