@@ -205,8 +205,8 @@ fn scan_sqlite(
         let seq: i64 = r.get(0).map_err(failed)?;
         let at: i64 = r.get(1).map_err(failed)?;
         // The text columns have TEXT affinity, so a number written there
-        // is stored as text; a blob keeps its bytes, as a cast to text
-        // would, and then fails its hash.
+        // is stored as text. A blob gives its bytes, as a cast to text
+        // would: the same bytes are the same event, others fail its hash.
         let text = |i: usize| match r.get_ref(i).map_err(failed)? {
             ValueRef::Null => Ok(None),
             ValueRef::Text(b) | ValueRef::Blob(b) => Ok(Some(b)),
