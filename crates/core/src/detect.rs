@@ -159,6 +159,38 @@ pub struct Engine {
     windows: HashMap<(i64, Detector, String), Window>,
 }
 
+/// What the detectors can make of an event, judged from the event alone
+/// (the company's rules decide the rest). The queue in front of the
+/// detectors keeps places of its own for denials, so that a flood of
+/// reads cannot crowd out the failed sign-ins and refusals that the
+/// brute-force, spraying and probing detectors count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interest {
+    /// No detector counts it (a successful write, for one; a successful
+    /// sign-in is examined as it happens, not from the log).
+    None,
+    /// A successful read, list or search (mass reading).
+    Reads,
+    /// A failed sign-in, or any other request refused or failed
+    /// (brute force, password spraying, probing).
+    Denials,
+}
+
+/// See [`Interest`]; [`Engine::observe`] finds nothing in an event of
+/// [`Interest::None`].
+pub fn interest(e: &AuditEvent) -> Interest {
+    match (e.outcome, e.action.as_str()) {
+        (
+            Outcome::Success,
+            "record.read" | "record.reveal" | "record.history" | "record.list" | "record.search",
+        ) => Interest::Reads,
+        (Outcome::Success, _) => Interest::None,
+        (Outcome::Denied, _) => Interest::Denials,
+        (_, "auth.login") => Interest::None,
+        _ => Interest::Denials,
+    }
+}
+
 fn reads_in(e: &AuditEvent) -> u64 {
     match e.action.as_str() {
         "record.read" | "record.reveal" | "record.history" => 1,
@@ -179,6 +211,9 @@ impl Engine {
     /// company's.
     pub fn observe(&mut self, e: &AuditEvent, rules: &[Rule]) -> Vec<Finding> {
         let mut out = Vec::new();
+        if interest(e) == Interest::None {
+            return out;
+        }
         let rule = |d| rules.iter().find(|r| r.detector == d && r.enabled);
         let ip = e.client_ip.clone().unwrap_or_default();
         let failed_login = e.action == "auth.login" && e.outcome == Outcome::Denied;
@@ -288,6 +323,44 @@ mod tests {
             client_ip: Some(ip.into()),
             user_agent: None,
             request_id: None,
+        }
+    }
+
+    #[test]
+    fn events_no_detector_counts_are_of_no_interest_and_the_others_are() {
+        // Every detector at a threshold of one: whatever one counts fires.
+        let rules: Vec<Rule> = default_rules()
+            .into_iter()
+            .map(|r| Rule { threshold: 1, ..r })
+            .collect();
+        let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let cases = [
+            ("auth.login", Outcome::Denied, Interest::Denials),
+            ("auth.login", Outcome::Failed, Interest::None),
+            ("auth.login", Outcome::Success, Interest::None),
+            ("record.read", Outcome::Success, Interest::Reads),
+            ("record.reveal", Outcome::Success, Interest::Reads),
+            ("record.history", Outcome::Success, Interest::Reads),
+            ("record.read", Outcome::Denied, Interest::Denials),
+            ("record.create", Outcome::Success, Interest::None),
+            ("record.create", Outcome::Failed, Interest::Denials),
+            ("user.create", Outcome::Success, Interest::None),
+            ("audit.read", Outcome::Denied, Interest::Denials),
+        ];
+        for (action, outcome, want) in cases {
+            let e = AuditEvent {
+                outcome,
+                reason: (outcome != Outcome::Success).then(|| "bad_password".to_owned()),
+                client_ip: Some("10.0.0.9".into()),
+                ..AuditEvent::new(1, at, "user:ann", action, "customer/x")
+            };
+            assert_eq!(interest(&e), want, "{action} {outcome:?}");
+            let fired = Engine::default().observe(&e, &rules);
+            assert_eq!(
+                fired.is_empty(),
+                want == Interest::None,
+                "{action} {outcome:?}: {fired:?}"
+            );
         }
     }
 

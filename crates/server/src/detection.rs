@@ -15,7 +15,7 @@ use chrono::{DateTime, Timelike, Utc};
 use hmac_sig::sign_payload;
 use strongroom_core::audit::{AuditEvent, SERVER_CHAIN};
 use strongroom_core::clock::SharedClock;
-use strongroom_core::detect::{Detector, Engine, Finding, Response, Rule};
+use strongroom_core::detect::{interest, Detector, Engine, Finding, Interest, Response, Rule};
 use strongroom_core::{CompanyId, UserKey};
 use strongroom_store::{AddressBlock, Store};
 use tokio::sync::{mpsc, Notify};
@@ -94,8 +94,10 @@ enum Input {
 #[derive(Clone)]
 pub struct Detection {
     tx: mpsc::Sender<Input>,
-    /// Places for events waiting to be examined (see [`MAX_QUEUED_EVENTS`]).
-    queued: Arc<tokio::sync::Semaphore>,
+    /// Places for reads waiting to be examined (see [`MAX_QUEUED_EVENTS`]).
+    reads: Arc<tokio::sync::Semaphore>,
+    /// Places for denials, apart (see [`MAX_QUEUED_DENIALS`]).
+    denials: Arc<tokio::sync::Semaphore>,
     /// Events refused for want of a place (a metric).
     skipped: prometheus_client::metrics::counter::Counter,
     /// Each company's rules, shared by the detector task and the sign-in
@@ -151,11 +153,17 @@ impl RuleCache {
 /// this long.
 const RULES_FRESH_SECS: u64 = 30;
 
-/// Events waiting to be examined, at most. The queue is bounded in events,
+/// Reads waiting to be examined, at most. The queue is bounded in events,
 /// not in batches (the audit log hands over up to 512 at a time), so a
 /// detector that falls behind holds a known amount of memory (well under
-/// 100 MB at this bound) rather than millions of events.
+/// 100 MB with [`MAX_QUEUED_DENIALS`]) rather than millions of events.
+/// Events that no detector counts ([`Interest::None`]) are not queued.
 pub const MAX_QUEUED_EVENTS: usize = 65_536;
+
+/// Denials (failed sign-ins, refused requests) waiting to be examined, at
+/// most, in places of their own: reads, which anyone signed in can make by
+/// the thousand, cannot crowd them out.
+pub const MAX_QUEUED_DENIALS: usize = 16_384;
 
 /// Where alerts go.
 #[derive(Clone, Default)]
@@ -189,7 +197,14 @@ impl Detection {
         alerts: AlertSettings,
         skipped: prometheus_client::metrics::counter::Counter,
     ) -> Detection {
-        Self::start_bounded(store, clock, blocks, alerts, skipped, MAX_QUEUED_EVENTS)
+        Self::start_bounded(
+            store,
+            clock,
+            blocks,
+            alerts,
+            skipped,
+            (MAX_QUEUED_EVENTS, MAX_QUEUED_DENIALS),
+        )
     }
 
     fn start_bounded(
@@ -198,11 +213,11 @@ impl Detection {
         blocks: Arc<Blocks>,
         alerts: AlertSettings,
         skipped: prometheus_client::metrics::counter::Counter,
-        max_events: usize,
+        (max_reads, max_denials): (usize, usize),
     ) -> Detection {
         // Every event batch holds at least one place, so batches are
-        // bounded by the event bound too.
-        let (tx, rx) = mpsc::channel(max_events.max(1) + 64);
+        // bounded by the event bounds too.
+        let (tx, rx) = mpsc::channel(max_reads + max_denials + 64);
         let notify = Arc::new(Notify::new());
         let rules = Arc::new(RuleCache::default());
         tokio::spawn(detector_task(
@@ -219,7 +234,8 @@ impl Detection {
         ));
         Detection {
             tx,
-            queued: Arc::new(tokio::sync::Semaphore::new(max_events)),
+            reads: Arc::new(tokio::sync::Semaphore::new(max_reads)),
+            denials: Arc::new(tokio::sync::Semaphore::new(max_denials)),
             skipped,
             rules,
         }
@@ -239,11 +255,34 @@ impl Detection {
         self.rules.forget(chain);
     }
 
-    /// Hands events to the detector; `false` (and a warning in the log)
-    /// when its queue is full and they will not be examined.
+    /// Hands events to the detector: reads and denials each to their own
+    /// places in its queue, and nothing that no detector counts. `false`
+    /// (and a warning in the log) when some will not be examined because
+    /// their places are all taken.
     pub fn feed(&self, events: Vec<AuditEvent>) -> bool {
-        let n = u32::try_from(events.len().max(1)).unwrap_or(u32::MAX);
-        let sent = match self.queued.clone().try_acquire_many_owned(n) {
+        let (mut reads, mut denials) = (Vec::new(), Vec::new());
+        for e in events {
+            match interest(&e) {
+                Interest::Reads => reads.push(e),
+                Interest::Denials => denials.push(e),
+                Interest::None => {}
+            }
+        }
+        let denials_taken = self.queue(denials, &self.denials, "denials");
+        self.queue(reads, &self.reads, "reads") && denials_taken
+    }
+
+    fn queue(
+        &self,
+        events: Vec<AuditEvent>,
+        places: &Arc<tokio::sync::Semaphore>,
+        kind: &'static str,
+    ) -> bool {
+        if events.is_empty() {
+            return true;
+        }
+        let n = u32::try_from(events.len()).unwrap_or(u32::MAX);
+        let sent = match places.clone().try_acquire_many_owned(n) {
             Ok(places) => self.tx.try_send(Input::Events(events, places)).is_ok(),
             Err(_) => false,
         };
@@ -251,6 +290,7 @@ impl Detection {
             self.skipped.inc_by(u64::from(n));
             tracing::warn!(
                 events = n,
+                kind,
                 "intrusion detection is lagging; some events were not examined"
             );
         }
@@ -619,8 +659,17 @@ mod tests {
         AuditEvent::new(7, at(), "user:x", "record.read", format!("customer/{i}"))
     }
 
+    fn failed_sign_in(user: &str) -> AuditEvent {
+        AuditEvent {
+            outcome: strongroom_core::audit::Outcome::Denied,
+            reason: Some("bad_password".into()),
+            client_ip: Some("203.0.113.9".into()),
+            ..AuditEvent::new(7, at(), format!("user:{user}"), "auth.login", "company/X")
+        }
+    }
+
     #[tokio::test]
-    async fn the_queue_is_bounded_in_events_and_frees_its_places_once_examined() {
+    async fn the_queue_is_bounded_in_events_and_keeps_places_for_denials() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("s.db").display());
         let store = Store::connect(&url, Default::default()).await.unwrap();
@@ -628,20 +677,42 @@ mod tests {
         let clock: SharedClock = Arc::new(ManualClock::new(at()));
         let skipped = prometheus_client::metrics::counter::Counter::default();
         let d = Detection::start_bounded(
-            store,
+            store.clone(),
             clock,
             Arc::default(),
             AlertSettings::default(),
             skipped.clone(),
-            10,
+            (10, 5),
         );
         // The detector task has not run yet (one thread, no await between).
         assert!(d.feed((0..6).map(event).collect()));
         assert!(d.feed((6..10).map(event).collect()));
-        assert!(!d.feed(vec![event(10)]), "an eleventh event is refused");
+        assert!(!d.feed(vec![event(10)]), "an eleventh read is refused");
         assert_eq!(skipped.get(), 1, "and counted in the metric");
-        // Once the queue is examined, its places are free again.
+        // What no detector counts takes no place.
+        let writes = (0..100)
+            .map(|i| AuditEvent::new(7, at(), "user:x", "record.create", format!("customer/{i}")))
+            .collect();
+        assert!(d.feed(writes));
+        // The reads' places are all taken, and failed sign-ins still get in.
+        assert!(d.feed((0..5).map(|_| failed_sign_in("ann")).collect()));
+        assert!(
+            !d.feed(vec![failed_sign_in("ann")]),
+            "a sixth denial is refused"
+        );
+        assert_eq!(skipped.get(), 2);
+        // They were examined: five bad passwords open a brute-force incident.
         d.flush().await;
+        let found = store.incidents(7).await.unwrap();
+        assert_eq!(
+            found
+                .iter()
+                .map(|i| i.detector.as_str())
+                .collect::<Vec<_>>(),
+            ["brute_force"]
+        );
+        // Once the queue is examined, its places are free again.
         assert!(d.feed((0..10).map(event).collect()));
+        assert!(d.feed((0..5).map(|_| failed_sign_in("bob")).collect()));
     }
 }

@@ -20,8 +20,9 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub latency: Family<RequestLabels, Histogram>,
-    /// Audit events the intrusion detectors never examined: their queue
-    /// was full (see `detection::MAX_QUEUED_EVENTS`).
+    /// Audit events the intrusion detectors never examined: their places
+    /// in the queue were all taken (see `detection::MAX_QUEUED_EVENTS` and
+    /// `detection::MAX_QUEUED_DENIALS`).
     pub detector_skipped: Counter,
 }
 
