@@ -164,7 +164,7 @@ pub struct Engine {
 /// detectors keeps places of its own for denials, so that a flood of
 /// reads cannot crowd out the failed sign-ins and refusals that the
 /// brute-force, spraying and probing detectors count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Interest {
     /// No detector counts it (a successful write, for one; a successful
     /// sign-in is examined as it happens, not from the log).

@@ -89,8 +89,9 @@ enum Input {
 }
 
 /// The detectors' front door. Feeding never blocks a request: if the
-/// detectors fall far behind, events are dropped from detection (they are
-/// stored in the audit log regardless) and a warning is logged.
+/// detectors fall far behind, stored events wait in the audit log instead
+/// of the queue, and are read back from there once the detectors catch up
+/// (see [`Deferred`]); a warning is logged.
 #[derive(Clone)]
 pub struct Detection {
     tx: mpsc::Sender<Input>,
@@ -98,12 +99,73 @@ pub struct Detection {
     reads: Arc<tokio::sync::Semaphore>,
     /// Places for denials, apart (see [`MAX_QUEUED_DENIALS`]).
     denials: Arc<tokio::sync::Semaphore>,
-    /// Events refused for want of a place (a metric).
+    /// Events left in the audit log for want of a place.
+    deferred: Arc<Deferred>,
+    /// Events refused a place (a metric).
     skipped: prometheus_client::metrics::counter::Counter,
     /// Each company's rules, shared by the detector task and the sign-in
     /// checks.
     rules: Arc<RuleCache>,
 }
+
+/// Stored events that found their places in the queue taken: per chain
+/// and kind, the stretch of sequence numbers from the first one not yet
+/// examined to the last. While a stretch is open, newer events of its
+/// chain and kind join it instead of the queue, so the detectors still see
+/// each chain's events of a kind in order; the detector task reads the
+/// stretch back from the audit log, once the queue holds nothing from
+/// before it opened, and closes it when it has read to its end.
+#[derive(Default)]
+struct Deferred(std::sync::Mutex<DeferredState>);
+
+#[derive(Default)]
+struct DeferredState {
+    stretches: HashMap<(i64, Interest), Stretch>,
+    /// Event batches queued so far.
+    queued: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Stretch {
+    next: i64,
+    last: i64,
+    /// Readable once the detector task has taken this many batches from
+    /// the queue.
+    after: u64,
+}
+
+impl Deferred {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DeferredState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A stretch the detector task may read, having taken `taken` batches.
+    fn ready(&self, taken: u64) -> Option<(i64, Interest, Stretch)> {
+        self.lock()
+            .stretches
+            .iter()
+            .find(|(_, s)| s.after <= taken)
+            .map(|(&(chain, kind), s)| (chain, kind, *s))
+    }
+
+    /// Everything of a stretch before `next` has been examined.
+    fn advance(&self, chain: i64, kind: Interest, next: i64) {
+        let mut state = self.lock();
+        if let Some(s) = state.stretches.get_mut(&(chain, kind)) {
+            s.next = next;
+            if s.next > s.last {
+                state.stretches.remove(&(chain, kind));
+            }
+        }
+    }
+
+    fn abandon(&self, chain: i64, kind: Interest) {
+        self.lock().stretches.remove(&(chain, kind));
+    }
+}
+
+/// Events a stretch is read back in, a page at a time.
+const CATCH_UP_PAGE: i64 = 500;
 
 /// Each company's detector rules as last read, and when (see
 /// [`RULES_FRESH_SECS`]).
@@ -220,14 +282,19 @@ impl Detection {
         let (tx, rx) = mpsc::channel(max_reads + max_denials + 64);
         let notify = Arc::new(Notify::new());
         let rules = Arc::new(RuleCache::default());
+        let deferred = Arc::new(Deferred::default());
         tokio::spawn(detector_task(
-            store.clone(),
-            clock.clone(),
-            blocks,
+            Examiner {
+                store: store.clone(),
+                clock: clock.clone(),
+                blocks,
+                notify: notify.clone(),
+                channels: alerts.channels(),
+                rules: rules.clone(),
+                deferred: deferred.clone(),
+                engine: Engine::default(),
+            },
             rx,
-            notify.clone(),
-            alerts.channels(),
-            rules.clone(),
         ));
         tokio::spawn(crate::detection::deliver_alerts(
             store, clock, alerts, notify,
@@ -236,13 +303,15 @@ impl Detection {
             tx,
             reads: Arc::new(tokio::sync::Semaphore::new(max_reads)),
             denials: Arc::new(tokio::sync::Semaphore::new(max_denials)),
+            deferred,
             skipped,
             rules,
         }
     }
 
-    /// Returns once everything fed before has been examined and responded
-    /// to (for tests and orderly shutdown).
+    /// Returns once everything fed before (events waiting in the audit log
+    /// too) has been examined and responded to (for tests and orderly
+    /// shutdown).
     pub async fn flush(&self) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if self.tx.send(Input::Flush(tx)).await.is_ok() {
@@ -256,28 +325,58 @@ impl Detection {
     }
 
     /// Hands events to the detector: reads and denials each to their own
-    /// places in its queue, and nothing that no detector counts. `false`
-    /// (and a warning in the log) when some will not be examined because
-    /// their places are all taken.
+    /// places in its queue, and nothing that no detector counts. Their
+    /// places in the audit log are not known, so when their places in the
+    /// queue are taken they are not examined: `false`, and a warning in
+    /// the log.
     pub fn feed(&self, events: Vec<AuditEvent>) -> bool {
+        self.feed_stored(events.into_iter().map(|e| (e, None)).collect())
+    }
+
+    /// [`Detection::feed`] for events stored in the audit log, with their
+    /// sequence numbers: when their places in the queue are taken, they
+    /// are read back from the log once the detectors catch up. `false`
+    /// only for what will never be examined (events without a number).
+    pub fn feed_stored(&self, events: Vec<(AuditEvent, Option<i64>)>) -> bool {
         let (mut reads, mut denials) = (Vec::new(), Vec::new());
-        for e in events {
+        for (e, seq) in events {
             match interest(&e) {
-                Interest::Reads => reads.push(e),
-                Interest::Denials => denials.push(e),
+                Interest::Reads => reads.push((e, seq)),
+                Interest::Denials => denials.push((e, seq)),
                 Interest::None => {}
             }
         }
-        let denials_taken = self.queue(denials, &self.denials, "denials");
-        self.queue(reads, &self.reads, "reads") && denials_taken
+        let denials_taken = self.queue(denials, Interest::Denials, &self.denials);
+        self.queue(reads, Interest::Reads, &self.reads) && denials_taken
     }
 
     fn queue(
         &self,
-        events: Vec<AuditEvent>,
+        part: Vec<(AuditEvent, Option<i64>)>,
+        kind: Interest,
         places: &Arc<tokio::sync::Semaphore>,
-        kind: &'static str,
     ) -> bool {
+        if part.is_empty() {
+            return true;
+        }
+        // Held until the batch is queued or deferred, so that no stretch
+        // closes in between.
+        let mut deferred = self.deferred.lock();
+        let mut events = Vec::with_capacity(part.len());
+        let mut marks = Vec::with_capacity(part.len());
+        for (e, seq) in part {
+            match (deferred.stretches.get_mut(&(e.chain, kind)), seq) {
+                // Behind the events of its chain already waiting in the log.
+                (Some(s), Some(seq)) => {
+                    s.last = s.last.max(seq);
+                    self.skipped.inc();
+                }
+                _ => {
+                    marks.push((e.chain, seq));
+                    events.push(e);
+                }
+            }
+        }
         if events.is_empty() {
             return true;
         }
@@ -286,15 +385,33 @@ impl Detection {
             Ok(places) => self.tx.try_send(Input::Events(events, places)).is_ok(),
             Err(_) => false,
         };
-        if !sent {
-            self.skipped.inc_by(u64::from(n));
-            tracing::warn!(
-                events = n,
-                kind,
-                "intrusion detection is lagging; some events were not examined"
-            );
+        if sent {
+            deferred.queued += 1;
+            return true;
         }
-        sent
+        self.skipped.inc_by(u64::from(n));
+        let after = deferred.queued;
+        let mut lost = 0;
+        for (chain, seq) in marks {
+            let Some(seq) = seq else {
+                lost += 1;
+                continue;
+            };
+            let s = deferred.stretches.entry((chain, kind)).or_insert(Stretch {
+                next: seq,
+                last: seq,
+                after,
+            });
+            s.next = s.next.min(seq);
+            s.last = s.last.max(seq);
+        }
+        tracing::warn!(
+            events = n,
+            never_examined = lost,
+            kind = ?kind,
+            "intrusion detection is lagging; events wait in the audit log to be examined"
+        );
+        lost == 0
     }
 
     fn report(&self, findings: Vec<Finding>) {
@@ -351,40 +468,118 @@ impl Detection {
     }
 }
 
-async fn detector_task(
+/// What the detector task works with.
+struct Examiner {
     store: Store,
     clock: SharedClock,
     blocks: Arc<Blocks>,
-    mut rx: mpsc::Receiver<Input>,
     notify: Arc<Notify>,
     channels: Vec<&'static str>,
     rules: Arc<RuleCache>,
-) {
-    let mut engine = Engine::default();
-    while let Some(input) = rx.recv().await {
+    deferred: Arc<Deferred>,
+    engine: Engine,
+}
+
+impl Examiner {
+    async fn observe(&mut self, e: &AuditEvent, found: &mut Vec<Finding>) {
+        match self.rules.get(&self.store, e.chain).await {
+            Ok(company_rules) => found.extend(self.engine.observe(e, &company_rules)),
+            Err(err) => tracing::warn!(error = %err, "cannot load detector rules"),
+        }
+    }
+
+    async fn respond_all(&self, findings: Vec<Finding>) {
+        for f in findings {
+            if let Err(err) =
+                respond(&self.store, &self.clock, &self.blocks, &f, &self.channels).await
+            {
+                tracing::error!(error = %err, detector = f.detector.as_str(), "could not respond to a detection");
+            }
+            self.notify.notify_one();
+        }
+    }
+
+    /// Reads and examines one page of a deferred stretch that is ready,
+    /// `taken` batches having been taken from the queue; false when none
+    /// is.
+    async fn catch_up(&mut self, taken: u64) -> bool {
+        let Some((chain, kind, stretch)) = self.deferred.ready(taken) else {
+            return false;
+        };
+        let page = match self
+            .store
+            .audit_after(chain, stretch.next - 1, CATCH_UP_PAGE)
+            .await
+        {
+            Ok(page) => page,
+            Err(err) => {
+                self.deferred.abandon(chain, kind);
+                tracing::error!(error = %err, chain, from = stretch.next, to = stretch.last,
+                    "cannot read deferred events back from the audit log; they are not examined");
+                return true;
+            }
+        };
+        if page.first().is_none_or(|e| e.seq > stretch.last) {
+            // Archived or gone since.
+            self.deferred.abandon(chain, kind);
+            tracing::error!(
+                chain,
+                from = stretch.next,
+                to = stretch.last,
+                "deferred events are no longer in the audit log; they are not examined"
+            );
+            return true;
+        }
+        let mut next = stretch.next;
+        let mut found = Vec::new();
+        for e in page.iter().take_while(|e| e.seq <= stretch.last) {
+            next = e.seq + 1;
+            if interest(&e.event) == kind {
+                self.observe(&e.event, &mut found).await;
+            }
+        }
+        self.deferred.advance(chain, kind, next);
+        self.respond_all(found).await;
+        true
+    }
+}
+
+async fn detector_task(mut x: Examiner, mut rx: mpsc::Receiver<Input>) {
+    // Event batches taken from the queue.
+    let mut taken = 0u64;
+    loop {
+        let input = match rx.try_recv() {
+            Ok(input) => input,
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                if x.catch_up(taken).await {
+                    continue;
+                }
+                match rx.recv().await {
+                    Some(input) => input,
+                    None => break,
+                }
+            }
+        };
         let findings = match input {
             Input::Flush(done) => {
+                while x.catch_up(taken).await {}
                 let _ = done.send(());
                 continue;
             }
             Input::Findings(f) => f,
             Input::Events(events, _places) => {
+                taken += 1;
                 let mut found = Vec::new();
-                for e in events {
-                    match rules.get(&store, e.chain).await {
-                        Ok(company_rules) => found.extend(engine.observe(&e, &company_rules)),
-                        Err(err) => tracing::warn!(error = %err, "cannot load detector rules"),
-                    }
+                for e in &events {
+                    x.observe(e, &mut found).await;
                 }
                 found
             }
         };
-        for f in findings {
-            if let Err(err) = respond(&store, &clock, &blocks, &f, &channels).await {
-                tracing::error!(error = %err, detector = f.detector.as_str(), "could not respond to a detection");
-            }
-            notify.notify_one();
-        }
+        x.respond_all(findings).await;
+        // A queue that never empties still lets deferred events through.
+        x.catch_up(taken).await;
     }
 }
 
@@ -714,5 +909,62 @@ mod tests {
         // Once the queue is examined, its places are free again.
         assert!(d.feed((0..10).map(event).collect()));
         assert!(d.feed((0..5).map(|_| failed_sign_in("bob")).collect()));
+    }
+
+    #[tokio::test]
+    async fn events_that_find_their_places_taken_are_read_back_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = Store::connect(&url, Default::default()).await.unwrap();
+        store.migrate(at()).await.unwrap();
+        let clock: SharedClock = Arc::new(ManualClock::new(at()));
+        let skipped = prometheus_client::metrics::counter::Counter::default();
+        let d = Detection::start_bounded(
+            store.clone(),
+            clock,
+            Arc::default(),
+            AlertSettings::default(),
+            skipped.clone(),
+            (10, 2),
+        );
+        // Stored first; fed afterwards, with no await in between, so the
+        // detector task does not run until the flush.
+        let mut stored = Vec::new();
+        for batch in [
+            vec![failed_sign_in("bob"), failed_sign_in("bob")],
+            (0..5).map(|_| failed_sign_in("ann")).collect(),
+            vec![failed_sign_in("ann"), failed_sign_in("bob")],
+        ] {
+            let heads = store.append_audit(&batch).await.unwrap();
+            stored.push(crate::audit::with_seqs(batch, &heads));
+        }
+        let mut stored = stored.into_iter();
+        assert!(
+            d.feed_stored(stored.next().unwrap()),
+            "two denials take every place"
+        );
+        assert!(
+            d.feed_stored(stored.next().unwrap()),
+            "five more wait in the log, to be examined"
+        );
+        assert_eq!(skipped.get(), 5, "and are counted in the metric");
+        // The queue has room again once the task runs, but the chain's
+        // next denials wait behind those already in the log.
+        assert!(d.feed_stored(stored.next().unwrap()));
+        assert_eq!(skipped.get(), 7);
+        d.flush().await;
+        // Ann's six bad passwords were read back from the log, and opened
+        // an incident; Bob's three did not.
+        let found = store.incidents(7).await.unwrap();
+        assert_eq!(
+            found
+                .iter()
+                .map(|i| (i.detector.as_str(), i.subject.as_str()))
+                .collect::<Vec<_>>(),
+            [("brute_force", "user:ann")]
+        );
+        // Read to its end, the stretch is closed: denials are queued again.
+        assert!(d.feed(vec![failed_sign_in("carol")]));
+        assert_eq!(skipped.get(), 7);
     }
 }

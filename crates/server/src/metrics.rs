@@ -20,9 +20,10 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub latency: Family<RequestLabels, Histogram>,
-    /// Audit events the intrusion detectors never examined: their places
-    /// in the queue were all taken (see `detection::MAX_QUEUED_EVENTS` and
-    /// `detection::MAX_QUEUED_DENIALS`).
+    /// Audit events that found their places in the intrusion detectors'
+    /// queue taken (see `detection::MAX_QUEUED_EVENTS` and
+    /// `detection::MAX_QUEUED_DENIALS`): read back from the audit log and
+    /// examined later.
     pub detector_skipped: Counter,
 }
 
@@ -55,7 +56,7 @@ impl Metrics {
         let detector_skipped = Counter::default();
         registry.register(
             "detector_skipped_events",
-            "Audit events the intrusion detectors did not examine because they had fallen too far behind",
+            "Audit events the intrusion detectors had no room for when stored, read back from the audit log and examined later",
             detector_skipped.clone(),
         );
         Metrics {
