@@ -109,12 +109,14 @@ pub struct Detection {
 }
 
 /// Stored events that found their places in the queue taken: per chain
-/// and kind, the stretch of sequence numbers from the first one not yet
-/// examined to the last. While a stretch is open, newer events of its
-/// chain and kind join it instead of the queue, so the detectors still see
-/// each chain's events of a kind in order; the detector task reads the
-/// stretch back from the audit log, once the queue holds nothing from
-/// before it opened, and closes it when it has read to its end.
+/// and kind, the runs of sequence numbers not yet examined. While a
+/// stretch is open, newer events of its chain and kind join it instead of
+/// the queue, so the detectors still see each chain's events of a kind in
+/// order; the detector task reads the stretch back from the audit log,
+/// once the queue holds nothing from before it opened, and closes it when
+/// it has read to its end. A run is what one batch of this node's audit
+/// writer appended to the chain, merged with the next when they touch:
+/// other nodes' events between them (PostgreSQL) are theirs to examine.
 #[derive(Default)]
 struct Deferred(std::sync::Mutex<DeferredState>);
 
@@ -125,13 +127,50 @@ struct DeferredState {
     queued: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Stretch {
-    next: i64,
-    last: i64,
+    /// First and last sequence numbers, oldest first.
+    runs: std::collections::VecDeque<(i64, i64)>,
     /// Readable once the detector task has taken this many batches from
     /// the queue.
     after: u64,
+}
+
+/// Runs a stretch keeps at most (16 bytes each); events beyond are not
+/// examined, and the server log says so.
+const MAX_RUNS: usize = 65_536;
+
+impl DeferredState {
+    /// Adds the run `first..=last` of `chain` to its stretch of `kind`,
+    /// opening one (readable after the batches queued so far) if needed.
+    /// False when the stretch is full.
+    fn defer(&mut self, chain: i64, kind: Interest, (first, last): (i64, i64)) -> bool {
+        let after = self.queued;
+        let s = self.stretches.entry((chain, kind)).or_insert(Stretch {
+            runs: Default::default(),
+            after,
+        });
+        let full = s.runs.len() >= MAX_RUNS;
+        match s.runs.back_mut() {
+            Some(run) if first <= run.1 + 1 => run.1 = run.1.max(last),
+            _ if full => return false,
+            _ => s.runs.push_back((first, last)),
+        }
+        true
+    }
+}
+
+/// For each chain, the first and last of the sequence numbers given, and
+/// how many were given.
+fn runs(marks: impl IntoIterator<Item = (i64, i64)>) -> HashMap<i64, ((i64, i64), u64)> {
+    let mut out: HashMap<i64, ((i64, i64), u64)> = HashMap::new();
+    for (chain, seq) in marks {
+        let (run, n) = out.entry(chain).or_insert(((seq, seq), 0));
+        run.0 = run.0.min(seq);
+        run.1 = run.1.max(seq);
+        *n += 1;
+    }
+    out
 }
 
 impl Deferred {
@@ -139,28 +178,32 @@ impl Deferred {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A stretch the detector task may read, having taken `taken` batches.
-    fn ready(&self, taken: u64) -> Option<(i64, Interest, Stretch)> {
+    /// The oldest run of a stretch the detector task may read, having
+    /// taken `taken` batches.
+    fn ready(&self, taken: u64) -> Option<(i64, Interest, (i64, i64))> {
         self.lock()
             .stretches
             .iter()
-            .find(|(_, s)| s.after <= taken)
-            .map(|(&(chain, kind), s)| (chain, kind, *s))
+            .filter(|(_, s)| s.after <= taken)
+            .find_map(|(&(chain, kind), s)| Some((chain, kind, *s.runs.front()?)))
     }
 
-    /// Everything of a stretch before `next` has been examined.
+    /// Everything of the oldest run before `next` has been examined (or
+    /// cannot be).
     fn advance(&self, chain: i64, kind: Interest, next: i64) {
         let mut state = self.lock();
-        if let Some(s) = state.stretches.get_mut(&(chain, kind)) {
-            s.next = next;
-            if s.next > s.last {
-                state.stretches.remove(&(chain, kind));
+        let Some(s) = state.stretches.get_mut(&(chain, kind)) else {
+            return;
+        };
+        if let Some(run) = s.runs.front_mut() {
+            run.0 = run.0.max(next);
+            if run.0 > run.1 {
+                s.runs.pop_front();
             }
         }
-    }
-
-    fn abandon(&self, chain: i64, kind: Interest) {
-        self.lock().stretches.remove(&(chain, kind));
+        if s.runs.is_empty() {
+            state.stretches.remove(&(chain, kind));
+        }
     }
 }
 
@@ -364,12 +407,12 @@ impl Detection {
         let mut deferred = self.deferred.lock();
         let mut events = Vec::with_capacity(part.len());
         let mut marks = Vec::with_capacity(part.len());
+        let mut joining = Vec::new();
         for (e, seq) in part {
-            match (deferred.stretches.get_mut(&(e.chain, kind)), seq) {
+            match seq {
                 // Behind the events of its chain already waiting in the log.
-                (Some(s), Some(seq)) => {
-                    s.last = s.last.max(seq);
-                    self.skipped.inc();
+                Some(seq) if deferred.stretches.contains_key(&(e.chain, kind)) => {
+                    joining.push((e.chain, seq));
                 }
                 _ => {
                     marks.push((e.chain, seq));
@@ -377,40 +420,44 @@ impl Detection {
                 }
             }
         }
-        if events.is_empty() {
-            return true;
-        }
-        let n = u32::try_from(events.len()).unwrap_or(u32::MAX);
-        let sent = match places.clone().try_acquire_many_owned(n) {
-            Ok(places) => self.tx.try_send(Input::Events(events, places)).is_ok(),
-            Err(_) => false,
-        };
-        if sent {
-            deferred.queued += 1;
-            return true;
-        }
-        self.skipped.inc_by(u64::from(n));
-        let after = deferred.queued;
         let mut lost = 0;
-        for (chain, seq) in marks {
-            let Some(seq) = seq else {
-                lost += 1;
-                continue;
-            };
-            let s = deferred.stretches.entry((chain, kind)).or_insert(Stretch {
-                next: seq,
-                last: seq,
-                after,
-            });
-            s.next = s.next.min(seq);
-            s.last = s.last.max(seq);
+        self.skipped.inc_by(joining.len() as u64);
+        for (chain, (run, n)) in runs(joining) {
+            if !deferred.defer(chain, kind, run) {
+                lost += n;
+            }
         }
-        tracing::warn!(
-            events = n,
-            never_examined = lost,
-            kind = ?kind,
-            "intrusion detection is lagging; events wait in the audit log to be examined"
-        );
+        if !events.is_empty() {
+            let n = u32::try_from(events.len()).unwrap_or(u32::MAX);
+            let sent = match places.clone().try_acquire_many_owned(n) {
+                Ok(places) => self.tx.try_send(Input::Events(events, places)).is_ok(),
+                Err(_) => false,
+            };
+            if sent {
+                deferred.queued += 1;
+            } else {
+                self.skipped.inc_by(u64::from(n));
+                let numbered = marks.iter().filter_map(|&(c, seq)| Some((c, seq?)));
+                lost += marks.iter().filter(|(_, seq)| seq.is_none()).count() as u64;
+                for (chain, (run, n)) in runs(numbered) {
+                    if !deferred.defer(chain, kind, run) {
+                        lost += n;
+                    }
+                }
+                tracing::warn!(
+                    events = n,
+                    kind = ?kind,
+                    "intrusion detection is lagging; events wait in the audit log to be examined"
+                );
+            }
+        }
+        if lost > 0 {
+            tracing::error!(
+                events = lost,
+                kind = ?kind,
+                "intrusion detection is too far behind; events will not be examined"
+            );
+        }
         lost == 0
     }
 
@@ -503,36 +550,36 @@ impl Examiner {
     /// `taken` batches having been taken from the queue; false when none
     /// is.
     async fn catch_up(&mut self, taken: u64) -> bool {
-        let Some((chain, kind, stretch)) = self.deferred.ready(taken) else {
+        let Some((chain, kind, (first, last))) = self.deferred.ready(taken) else {
             return false;
         };
         let page = match self
             .store
-            .audit_after(chain, stretch.next - 1, CATCH_UP_PAGE)
+            .audit_after(chain, first - 1, (last - first + 1).clamp(1, CATCH_UP_PAGE))
             .await
         {
             Ok(page) => page,
             Err(err) => {
-                self.deferred.abandon(chain, kind);
-                tracing::error!(error = %err, chain, from = stretch.next, to = stretch.last,
+                self.deferred.advance(chain, kind, last + 1);
+                tracing::error!(error = %err, chain, first, last,
                     "cannot read deferred events back from the audit log; they are not examined");
                 return true;
             }
         };
-        if page.first().is_none_or(|e| e.seq > stretch.last) {
+        if page.first().is_none_or(|e| e.seq > last) {
             // Archived or gone since.
-            self.deferred.abandon(chain, kind);
+            self.deferred.advance(chain, kind, last + 1);
             tracing::error!(
                 chain,
-                from = stretch.next,
-                to = stretch.last,
+                first,
+                last,
                 "deferred events are no longer in the audit log; they are not examined"
             );
             return true;
         }
-        let mut next = stretch.next;
+        let mut next = first;
         let mut found = Vec::new();
-        for e in page.iter().take_while(|e| e.seq <= stretch.last) {
+        for e in page.iter().take_while(|e| e.seq <= last) {
             next = e.seq + 1;
             if interest(&e.event) == kind {
                 self.observe(&e.event, &mut found).await;
@@ -966,5 +1013,45 @@ mod tests {
         // Read to its end, the stretch is closed: denials are queued again.
         assert!(d.feed(vec![failed_sign_in("carol")]));
         assert_eq!(skipped.get(), 7);
+    }
+
+    /// On PostgreSQL several nodes append to one chain; each node's
+    /// detectors examine what its own audit writer stored. What waits in
+    /// the log is read back run by run, never the other nodes' events
+    /// between them.
+    #[tokio::test]
+    async fn events_read_back_are_this_nodes_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = Store::connect(&url, Default::default()).await.unwrap();
+        store.migrate(at()).await.unwrap();
+        let clock: SharedClock = Arc::new(ManualClock::new(at()));
+        let d = Detection::start_bounded(
+            store.clone(),
+            clock,
+            Arc::default(),
+            AlertSettings::default(),
+            Default::default(),
+            (10, 2),
+        );
+        let mut stored = Vec::new();
+        for batch in [
+            vec![failed_sign_in("bob"), failed_sign_in("bob")],
+            (0..3).map(|_| failed_sign_in("ann")).collect(),
+            // Another node's: stored, never fed here.
+            (0..5).map(|_| failed_sign_in("ann")).collect(),
+            vec![failed_sign_in("ann")],
+        ] {
+            let heads = store.append_audit(&batch).await.unwrap();
+            stored.push(crate::audit::with_seqs(batch, &heads));
+        }
+        let [fill, mine, _theirs, more] = <[_; 4]>::try_from(stored).unwrap();
+        assert!(d.feed_stored(fill));
+        assert!(d.feed_stored(mine), "three wait in the log");
+        assert!(d.feed_stored(more), "and one more");
+        d.flush().await;
+        // Four of Ann's bad passwords were this node's: under the threshold
+        // of five, though the log holds nine.
+        assert_eq!(store.incidents(7).await.unwrap().len(), 0);
     }
 }
