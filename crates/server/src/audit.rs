@@ -111,33 +111,6 @@ impl AuditLog {
     }
 }
 
-/// Each event of a batch just appended with its sequence number: each
-/// chain's events took the numbers up to its new head, in order.
-/// (A chain without a head would be the store's bug: its events go
-/// without numbers.)
-pub(crate) fn with_seqs(
-    events: Vec<AuditEvent>,
-    heads: &[strongroom_store::ChainHead],
-) -> Vec<(AuditEvent, Option<i64>)> {
-    let mut next: std::collections::HashMap<i64, i64> =
-        heads.iter().map(|h| (h.chain, h.seq + 1)).collect();
-    for e in &events {
-        if let Some(n) = next.get_mut(&e.chain) {
-            *n -= 1;
-        }
-    }
-    events
-        .into_iter()
-        .map(|e| {
-            let seq = next.get_mut(&e.chain).map(|n| {
-                *n += 1;
-                *n - 1
-            });
-            (e, seq)
-        })
-        .collect()
-}
-
 async fn writer(
     store: Store,
     keys: std::sync::Arc<KeyRing>,
@@ -185,7 +158,7 @@ async fn writer(
         if let Ok(heads) = &written {
             // Queued before the requests are answered, so that a caller who
             // has its answer can rely on the detectors having the event.
-            detection.feed_stored(with_seqs(events, heads));
+            detection.feed_stored(strongroom_store::numbered(events, heads));
         }
         for reply in replies {
             let _ = reply.send(result.clone());

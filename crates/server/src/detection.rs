@@ -95,7 +95,7 @@ enum Input {
 #[derive(Clone)]
 pub struct Detection {
     tx: mpsc::Sender<Input>,
-    /// Places for reads waiting to be examined (see [`MAX_QUEUED_EVENTS`]).
+    /// Places for reads waiting to be examined (see [`MAX_QUEUED_READS`]).
     reads: Arc<tokio::sync::Semaphore>,
     /// Places for denials, apart (see [`MAX_QUEUED_DENIALS`]).
     denials: Arc<tokio::sync::Semaphore>,
@@ -263,7 +263,7 @@ const RULES_FRESH_SECS: u64 = 30;
 /// detector that falls behind holds a known amount of memory (well under
 /// 100 MB with [`MAX_QUEUED_DENIALS`]) rather than millions of events.
 /// Events that no detector counts ([`Interest::None`]) are not queued.
-pub const MAX_QUEUED_EVENTS: usize = 65_536;
+pub const MAX_QUEUED_READS: usize = 65_536;
 
 /// Denials (failed sign-ins, refused requests) waiting to be examined, at
 /// most, in places of their own: reads, which anyone signed in can make by
@@ -308,7 +308,7 @@ impl Detection {
             blocks,
             alerts,
             skipped,
-            (MAX_QUEUED_EVENTS, MAX_QUEUED_DENIALS),
+            (MAX_QUEUED_READS, MAX_QUEUED_DENIALS),
         )
     }
 
@@ -389,19 +389,19 @@ impl Detection {
                 Interest::None => {}
             }
         }
-        let denials_taken = self.queue(denials, Interest::Denials, &self.denials);
-        self.queue(reads, Interest::Reads, &self.reads) && denials_taken
+        let denials_taken = self.queue(denials, Interest::Denials);
+        self.queue(reads, Interest::Reads) && denials_taken
     }
 
-    fn queue(
-        &self,
-        part: Vec<(AuditEvent, Option<i64>)>,
-        kind: Interest,
-        places: &Arc<tokio::sync::Semaphore>,
-    ) -> bool {
+    /// Queues events of one kind (reads or denials), or defers them.
+    fn queue(&self, part: Vec<(AuditEvent, Option<i64>)>, kind: Interest) -> bool {
         if part.is_empty() {
             return true;
         }
+        let places = match kind {
+            Interest::Denials => &self.denials,
+            Interest::Reads | Interest::None => &self.reads,
+        };
         // Held until the batch is queued or deferred, so that no stretch
         // closes in between.
         let mut deferred = self.deferred.lock();
@@ -910,8 +910,16 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_queue_is_bounded_in_events_and_keeps_places_for_denials() {
+    /// A detector over a store of its own, with `bounds` places for reads
+    /// and denials; its skipped-events metric.
+    struct Started {
+        _dir: tempfile::TempDir,
+        store: Store,
+        d: Detection,
+        skipped: prometheus_client::metrics::counter::Counter,
+    }
+
+    async fn started(bounds: (usize, usize)) -> Started {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("s.db").display());
         let store = Store::connect(&url, Default::default()).await.unwrap();
@@ -924,8 +932,38 @@ mod tests {
             Arc::default(),
             AlertSettings::default(),
             skipped.clone(),
-            (10, 5),
+            bounds,
         );
+        Started {
+            _dir: dir,
+            store,
+            d,
+            skipped,
+        }
+    }
+
+    /// Appends each batch to the audit log, as the audit writer does, and
+    /// gives them back numbered, to be fed later.
+    async fn stored(
+        store: &Store,
+        batches: Vec<Vec<AuditEvent>>,
+    ) -> Vec<Vec<(AuditEvent, Option<i64>)>> {
+        let mut out = Vec::new();
+        for batch in batches {
+            let heads = store.append_audit(&batch).await.unwrap();
+            out.push(strongroom_store::numbered(batch, &heads));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_events_and_keeps_places_for_denials() {
+        let Started {
+            _dir,
+            store,
+            d,
+            skipped,
+        } = started((10, 5)).await;
         // The detector task has not run yet (one thread, no await between).
         assert!(d.feed((0..6).map(event).collect()));
         assert!(d.feed((6..10).map(event).collect()));
@@ -960,31 +998,23 @@ mod tests {
 
     #[tokio::test]
     async fn events_that_find_their_places_taken_are_read_back_from_the_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("s.db").display());
-        let store = Store::connect(&url, Default::default()).await.unwrap();
-        store.migrate(at()).await.unwrap();
-        let clock: SharedClock = Arc::new(ManualClock::new(at()));
-        let skipped = prometheus_client::metrics::counter::Counter::default();
-        let d = Detection::start_bounded(
-            store.clone(),
-            clock,
-            Arc::default(),
-            AlertSettings::default(),
-            skipped.clone(),
-            (10, 2),
-        );
+        let Started {
+            _dir,
+            store,
+            d,
+            skipped,
+        } = started((10, 2)).await;
         // Stored first; fed afterwards, with no await in between, so the
         // detector task does not run until the flush.
-        let mut stored = Vec::new();
-        for batch in [
-            vec![failed_sign_in("bob"), failed_sign_in("bob")],
-            (0..5).map(|_| failed_sign_in("ann")).collect(),
-            vec![failed_sign_in("ann"), failed_sign_in("bob")],
-        ] {
-            let heads = store.append_audit(&batch).await.unwrap();
-            stored.push(crate::audit::with_seqs(batch, &heads));
-        }
+        let stored = stored(
+            &store,
+            vec![
+                vec![failed_sign_in("bob"), failed_sign_in("bob")],
+                (0..5).map(|_| failed_sign_in("ann")).collect(),
+                vec![failed_sign_in("ann"), failed_sign_in("bob")],
+            ],
+        )
+        .await;
         let mut stored = stored.into_iter();
         assert!(
             d.feed_stored(stored.next().unwrap()),
@@ -1021,30 +1051,23 @@ mod tests {
     /// between them.
     #[tokio::test]
     async fn events_read_back_are_this_nodes_own() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("s.db").display());
-        let store = Store::connect(&url, Default::default()).await.unwrap();
-        store.migrate(at()).await.unwrap();
-        let clock: SharedClock = Arc::new(ManualClock::new(at()));
-        let d = Detection::start_bounded(
-            store.clone(),
-            clock,
-            Arc::default(),
-            AlertSettings::default(),
-            Default::default(),
-            (10, 2),
-        );
-        let mut stored = Vec::new();
-        for batch in [
-            vec![failed_sign_in("bob"), failed_sign_in("bob")],
-            (0..3).map(|_| failed_sign_in("ann")).collect(),
-            // Another node's: stored, never fed here.
-            (0..5).map(|_| failed_sign_in("ann")).collect(),
-            vec![failed_sign_in("ann")],
-        ] {
-            let heads = store.append_audit(&batch).await.unwrap();
-            stored.push(crate::audit::with_seqs(batch, &heads));
-        }
+        let Started {
+            _dir,
+            store,
+            d,
+            skipped: _,
+        } = started((10, 2)).await;
+        let stored = stored(
+            &store,
+            vec![
+                vec![failed_sign_in("bob"), failed_sign_in("bob")],
+                (0..3).map(|_| failed_sign_in("ann")).collect(),
+                // Another node's: stored, never fed here.
+                (0..5).map(|_| failed_sign_in("ann")).collect(),
+                vec![failed_sign_in("ann")],
+            ],
+        )
+        .await;
         let [fill, mine, _theirs, more] = <[_; 4]>::try_from(stored).unwrap();
         assert!(d.feed_stored(fill));
         assert!(d.feed_stored(mine), "three wait in the log");

@@ -21,7 +21,7 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub latency: Family<RequestLabels, Histogram>,
     /// Audit events that found their places in the intrusion detectors'
-    /// queue taken (see `detection::MAX_QUEUED_EVENTS` and
+    /// queue taken (see `detection::MAX_QUEUED_READS` and
     /// `detection::MAX_QUEUED_DENIALS`): read back from the audit log and
     /// examined later.
     pub detector_skipped: Counter,

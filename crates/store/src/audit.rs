@@ -545,9 +545,34 @@ pub struct ChainHead {
     pub hash: Vec<u8>,
 }
 
+/// The events of one append (in the order given to it) with their sequence
+/// numbers, from the heads it returned: each chain's events took the
+/// numbers up to its new head, in order. An event of a chain without a
+/// head gets none.
+pub fn numbered(events: Vec<AuditEvent>, heads: &[ChainHead]) -> Vec<(AuditEvent, Option<i64>)> {
+    let mut next: std::collections::HashMap<i64, i64> =
+        heads.iter().map(|h| (h.chain, h.seq + 1)).collect();
+    for e in &events {
+        if let Some(n) = next.get_mut(&e.chain) {
+            *n -= 1;
+        }
+    }
+    events
+        .into_iter()
+        .map(|e| {
+            let seq = next.get_mut(&e.chain).map(|n| {
+                *n += 1;
+                *n - 1
+            });
+            (e, seq)
+        })
+        .collect()
+}
+
 impl Store {
     /// Stores events durably (one transaction for the batch). Returns only
-    /// once they are committed, with where each chain written to now ends.
+    /// once they are committed, with where each chain written to now ends
+    /// (each event's own number: [`numbered`]).
     pub async fn append_audit(&self, events: &[AuditEvent]) -> StoreResult<Vec<ChainHead>> {
         if events.is_empty() {
             return Ok(Vec::new());
@@ -734,8 +759,9 @@ impl Store {
     /// thread of their own through a read-only connection (rusqlite), while
     /// `visit` runs on another: sqlx's driver hands every row from its
     /// worker thread to the caller's, which costs several times more than
-    /// reading and hashing the row.
-    /// PostgreSQL rows arrive in pages through the pool.
+    /// reading and hashing the row. On PostgreSQL they stream over a
+    /// connection of the scan's own (see `scan_postgres`); elsewhere (an
+    /// in-memory database) they come in pages through the pool.
     pub async fn scan_audit<S, F>(
         &self,
         chain: i64,
