@@ -185,6 +185,7 @@ fn scan_sqlite(
     file: &std::path::Path,
     chain: i64,
     after_seq: i64,
+    until_seq: i64,
     mut hand: impl FnMut(LinkBatch) -> Option<LinkBatch>,
 ) -> StoreResult<()> {
     use rusqlite::types::ValueRef;
@@ -196,10 +197,10 @@ fn scan_sqlite(
         .prepare(
             "SELECT seq, at, actor, action, target, outcome, reason, detail, session_ref, \
              client_ip, user_agent, request_id, prev_hash, hash \
-             FROM audit_events WHERE chain = ?1 AND seq > ?2 ORDER BY seq",
+             FROM audit_events WHERE chain = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq",
         )
         .map_err(failed)?;
-    let mut rows = stmt.query((chain, after_seq)).map_err(failed)?;
+    let mut rows = stmt.query((chain, after_seq, until_seq)).map_err(failed)?;
     let mut batch = LinkBatch::default();
     while let Some(r) = rows.next().map_err(failed)? {
         let seq: i64 = r.get(0).map_err(failed)?;
@@ -236,6 +237,7 @@ async fn scan_postgres<S, F>(
     opts: std::sync::Arc<sqlx::postgres::PgConnectOptions>,
     chain: i64,
     after_seq: i64,
+    until_seq: i64,
     mut state: S,
     visit: F,
 ) -> StoreResult<S>
@@ -258,11 +260,12 @@ where
             // new ones.
             let sql = format!(
                 "SELECT {EVENT_COLUMNS} FROM audit_events \
-                 WHERE chain = $1 AND seq > $2 ORDER BY seq"
+                 WHERE chain = $1 AND seq > $2 AND seq <= $3 ORDER BY seq"
             );
             let mut rows = sqlx::query(&sql)
                 .bind(chain)
                 .bind(after_seq)
+                .bind(until_seq)
                 .fetch(&mut conn);
             let mut batch = LinkBatch::default();
             while let Some(r) = rows.try_next().await? {
@@ -327,6 +330,7 @@ fn scan_sqlite_pipelined(
     file: &std::path::Path,
     chain: i64,
     after_seq: i64,
+    until_seq: i64,
     visit: &mut dyn FnMut(LinkRef<'_>) -> bool,
 ) -> StoreResult<()> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<LinkBatch>(BATCHES_IN_FLIGHT);
@@ -335,7 +339,7 @@ fn scan_sqlite_pipelined(
         let reader = std::thread::Builder::new()
             .name("strongroom-scan".into())
             .spawn_scoped(scope, move || {
-                scan_sqlite(file, chain, after_seq, |full| {
+                scan_sqlite(file, chain, after_seq, until_seq, |full| {
                     tx.send(full).ok()?;
                     Some(returned.try_recv().unwrap_or_default())
                 })
@@ -750,10 +754,11 @@ impl Store {
 }
 
 impl Store {
-    /// Hands every event of a chain after `after_seq` to `visit` with
-    /// `state` (as a [`LinkRef`]: what its hash covers, and its links),
-    /// oldest first, until `visit` says stop (returns `false`); gives the
-    /// state back.
+    /// Hands every event of a chain after `after_seq` and up to `until_seq`
+    /// (`i64::MAX`: to the end) to `visit` with `state` (as a [`LinkRef`]:
+    /// what its hash covers, and its links), oldest first, until `visit`
+    /// says stop (returns `false`); gives the state back. Scans of
+    /// different ranges may run at once.
     ///
     /// For verifying a whole chain. On an SQLite file the rows are read on a
     /// thread of their own through a read-only connection (rusqlite), while
@@ -766,6 +771,7 @@ impl Store {
         &self,
         chain: i64,
         after_seq: i64,
+        until_seq: i64,
         mut state: S,
         visit: F,
     ) -> StoreResult<S>
@@ -775,14 +781,16 @@ impl Store {
     {
         if let Some(file) = self.sqlite_file.clone() {
             return tokio::task::spawn_blocking(move || {
-                scan_sqlite_pipelined(&file, chain, after_seq, &mut |e| visit(&mut state, e))?;
+                scan_sqlite_pipelined(&file, chain, after_seq, until_seq, &mut |e| {
+                    visit(&mut state, e)
+                })?;
                 Ok(state)
             })
             .await
             .map_err(|e| StoreError::Sqlite(format!("the audit scan stopped: {e}")))?;
         }
         if let Some(opts) = self.pg_options.clone() {
-            return scan_postgres(opts, chain, after_seq, state, visit).await;
+            return scan_postgres(opts, chain, after_seq, until_seq, state, visit).await;
         }
         // The next page is asked for before this one is visited, so the
         // database's work overlaps ours.
@@ -800,7 +808,7 @@ impl Store {
             };
             next = fetch(last.seq);
             for e in page {
-                if !visit(&mut state, ChainLink::of(&e).as_link()) {
+                if e.seq > until_seq || !visit(&mut state, ChainLink::of(&e).as_link()) {
                     next.abort();
                     return Ok(state);
                 }

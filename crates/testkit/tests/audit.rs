@@ -403,10 +403,27 @@ async fn signed_chain(n: usize) -> (TestServer, i64) {
     (srv, chain)
 }
 
+/// Verifies a chain read whole, and again read in two halves at once (as
+/// long chains are read): both must find the same.
 async fn verify(srv: &TestServer, chain: i64) -> strongroom_server::audit::Verification {
-    strongroom_server::audit::verify(srv.store(), &srv.state.keys, chain, true, None)
-        .await
-        .unwrap()
+    let read = |split_from| {
+        strongroom_server::audit::verify_split_from(
+            srv.store(),
+            &srv.state.keys,
+            chain,
+            true,
+            None,
+            split_from,
+        )
+    };
+    let whole = read(i64::MAX).await.unwrap();
+    let halves = read(2).await.unwrap();
+    assert_eq!(
+        (&halves.problem, halves.checkpoints),
+        (&whole.problem, whole.checkpoints),
+        "read in halves, the chain must verify as it does read whole"
+    );
+    whole
 }
 
 async fn problem(srv: &TestServer, chain: i64) -> String {
@@ -587,9 +604,9 @@ async fn pages_read_for_verification_keep_every_byte_of_every_event() {
     srv.store().append_audit(&events).await.unwrap();
     let by_rows = srv.stored_chain_events(chain).await;
     assert!(by_rows.len() > events.len());
-    let scan = |after: i64, stop_after: usize| {
+    let scan = |after: i64, until: i64, stop_after: usize| {
         srv.store()
-            .scan_audit(chain, after, Vec::new(), move |seen, e| {
+            .scan_audit(chain, after, until, Vec::new(), move |seen, e| {
                 seen.push(e.owned());
                 seen.len() < stop_after
             })
@@ -597,7 +614,7 @@ async fn pages_read_for_verification_keep_every_byte_of_every_event() {
     // What the scan hands out is what the hash covers: the canonical bytes
     // (every field, length-prefixed) of the events as written.
     let links: Vec<ChainLink> = by_rows.iter().map(ChainLink::of).collect();
-    let scanned = scan(0, usize::MAX).await.unwrap();
+    let scanned = scan(0, i64::MAX, usize::MAX).await.unwrap();
     assert_eq!(scanned, links);
     let written: Vec<&AuditEvent> = by_rows
         .iter()
@@ -609,11 +626,13 @@ async fn pages_read_for_verification_keep_every_byte_of_every_event() {
     for (e, link) in events.iter().zip(&scanned[first..]) {
         assert_eq!(link.canonical, e.canonical(link.seq));
     }
-    // From the middle, and stopping when told.
-    let part = scan(2, 3).await.unwrap();
+    // From the middle, up to a bound, and stopping when told.
+    let part = scan(2, i64::MAX, 3).await.unwrap();
     assert_eq!(part, links[2..5]);
+    assert_eq!(scan(2, 4, usize::MAX).await.unwrap(), links[2..4]);
     let last = by_rows.last().unwrap().seq;
-    assert!(scan(last, usize::MAX).await.unwrap().is_empty());
+    assert!(scan(last, i64::MAX, usize::MAX).await.unwrap().is_empty());
+    assert!(scan(1, 1, usize::MAX).await.unwrap().is_empty());
     assert_eq!(verify(&srv, chain).await.problem, None);
 
     // SQLite keeps a value of any type in any column: a tampered value of
