@@ -45,6 +45,20 @@ pub(crate) const EVENT_COLUMNS: &str =
     "chain, seq, at, actor, action, target, outcome, reason, detail, \
     session_ref, client_ip, user_agent, request_id, prev_hash, hash";
 
+/// [`EVENT_COLUMNS`] as the log's readers select them on SQLite. SQLite
+/// keeps whatever it is given in a column, so a tampered value need not be
+/// text (or bytes, for the hashes): each is read as its bytes, and what is
+/// not UTF-8 is shown with U+FFFD. The event still shows where it stands in
+/// the log, and `audit verify` names it as changed; one bad row must not
+/// hide the rest of the log from its readers.
+const EVENT_COLUMNS_AS_BYTES: &str = "chain, seq, at, \
+    CAST(actor AS BLOB) AS actor, CAST(action AS BLOB) AS action, \
+    CAST(target AS BLOB) AS target, CAST(outcome AS BLOB) AS outcome, \
+    CAST(reason AS BLOB) AS reason, CAST(detail AS BLOB) AS detail, \
+    CAST(session_ref AS BLOB) AS session_ref, CAST(client_ip AS BLOB) AS client_ip, \
+    CAST(user_agent AS BLOB) AS user_agent, CAST(request_id AS BLOB) AS request_id, \
+    CAST(prev_hash AS BLOB) AS prev_hash, CAST(hash AS BLOB) AS hash";
+
 /// One event as the chain scan reads it: its place, and the bytes its
 /// hash covers (see [`AuditEvent::canonical`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -378,23 +392,38 @@ fn outcome(s: &str) -> StoreResult<Outcome> {
     outcome_of(s.as_bytes())
 }
 
-fn event_from_row(r: &AnyRow) -> StoreResult<StoredEvent> {
-    let outcome_text: String = get(r, "outcome")?;
+/// An event selected with [`EVENT_COLUMNS`] (PostgreSQL) or
+/// [`EVENT_COLUMNS_AS_BYTES`] (SQLite).
+fn event_from_row(r: &AnyRow, dialect: Dialect) -> StoreResult<StoredEvent> {
+    let text = |col: &str| -> StoreResult<Option<String>> {
+        match dialect {
+            Dialect::Postgres => get(r, col),
+            Dialect::Sqlite => Ok(get::<Option<Vec<u8>>>(r, col)?.map(|b| {
+                String::from_utf8(b)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+            })),
+        }
+    };
+    let seq: i64 = get(r, "seq")?;
+    let required = |col: &str| {
+        text(col)?
+            .ok_or_else(|| StoreError::Corrupt(format!("audit event {seq}: column {col} is empty")))
+    };
     Ok(StoredEvent {
-        seq: get(r, "seq")?,
+        seq,
         event: AuditEvent {
             chain: get(r, "chain")?,
             at: from_ts(get(r, "at")?)?,
-            actor: get(r, "actor")?,
-            action: get(r, "action")?,
-            target: get(r, "target")?,
-            outcome: outcome(&outcome_text)?,
-            reason: get(r, "reason")?,
-            detail: get(r, "detail")?,
-            session: get(r, "session_ref")?,
-            client_ip: get(r, "client_ip")?,
-            user_agent: get(r, "user_agent")?,
-            request_id: get(r, "request_id")?,
+            actor: required("actor")?,
+            action: required("action")?,
+            target: required("target")?,
+            outcome: outcome(&required("outcome")?)?,
+            reason: text("reason")?,
+            detail: required("detail")?,
+            session: text("session_ref")?,
+            client_ip: text("client_ip")?,
+            user_agent: text("user_agent")?,
+            request_id: text("request_id")?,
         },
         prev_hash: get(r, "prev_hash")?,
         hash: get(r, "hash")?,
@@ -599,8 +628,11 @@ impl Store {
     /// A page of one chain's events, oldest first, after `q.after_seq`.
     pub async fn audit_events(&self, chain: i64, q: &AuditQuery) -> StoreResult<Vec<StoredEvent>> {
         let mut args = vec![crate::Arg::Int(chain), crate::Arg::Int(q.after_seq)];
-        let mut sql =
-            format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE chain = $1 AND seq > $2");
+        let columns = match self.dialect {
+            Dialect::Postgres => EVENT_COLUMNS,
+            Dialect::Sqlite => EVENT_COLUMNS_AS_BYTES,
+        };
+        let mut sql = format!("SELECT {columns} FROM audit_events WHERE chain = $1 AND seq > $2");
         let mut push = |cond: &str, a: crate::Arg| {
             args.push(a);
             sql.push_str(&format!(" AND {cond} ${}", args.len()));
@@ -627,7 +659,9 @@ impl Store {
         let rows = crate::bind_all(sqlx::query(&sql), &args)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(event_from_row).collect()
+        rows.iter()
+            .map(|r| event_from_row(r, self.dialect))
+            .collect()
     }
 
     /// The chains that have events.

@@ -537,9 +537,36 @@ async fn bytes_that_are_not_text_read_as_a_changed_event() {
         "UPDATE audit_events SET target = CAST(X'FF00FE' AS TEXT) WHERE chain = {chain} AND seq = 3"
     ))
     .await;
+    srv.raw_sql(&format!(
+        "UPDATE audit_events SET actor = 42, hash = CAST(hash AS TEXT) WHERE chain = {chain} AND seq = 4"
+    ))
+    .await;
     assert_eq!(
         problem(&srv, chain).await,
         "event 3 was changed after it was written"
+    );
+    // The log's readers still show both events and every one after them:
+    // a bad row must not hide the rest of the log.
+    let master = srv.sign_in("ACME", "master").await;
+    let head = srv.store().audit_head(chain).await.unwrap().unwrap().0;
+    let page = master
+        .raw_get("/api/v1/audit/events?limit=1000")
+        .await
+        .unwrap();
+    assert_eq!(page.status, 200, "{}", String::from_utf8_lossy(&page.body));
+    let page = page.json();
+    let items = page["items"].as_array().unwrap();
+    let at = |seq: i64| {
+        items
+            .iter()
+            .find(|e| e["seq"] == seq)
+            .unwrap_or_else(|| panic!("event {seq} is listed"))
+    };
+    assert_eq!(at(3)["target"], "\u{fffd}\u{0}\u{fffd}");
+    assert_eq!(at(4)["actor"], "42");
+    assert!(
+        items.iter().any(|e| e["seq"] == head),
+        "the newest event before the request is listed"
     );
 
     let (srv, chain) = signed_chain(6).await;
