@@ -304,7 +304,8 @@ pub async fn connect_store(config: &Config) -> anyhow::Result<Store> {
 }
 
 /// Serves HTTPS on `listener` until `shutdown` completes, then lets open
-/// requests finish (up to 10 s).
+/// requests finish (up to 10 s), and the intrusion detectors examine what
+/// they were given (up to 10 s more).
 pub async fn serve(
     prepared: Prepared,
     listener: TcpListener,
@@ -383,6 +384,18 @@ pub async fn serve(
         _ = tokio::time::sleep(Duration::from_secs(10)) => {
             tracing::warn!("some connections were still open after 10 s; closing them");
         }
+    }
+    // What the detectors have not examined yet (queued, or waiting in the
+    // audit log) is examined, and responded to, before the store closes:
+    // a restart must not forget an attack in progress.
+    if tokio::time::timeout(Duration::from_secs(10), state.detection.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "intrusion detection had not caught up 10 s into the shutdown; \
+             events it has not examined yet will not be"
+        );
     }
     state.store.close().await;
     Ok(())

@@ -127,6 +127,8 @@ pub struct TestServer {
     pub backend: Backend,
     pub dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
+    /// The serving task: done once the server has shut down.
+    serving: Option<tokio::task::JoinHandle<()>>,
     pg: Option<PgDatabase>,
     factors: std::sync::Mutex<std::collections::HashMap<(String, String), KnownFactor>>,
 }
@@ -273,7 +275,7 @@ impl TestServer {
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(async move {
+        let serving = tokio::spawn(async move {
             let _ = strongroom_server::serve(prepared, listener, async {
                 let _ = rx.await;
             })
@@ -288,6 +290,7 @@ impl TestServer {
             backend,
             dir,
             shutdown: Some(tx),
+            serving: Some(serving),
             pg,
             factors: Default::default(),
         }
@@ -295,6 +298,26 @@ impl TestServer {
 
     pub fn store(&self) -> &Store {
         &self.state.store
+    }
+
+    /// Shuts the server down as a signal would, waits until it has, and
+    /// opens the database again: the server's own store is closed by then.
+    pub async fn stop(&mut self) -> Store {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(serving) = self.serving.take() {
+            serving.await.expect("the server stops");
+        }
+        let url = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "STRONGROOM_DATABASE_URL")
+            .map(|(_, v)| v.clone())
+            .expect("a database URL");
+        Store::connect(&url, strongroom_store::StoreOptions::default())
+            .await
+            .expect("the database opens again")
     }
 
     /// The server's configuration, re-read from [`TestServer::env`].

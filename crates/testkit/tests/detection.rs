@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use axum::http::HeaderMap;
 use serde_json::{json, Value};
+use strongroom_core::audit::{AuditEvent, Outcome};
+use strongroom_core::clock::Clock;
 use strongroom_proto::*;
 use strongroom_testkit::client::Client;
 use strongroom_testkit::{Options, TestServer, PASSWORD};
@@ -474,4 +476,47 @@ async fn alerts_also_go_by_email_when_smtp_is_configured() {
     );
     assert!(mail.contains("To: security@example.com"), "{mail}");
     assert!(!mail.contains("not the password"));
+}
+
+/// A server told to stop first examines what its detectors have not
+/// examined yet, and responds, before it closes its store: a restart does
+/// not forget an attack in progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_server_examines_what_is_left_first() {
+    let mut srv = TestServer::start().await;
+    let admin = srv.company_master("ACME").await;
+    admin
+        .create_user(&strongroom_testkit::new_user("ann", false))
+        .await
+        .unwrap();
+    let (company, _) = srv.store().company_by_code("ACME").await.unwrap().unwrap();
+    let chain = company.0;
+    // The detectors are behind: many lists of 300 records, each by a user
+    // of its own (none near a threshold), then five bad passwords for ann,
+    // as the audit log's writer hands them over.
+    let at = srv.clock.now();
+    let records: Vec<String> = (0..300).map(|i| format!("customer/{i}")).collect();
+    let detail = json!({ "records": records }).to_string();
+    let mut events: Vec<AuditEvent> = (0..20_000)
+        .map(|i| {
+            let mut e = AuditEvent::new(chain, at, format!("user:u{i}"), "record.list", "customer");
+            e.detail = detail.clone();
+            e
+        })
+        .collect();
+    for _ in 0..5 {
+        let mut e = AuditEvent::new(chain, at, "user:ann", "auth.login", "user:ann");
+        e.outcome = Outcome::Denied;
+        e.reason = Some("bad_password".into());
+        e.client_ip = Some("198.51.100.9".into());
+        events.push(e);
+    }
+    // In batches of 500, as the audit log's writer commits them.
+    for batch in events.chunks(500) {
+        assert!(srv.state.detection.feed(batch.to_vec()));
+    }
+    let store = srv.stop().await;
+    let found = store.incidents(chain).await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].detector.as_str(), "brute_force");
 }
