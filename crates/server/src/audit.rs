@@ -369,7 +369,6 @@ pub struct Verification {
 }
 
 /// Walks a chain segment, checking sequence, links and hashes.
-#[derive(Debug, PartialEq, Eq)]
 struct Walker {
     /// The hash the next event must follow. Empty in the second half of a
     /// split walk until its first event, which is taken as it is and kept
@@ -957,8 +956,8 @@ pub fn export_line(
 mod tests {
     use super::*;
 
-    /// 150 signed messages (three batches and a part), the key's public
-    /// half, and the signatures.
+    /// The key's public half, `n` checkpoint messages, and their
+    /// signatures.
     fn signed(n: usize) -> (Vec<u8>, Vec<Vec<u8>>, Vec<Vec<u8>>) {
         let pair = signing_pair(&[7; 32]).unwrap();
         let messages: Vec<Vec<u8>> = (0..n)
