@@ -568,12 +568,14 @@ pub async fn verify_split_from(
     // running may have appended events meanwhile, so while the head is
     // ahead and the last read found more, the new events are read too. A
     // truncated log finds nothing more, and is reported; a log written to
-    // faster than it is read is verified as far as it was read.
-    let mut head = None;
+    // faster than it is read is verified as far as it was read. (The head
+    // seen before a read only says how far it goes: whether to halve it.)
+    let mut head = store.audit_head(chain).await?;
     let mut growing = false;
     for _ in 0..MAX_CATCH_UP {
         let from = w.next_seq;
-        w = walk(store, chain, w, split_from).await?;
+        let ahead = head.as_ref().map_or(0, |(seq, _)| seq - from + 1);
+        w = walk(store, chain, w, ahead, split_from).await?;
         if w.problem.is_some() {
             break;
         }
@@ -640,13 +642,15 @@ pub async fn verify_split_from(
 }
 
 /// Reads the chain on from where `w` stands: in two halves at once when the
-/// head (read first) is at least `split_from` events ahead.
-async fn walk(store: &Store, chain: i64, mut w: Walker, split_from: i64) -> ApiResult<Walker> {
+/// head was last seen at least `split_from` events ahead (`ahead`).
+async fn walk(
+    store: &Store,
+    chain: i64,
+    mut w: Walker,
+    ahead: i64,
+    split_from: i64,
+) -> ApiResult<Walker> {
     let from = w.next_seq;
-    let ahead = store
-        .audit_head(chain)
-        .await?
-        .map_or(0, |(seq, _)| seq - from + 1);
     if ahead < split_from.max(2) {
         return Ok(store
             .scan_audit(chain, from - 1, i64::MAX, w, Walker::visit)

@@ -158,6 +158,19 @@ impl DeferredState {
         }
         true
     }
+
+    /// Defers the numbered events `marks` (chain, sequence number) of
+    /// `kind`, one run per chain; returns how many could not be (their
+    /// stretch was full).
+    fn defer_all(&mut self, kind: Interest, marks: impl IntoIterator<Item = (i64, i64)>) -> u64 {
+        let mut lost = 0;
+        for (chain, (run, n)) in runs(marks) {
+            if !self.defer(chain, kind, run) {
+                lost += n;
+            }
+        }
+        lost
+    }
 }
 
 /// For each chain, the first and last of the sequence numbers given, and
@@ -420,13 +433,8 @@ impl Detection {
                 }
             }
         }
-        let mut lost = 0;
         self.skipped.inc_by(joining.len() as u64);
-        for (chain, (run, n)) in runs(joining) {
-            if !deferred.defer(chain, kind, run) {
-                lost += n;
-            }
-        }
+        let mut lost = deferred.defer_all(kind, joining);
         if !events.is_empty() {
             let n = u32::try_from(events.len()).unwrap_or(u32::MAX);
             let sent = match places.clone().try_acquire_many_owned(n) {
@@ -439,11 +447,7 @@ impl Detection {
                 self.skipped.inc_by(u64::from(n));
                 let numbered = marks.iter().filter_map(|&(c, seq)| Some((c, seq?)));
                 lost += marks.iter().filter(|(_, seq)| seq.is_none()).count() as u64;
-                for (chain, (run, n)) in runs(numbered) {
-                    if !deferred.defer(chain, kind, run) {
-                        lost += n;
-                    }
-                }
+                lost += deferred.defer_all(kind, numbered);
                 tracing::warn!(
                     events = n,
                     kind = ?kind,

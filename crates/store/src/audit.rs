@@ -45,19 +45,29 @@ pub(crate) const EVENT_COLUMNS: &str =
     "chain, seq, at, actor, action, target, outcome, reason, detail, \
     session_ref, client_ip, user_agent, request_id, prev_hash, hash";
 
-/// [`EVENT_COLUMNS`] as the log's readers select them on SQLite. SQLite
-/// keeps whatever it is given in a column, so a tampered value need not be
-/// text (or bytes, for the hashes): each is read as its bytes, and what is
-/// not UTF-8 is shown with U+FFFD. The event still shows where it stands in
-/// the log, and `audit verify` names it as changed; one bad row must not
-/// hide the rest of the log from its readers.
-const EVENT_COLUMNS_AS_BYTES: &str = "chain, seq, at, \
-    CAST(actor AS BLOB) AS actor, CAST(action AS BLOB) AS action, \
-    CAST(target AS BLOB) AS target, CAST(outcome AS BLOB) AS outcome, \
-    CAST(reason AS BLOB) AS reason, CAST(detail AS BLOB) AS detail, \
-    CAST(session_ref AS BLOB) AS session_ref, CAST(client_ip AS BLOB) AS client_ip, \
-    CAST(user_agent AS BLOB) AS user_agent, CAST(request_id AS BLOB) AS request_id, \
-    CAST(prev_hash AS BLOB) AS prev_hash, CAST(hash AS BLOB) AS hash";
+/// [`EVENT_COLUMNS`] as the log's readers select them. SQLite keeps
+/// whatever it is given in a column, so a tampered value need not be text
+/// (or bytes, for the hashes): there each column but the three numbers is
+/// read as its bytes, and what is not UTF-8 is shown with U+FFFD. The event
+/// still shows where it stands in the log, and `audit verify` names it as
+/// changed; one bad row must not hide the rest of the log from its readers.
+fn reader_columns(dialect: Dialect) -> &'static str {
+    static AS_BYTES: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    match dialect {
+        Dialect::Postgres => EVENT_COLUMNS,
+        Dialect::Sqlite => AS_BYTES.get_or_init(|| {
+            EVENT_COLUMNS
+                .split(',')
+                .map(str::trim)
+                .map(|c| match c {
+                    "chain" | "seq" | "at" => c.to_owned(),
+                    _ => format!("CAST({c} AS BLOB) AS {c}"),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        }),
+    }
+}
 
 /// One event as the chain scan reads it: its place, and the bytes its
 /// hash covers (see [`AuditEvent::canonical`]).
@@ -392,8 +402,7 @@ fn outcome(s: &str) -> StoreResult<Outcome> {
     outcome_of(s.as_bytes())
 }
 
-/// An event selected with [`EVENT_COLUMNS`] (PostgreSQL) or
-/// [`EVENT_COLUMNS_AS_BYTES`] (SQLite).
+/// An event selected with [`reader_columns`].
 fn event_from_row(r: &AnyRow, dialect: Dialect) -> StoreResult<StoredEvent> {
     let text = |col: &str| -> StoreResult<Option<String>> {
         match dialect {
@@ -628,11 +637,10 @@ impl Store {
     /// A page of one chain's events, oldest first, after `q.after_seq`.
     pub async fn audit_events(&self, chain: i64, q: &AuditQuery) -> StoreResult<Vec<StoredEvent>> {
         let mut args = vec![crate::Arg::Int(chain), crate::Arg::Int(q.after_seq)];
-        let columns = match self.dialect {
-            Dialect::Postgres => EVENT_COLUMNS,
-            Dialect::Sqlite => EVENT_COLUMNS_AS_BYTES,
-        };
-        let mut sql = format!("SELECT {columns} FROM audit_events WHERE chain = $1 AND seq > $2");
+        let mut sql = format!(
+            "SELECT {} FROM audit_events WHERE chain = $1 AND seq > $2",
+            reader_columns(self.dialect)
+        );
         let mut push = |cond: &str, a: crate::Arg| {
             args.push(a);
             sql.push_str(&format!(" AND {cond} ${}", args.len()));
