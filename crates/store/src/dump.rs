@@ -134,6 +134,7 @@ impl Cell {
 /// A consistent read of the whole store.
 pub struct Snapshot {
     tx: sqlx::Transaction<'static, sqlx::Any>,
+    dialect: Dialect,
 }
 
 impl Store {
@@ -151,7 +152,10 @@ impl Store {
         sqlx::query("SELECT COUNT(*) FROM companies")
             .execute(&mut *tx)
             .await?;
-        Ok(Snapshot { tx })
+        Ok(Snapshot {
+            tx,
+            dialect: self.dialect,
+        })
     }
 
     /// Loads rows into a table, in the caller's transaction of restore.
@@ -174,6 +178,9 @@ impl Store {
                     columns.len()
                 )));
             }
+        }
+        if self.dialect == Dialect::Postgres {
+            fits_postgres(loader, table, columns, rows).await?;
         }
         // Many rows per statement (bounded by both backends' parameter
         // limits). NULLs are written into the SQL, so no untyped NULL
@@ -232,7 +239,10 @@ impl Store {
                 .execute(&mut *tx.tx)
                 .await?;
         }
-        Ok(Loader { tx })
+        Ok(Loader {
+            tx,
+            types: Default::default(),
+        })
     }
 
     /// Ends a load: identity counters continue after the loaded ids.
@@ -407,9 +417,59 @@ impl std::fmt::Display for RestoreProgress {
     }
 }
 
+/// PostgreSQL types every column; SQLite keeps what it is given. A backup
+/// of a SQLite file that was changed outside Strongroom can carry a value
+/// of another kind than its column's (bytes that are not UTF-8 where text
+/// belongs, text where a number belongs). This names the first such value,
+/// with what to do, before PostgreSQL refuses it with a message about
+/// expression types.
+async fn fits_postgres(
+    loader: &mut Loader<'_>,
+    table: &str,
+    columns: &[String],
+    rows: &[Vec<Cell>],
+) -> StoreResult<()> {
+    if !loader.types.contains_key(table) {
+        let types: Vec<(String, String)> = sqlx::query_as(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns \
+             WHERE table_name = $1",
+        )
+        .bind(table)
+        .fetch_all(&mut *loader.tx.tx)
+        .await?;
+        loader
+            .types
+            .insert(table.to_owned(), types.into_iter().collect());
+    }
+    let types = &loader.types[table];
+    for row in rows {
+        for (cell, column) in row.iter().zip(columns) {
+            let Some(ty) = types.get(column) else {
+                continue;
+            };
+            let (fits, what) = match cell {
+                Cell::Null => (true, ""),
+                Cell::Int(_) => (matches!(ty.as_str(), "bigint" | "integer"), "a number"),
+                Cell::Text(_) => (ty == "text", "text"),
+                Cell::Blob { .. } => (ty == "bytea", "bytes that are not UTF-8 text"),
+            };
+            if !fits {
+                return Err(StoreError::Corrupt(format!(
+                    "{table}.{column} in this backup holds {what} where PostgreSQL keeps {ty}; \
+                     the SQLite file it was made from was changed outside Strongroom. Restore \
+                     it into a SQLite file to examine it, or restore an earlier backup"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A restore in progress.
 pub struct Loader<'a> {
     tx: crate::WriteTx<'a>,
+    /// On PostgreSQL, each loaded table's column types, read once.
+    types: std::collections::HashMap<String, std::collections::HashMap<String, String>>,
 }
 
 fn check_name(s: &str) -> StoreResult<()> {
@@ -434,6 +494,9 @@ impl Snapshot {
         F: FnMut(&[String], Vec<Cell>) -> StoreResult<()>,
     {
         check_name(table)?;
+        if self.dialect == Dialect::Sqlite {
+            return self.sqlite_table(table, each).await;
+        }
         let mut columns: Vec<String> = Vec::new();
         let sql = format!("SELECT * FROM {table} ORDER BY 1");
         let mut rows = sqlx::query(&sql).fetch(&mut *self.tx);
@@ -465,6 +528,62 @@ impl Snapshot {
             each(&columns, cells)?;
         }
         Ok(columns)
+    }
+
+    /// [`Snapshot::table`] on SQLite, which keeps any bytes in any column
+    /// whatever its declared type. Each value is read with its storage
+    /// class, and text as its bytes: text that is UTF-8 becomes a text
+    /// cell, and text that is not (only a hand-edited file holds it)
+    /// becomes a bytes cell, so a tampered row is carried as it is rather
+    /// than stopping the backup. Such a cell restores into SQLite as the
+    /// same bytes; PostgreSQL refuses it (see [`Store::load_rows`]).
+    async fn sqlite_table<F>(&mut self, table: &str, mut each: F) -> StoreResult<Vec<String>>
+    where
+        F: FnMut(&[String], Vec<Cell>) -> StoreResult<()>,
+    {
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM pragma_table_info(?) ORDER BY cid")
+                .bind(table)
+                .fetch_all(&mut *self.tx)
+                .await?;
+        let Some(first) = names.first() else {
+            return Err(StoreError::Corrupt(format!("table {table} has no columns")));
+        };
+        let mut select = Vec::with_capacity(names.len() * 2);
+        for c in &names {
+            check_name(c)?;
+            select.push(format!("typeof({c})"));
+            select.push(format!(
+                "CASE WHEN typeof({c}) IN ('text', 'real') THEN CAST({c} AS BLOB) ELSE {c} END"
+            ));
+        }
+        let sql = format!("SELECT {} FROM {table} ORDER BY {first}", select.join(", "));
+        let mut seen = false;
+        let mut rows = sqlx::query(&sql).fetch(&mut *self.tx);
+        while let Some(row) = rows.try_next().await? {
+            seen = true;
+            let mut cells = Vec::with_capacity(names.len());
+            for i in 0..names.len() {
+                let kind: String = row.try_get(2 * i)?;
+                let v = 2 * i + 1;
+                cells.push(match kind.as_str() {
+                    "null" => Cell::Null,
+                    "integer" => Cell::Int(row.try_get(v)?),
+                    // No column of Strongroom's is REAL: such a value was
+                    // written by hand, and is carried as its text.
+                    "text" | "real" => {
+                        let bytes: Vec<u8> = row.try_get(v)?;
+                        match String::from_utf8(bytes) {
+                            Ok(s) => Cell::Text(s),
+                            Err(e) => Cell::blob(e.as_bytes()),
+                        }
+                    }
+                    _ => Cell::blob(&row.try_get::<Vec<u8>, _>(v)?),
+                });
+            }
+            each(&names, cells)?;
+        }
+        Ok(if seen { names } else { Vec::new() })
     }
 
     pub async fn end(self) -> StoreResult<()> {

@@ -16,7 +16,7 @@ use serde_json::json;
 use strongroom_core::clock::Clock;
 use strongroom_server::backup;
 use strongroom_store::{Cell, Store, BACKUP_TABLES};
-use strongroom_testkit::{add_record, new_user, ScratchPostgres, TestServer, Tmpfs};
+use strongroom_testkit::{add_record, new_user, Backend, ScratchPostgres, TestServer, Tmpfs};
 
 const NATIONAL_ID: &str = "079201001234";
 const CARD: &str = "4539578763621486";
@@ -218,6 +218,83 @@ async fn a_backup_restores_every_row_into_either_backend() {
     assert_eq!(
         prepared.state.store.count_records(company).await.unwrap(),
         31
+    );
+}
+
+/// SQLite keeps whatever bytes it is given. A row changed outside
+/// Strongroom (text that is not UTF-8, bytes in a text column) is carried
+/// by a backup as it is rather than stopping it; it
+/// restores into SQLite byte for byte, where audit verification names the
+/// changed event; PostgreSQL's restore names the value and what to do, and
+/// leaves the target as it was.
+#[tokio::test]
+async fn a_row_changed_outside_strongroom_is_backed_up_as_it_is() {
+    let srv = populated().await;
+    if srv.backend == Backend::Postgres {
+        // PostgreSQL refuses such values when they are written.
+        return;
+    }
+    let chain = srv
+        .store()
+        .company_by_code("ACME")
+        .await
+        .unwrap()
+        .unwrap()
+        .0
+         .0;
+    for set in [
+        "target = CAST(X'FF00FE' AS TEXT) WHERE seq = 3",
+        "actor = X'00' WHERE seq = 4",
+    ] {
+        srv.raw_sql(&format!(
+            "UPDATE audit_events SET {set} AND chain = {chain}"
+        ))
+        .await;
+    }
+    let target = tempfile::tempdir().unwrap();
+    let m = backup::create(
+        srv.store(),
+        srv.state.keys.provider(),
+        target.path(),
+        srv.clock.now(),
+    )
+    .await
+    .expect("a changed row does not stop the backup");
+    let before = dump(srv.store()).await;
+    let events = &before["audit_events"];
+    assert!(
+        events.iter().any(|r| r.contains(r#"{"b":"/wD+"}"#)),
+        "the bytes are carried as bytes"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (stores, _pg) = fresh_targets(dir.path()).await;
+    let (sqlite, postgres) = (&stores[0], &stores[1]);
+    restore_quietly(&srv, target.path(), &m.id, sqlite, backup::Commit::Once)
+        .await
+        .unwrap();
+    assert_eq!(dump(sqlite).await, before, "restored byte for byte");
+    let ring =
+        strongroom_server::keys::KeyRing::new(srv.state.keys.shared_provider(), sqlite.clone());
+    let v = strongroom_server::audit::verify(sqlite, &ring, chain, true, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        v.problem.as_deref(),
+        Some("event 3 was changed after it was written")
+    );
+
+    let e = restore_quietly(&srv, target.path(), &m.id, postgres, backup::Commit::Once)
+        .await
+        .unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("audit_events.target") && e.contains("not UTF-8") && e.contains("SQLite file"),
+        "{e}"
+    );
+    assert!(
+        postgres.is_blank().await.unwrap(),
+        "the target is untouched"
     );
 }
 
