@@ -18,7 +18,7 @@ use strongroom_core::audit::{
 };
 use strongroom_core::CompanyId;
 use strongroom_proto::{ErrorBody, ErrorCode};
-use strongroom_store::{AuditQuery, Checkpoint, KeyPurpose, Store};
+use strongroom_store::{AuditQuery, Checkpoint, KeyPurpose, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 use utoipa::ToSchema;
 
@@ -575,7 +575,18 @@ pub async fn verify_split_from(
     for _ in 0..MAX_CATCH_UP {
         let from = w.next_seq;
         let ahead = head.as_ref().map_or(0, |(seq, _)| seq - from + 1);
-        w = walk(store, chain, w, ahead, split_from).await?;
+        w = match walk(store, chain, w, ahead, split_from).await {
+            Ok(w) => w,
+            // An event no writer could have stored (a time that is not a
+            // number, an outcome that is none, an empty required column)
+            // was changed by hand: tampering, named by its place. With more
+            // than one changed event, this one may not be the first.
+            Err(StoreError::Corrupt(what)) => {
+                out.problem = Some(what);
+                return Ok(out);
+            }
+            Err(e) => return Err(e.into()),
+        };
         if w.problem.is_some() {
             break;
         }
@@ -649,12 +660,12 @@ async fn walk(
     mut w: Walker,
     ahead: i64,
     split_from: i64,
-) -> ApiResult<Walker> {
+) -> Result<Walker, StoreError> {
     let from = w.next_seq;
     if ahead < split_from.max(2) {
-        return Ok(store
+        return store
             .scan_audit(chain, from - 1, i64::MAX, w, Walker::visit)
-            .await?);
+            .await;
     }
     let mid = from - 1 + ahead / 2;
     let second = w.split(mid);
@@ -669,10 +680,15 @@ async fn walk(
     let first = store
         .scan_audit(chain, from - 1, mid, w, Walker::visit)
         .await;
-    let second = later
-        .await
-        .map_err(|e| ApiError::internal(format!("the audit scan stopped: {e}")))??;
-    Ok(first?.join(second))
+    let first = first?;
+    match later.await {
+        Ok(Ok(second)) => Ok(first.join(second)),
+        // A problem in the first half comes before whatever the second
+        // found.
+        _ if first.problem.is_some() => Ok(first),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(StoreError::Sqlite(format!("the audit scan stopped: {e}"))),
+    }
 }
 
 /// Starts checking the signatures of a chain's checkpoints from

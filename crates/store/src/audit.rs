@@ -228,7 +228,12 @@ fn scan_sqlite(
     let mut batch = LinkBatch::default();
     while let Some(r) = rows.next().map_err(failed)? {
         let seq: i64 = r.get(0).map_err(failed)?;
-        let at: i64 = r.get(1).map_err(failed)?;
+        // INTEGER affinity keeps text that does not read as a number.
+        let at: i64 = r.get(1).map_err(|_| {
+            StoreError::Corrupt(format!(
+                "audit event {seq} of chain {chain}: its time is not a number"
+            ))
+        })?;
         // The text columns have TEXT affinity, so a number written there
         // is stored as text. A blob gives its bytes, as a cast to text
         // would: the same bytes are the same event, others fail its hash.

@@ -569,6 +569,18 @@ async fn bytes_that_are_not_text_read_as_a_changed_event() {
         "the newest event before the request is listed"
     );
 
+    // A time that is not a number (INTEGER affinity keeps such text) is
+    // a changed event too, named by its place.
+    let (srv, chain) = signed_chain(6).await;
+    srv.raw_sql(&format!(
+        "UPDATE audit_events SET at = 'yesterday' WHERE chain = {chain} AND seq = 3"
+    ))
+    .await;
+    assert_eq!(
+        problem(&srv, chain).await,
+        format!("audit event 3 of chain {chain}: its time is not a number")
+    );
+
     let (srv, chain) = signed_chain(6).await;
     // The same bytes as a blob are the same event...
     srv.raw_sql(&format!(
