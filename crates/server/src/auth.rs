@@ -417,7 +417,13 @@ pub async fn login(
         }
     };
     crate::lockout::succeeded(&state, &account).await?;
-    let factors = crate::second_factor::factors(&state, account.company, account.key).await?;
+    // Whether there is a factor was read with the account; which ones,
+    // only when there is one.
+    let factors = if account.has_second_factor {
+        crate::second_factor::factors(&state, account.company, account.key).await?
+    } else {
+        crate::second_factor::Factors::default()
+    };
     if factors.any() {
         // The password step is done; a session comes only with the second.
         let challenge = crate::second_factor::begin(&state, &account, &client, &factors).await?;
@@ -471,8 +477,15 @@ pub async fn finish_sign_in(
 ) -> ApiResult<Response> {
     let now = state.clock.now();
     let rules = state
-        .store
-        .effective_password_rules(account.company, Some(account.key))
+        .policy
+        .password_rules
+        .get_or_load(
+            (account.company.0, account.key.0),
+            Some(account.policy_epoch),
+            state
+                .store
+                .effective_password_rules(account.company, Some(account.key)),
+        )
         .await?;
     let age = rules.age(account.password_changed_at, now);
     if account.must_change_password || age == PasswordAge::Expired {

@@ -1,7 +1,8 @@
 //! What every request's security checks read (access hours, IP rules, the
 //! caller's roles and clearance, record types, current key versions),
 //! cached per node under the company's policy epoch; and, for sign-in, the
-//! session policy and whether a company has users besides its master.
+//! session and sign-in policies, the password rules, and whether a company
+//! has users besides its master.
 //!
 //! The epoch is a counter in the store that triggers move in the same
 //! transaction as any change to those inputs (see the store's
@@ -15,6 +16,8 @@ use std::hash::Hash;
 use std::sync::Mutex;
 
 use strongroom_core::ip_policy::IpRule;
+use strongroom_core::password::PasswordRules;
+use strongroom_core::signin::SignInPolicy;
 use strongroom_store::{AccessFacts, HoursSettings, StoredRecordType};
 
 /// Entries per map before it is emptied (a bound on memory, whatever the
@@ -97,6 +100,10 @@ pub struct PolicyCache {
     pub session_policy: EpochCache<i64, (i64, String, i64)>,
     /// company → whether it has users besides its master account.
     pub other_users: EpochCache<i64, bool>,
+    /// company → its lockout, throttling and second-factor policy.
+    pub sign_in_policy: EpochCache<i64, SignInPolicy>,
+    /// (company, user) → the password rules that apply to the user.
+    pub password_rules: EpochCache<(i64, i64), PasswordRules>,
 }
 
 #[cfg(test)]

@@ -58,7 +58,15 @@ pub async fn factors(state: &AppState, company: CompanyId, user: UserKey) -> Api
 
 /// Whether the company's policy requires a second factor of this user.
 pub async fn required(state: &AppState, a: &LoginAccount) -> ApiResult<bool> {
-    let policy = state.store.sign_in_policy(a.company).await?;
+    let policy = state
+        .policy
+        .sign_in_policy
+        .get_or_load(
+            a.company.0,
+            Some(a.policy_epoch),
+            state.store.sign_in_policy(a.company),
+        )
+        .await?;
     let others = if a.is_master {
         state
             .policy

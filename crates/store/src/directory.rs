@@ -55,6 +55,8 @@ pub struct LoginAccount {
     /// Whether failed sign-ins of the account are on record (for a
     /// successful one to clear).
     pub has_failures: bool,
+    /// Whether the user has a confirmed authenticator app or a passkey.
+    pub has_second_factor: bool,
 }
 
 impl LoginAccount {
@@ -101,7 +103,11 @@ const LOGIN_SELECT: &str =
       AS locked_until, \
     CAST(CASE WHEN EXISTS (SELECT 1 FROM sign_in_failures f \
       WHERE f.chain = u.company_id AND f.subject = 'user:' || u.id) THEN 1 ELSE 0 END AS BIGINT) \
-      AS has_failures \
+      AS has_failures, \
+    CAST(CASE WHEN EXISTS (SELECT 1 FROM totp_factors t \
+      WHERE t.company_id = u.company_id AND t.user_key = u.id AND t.confirmed <> 0) \
+      OR EXISTS (SELECT 1 FROM passkeys p WHERE p.company_id = u.company_id AND p.user_key = u.id) \
+      THEN 1 ELSE 0 END AS BIGINT) AS has_second_factor \
     FROM companies c JOIN users u ON u.company_id = c.id";
 
 fn login_account_from_row(r: &AnyRow) -> StoreResult<LoginAccount> {
@@ -123,6 +129,7 @@ fn login_account_from_row(r: &AnyRow) -> StoreResult<LoginAccount> {
         policy_epoch: get(r, "policy_epoch")?,
         locked_until: opt_ts(get(r, "locked_until")?)?,
         has_failures: flag(r, "has_failures")?,
+        has_second_factor: flag(r, "has_second_factor")?,
     })
 }
 

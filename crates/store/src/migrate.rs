@@ -72,10 +72,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "the installation's own wrapped keys (backup manifest signing)",
         sql: include_str!("../migrations/0012_server_keys.sql"),
     },
+    Migration {
+        version: 13,
+        name: "policy epochs moved by the sign-in policy and password rules",
+        sql: include_str!("../migrations/0013_sign_in_policy_epochs.sql"),
+    },
 ];
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 12;
+pub const SCHEMA_VERSION: i64 = 13;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationReport {
@@ -93,7 +98,17 @@ fn render(sql: &str, dialect: Dialect) -> String {
     };
     let sql = sql.replace("{id}", id).replace("{blob}", blob);
     if sql.contains("{policy_epoch_triggers}") {
-        sql.replace("{policy_epoch_triggers}", &policy_epoch_triggers(dialect))
+        let mut triggers = String::new();
+        if dialect == Dialect::Postgres {
+            triggers.push_str(POSTGRES_EPOCH_BUMP);
+        }
+        triggers.push_str(&policy_epoch_triggers(dialect, POLICY_TABLES));
+        sql.replace("{policy_epoch_triggers}", &triggers)
+    } else if sql.contains("{sign_in_policy_epoch_triggers}") {
+        sql.replace(
+            "{sign_in_policy_epoch_triggers}",
+            &policy_epoch_triggers(dialect, SIGN_IN_POLICY_TABLES),
+        )
     } else {
         sql
     }
@@ -119,14 +134,36 @@ pub const POLICY_TABLES: &[(&str, &str)] = &[
     ("company_keys", "company_id"),
 ];
 
-/// Triggers that move a company's policy epoch whenever a row of a
-/// [`POLICY_TABLES`] table is inserted, changed or deleted. (A deleted
-/// company's counter is removed by `delete_company`, not re-made.)
-fn policy_epoch_triggers(dialect: Dialect) -> String {
+/// What sign-in reads (and a node may cache under the epoch read with the
+/// account): these move the epoch from schema version 13 on.
+pub const SIGN_IN_POLICY_TABLES: &[(&str, &str)] = &[
+    ("sign_in_policy", "company_id"),
+    ("password_rules", "company_id"),
+    ("user_password_rules", "company_id"),
+];
+
+/// The PostgreSQL function the epoch triggers run.
+const POSTGRES_EPOCH_BUMP: &str =
+    "CREATE FUNCTION policy_epoch_bump() RETURNS trigger LANGUAGE plpgsql AS $$\n\
+     DECLARE c BIGINT;\n\
+     BEGIN\n\
+       IF TG_TABLE_NAME = 'companies' THEN c := NEW.id;\n\
+       ELSIF TG_OP = 'DELETE' THEN c := OLD.company_id;\n\
+       ELSE c := NEW.company_id;\n\
+       END IF;\n\
+       INSERT INTO policy_epochs (company_id, epoch) VALUES (c, 1)\n\
+         ON CONFLICT (company_id) DO UPDATE SET epoch = policy_epochs.epoch + 1;\n\
+       RETURN NULL;\n\
+     END $$;\n";
+
+/// Triggers that move a company's policy epoch whenever a row of one of
+/// `tables` is inserted, changed or deleted. (A deleted company's counter
+/// is removed by `delete_company`, not re-made.)
+fn policy_epoch_triggers(dialect: Dialect, tables: &[(&str, &str)]) -> String {
     let mut out = String::new();
     match dialect {
         Dialect::Sqlite => {
-            for (table, col) in POLICY_TABLES {
+            for (table, col) in tables {
                 for (op, row) in [("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")] {
                     if *table == "companies" && op == "DELETE" {
                         continue;
@@ -141,20 +178,7 @@ fn policy_epoch_triggers(dialect: Dialect) -> String {
             }
         }
         Dialect::Postgres => {
-            out.push_str(
-                "CREATE FUNCTION policy_epoch_bump() RETURNS trigger LANGUAGE plpgsql AS $$\n\
-                 DECLARE c BIGINT;\n\
-                 BEGIN\n\
-                   IF TG_TABLE_NAME = 'companies' THEN c := NEW.id;\n\
-                   ELSIF TG_OP = 'DELETE' THEN c := OLD.company_id;\n\
-                   ELSE c := NEW.company_id;\n\
-                   END IF;\n\
-                   INSERT INTO policy_epochs (company_id, epoch) VALUES (c, 1)\n\
-                     ON CONFLICT (company_id) DO UPDATE SET epoch = policy_epochs.epoch + 1;\n\
-                   RETURN NULL;\n\
-                 END $$;\n",
-            );
-            for (table, _) in POLICY_TABLES {
+            for (table, _) in tables {
                 let ops = if *table == "companies" {
                     "INSERT OR UPDATE"
                 } else {

@@ -1061,3 +1061,76 @@ async fn a_successful_sign_in_clears_the_failures_before_it() {
         }
     }
 }
+
+/// Sign-in takes the sign-in policy and the password rules from the
+/// node's cache under the company's policy epoch. A change made beneath
+/// this server (by another node, a tool, plain SQL) must apply at the next
+/// sign-in all the same.
+#[tokio::test]
+async fn sign_in_rules_changed_beneath_the_server_apply_at_the_next_sign_in() {
+    let srv = TestServer::start().await;
+    let admin = srv.company_master("ACME").await;
+    with_user(&srv, &admin, "ann", false).await;
+    let policy = admin.sign_in_policy().await.unwrap();
+    admin.set_sign_in_policy(&policy).await.unwrap();
+    let r = send(
+        &admin,
+        Method::PUT,
+        "/api/v1/security/password-rules",
+        json!({"min_length": 12, "min_score": 3, "require_classes": 0, "history": 0,
+               "max_age_days": 90, "warn_days": 14, "min_age_days": 0}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let sign_in = || async { srv.client().login("ACME", "ann", PASSWORD).await.unwrap().1 };
+    for _ in 0..2 {
+        assert_eq!(sign_in().await.restriction, None);
+    }
+
+    // Every user must have a second factor now.
+    let company = srv
+        .store()
+        .company_by_code("ACME")
+        .await
+        .unwrap()
+        .unwrap()
+        .0
+         .0;
+    let changed = srv
+        .raw_sql(&format!(
+            "UPDATE sign_in_policy SET two_factor = 'all' WHERE company_id = {company}"
+        ))
+        .await;
+    assert_eq!(changed, 1);
+    assert_eq!(
+        sign_in().await.restriction.as_deref(),
+        Some("enrol_second_factor")
+    );
+    srv.raw_sql(&format!(
+        "UPDATE sign_in_policy SET two_factor = 'off' WHERE company_id = {company}"
+    ))
+    .await;
+    assert_eq!(sign_in().await.restriction, None);
+
+    // Passwords now expire after a day: hers, set today, is fine...
+    srv.raw_sql(&format!(
+        "UPDATE password_rules SET max_age_days = 1, warn_days = 0 WHERE company_id = {company}"
+    ))
+    .await;
+    assert_eq!(sign_in().await.restriction, None);
+    // ...until two days later.
+    srv.clock.advance(Duration::days(2));
+    assert_eq!(
+        sign_in().await.restriction.as_deref(),
+        Some("change_password")
+    );
+    // A rule of her own, without expiry, wins over the company's.
+    srv.raw_sql(&format!(
+        "INSERT INTO user_password_rules (company_id, user_key, min_length, min_score, \
+         require_classes, history, max_age_days, warn_days, min_age_days) \
+         SELECT company_id, id, 12, 3, 0, 0, 0, 0, 0 FROM users \
+         WHERE company_id = {company} AND user_id = 'ann'"
+    ))
+    .await;
+    assert_eq!(sign_in().await.restriction, None);
+}
