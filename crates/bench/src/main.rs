@@ -6,6 +6,11 @@
 
 mod suite;
 
+/// The allocator of the `strongroom` binary (see its `main.rs`), so that
+/// the servers here run as they do there.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,5 +1,12 @@
 //! `strongroom`: the operator's command.
 
+/// jemalloc rather than glibc's malloc: under load glibc's allocator took
+/// about a sixth of the server's CPU (arena locks, consolidation of freed
+/// chunks); jemalloc served the same reads and writes with about a quarter
+/// more throughput, for about 6 MB more resident memory when idle.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
