@@ -76,18 +76,23 @@ async fn populated() -> TestServer {
     srv
 }
 
-/// A populated server and one backup of it in a target of its own.
-async fn backed_up() -> (TestServer, tempfile::TempDir, backup::Manifest) {
-    let srv = populated().await;
-    let target = tempfile::tempdir().unwrap();
+/// One backup of `srv` in a target of its own.
+async fn backup_of(srv: &TestServer) -> anyhow::Result<(tempfile::TempDir, backup::Manifest)> {
+    let target = tempfile::tempdir()?;
     let m = backup::create(
         srv.store(),
         srv.state.keys.provider(),
         target.path(),
         srv.clock.now(),
     )
-    .await
-    .unwrap();
+    .await?;
+    Ok((target, m))
+}
+
+/// A populated server and one backup of it in a target of its own.
+async fn backed_up() -> (TestServer, tempfile::TempDir, backup::Manifest) {
+    let srv = populated().await;
+    let (target, m) = backup_of(&srv).await.unwrap();
     (srv, target, m)
 }
 
@@ -251,15 +256,9 @@ async fn a_row_changed_outside_strongroom_is_backed_up_as_it_is() {
         ))
         .await;
     }
-    let target = tempfile::tempdir().unwrap();
-    let m = backup::create(
-        srv.store(),
-        srv.state.keys.provider(),
-        target.path(),
-        srv.clock.now(),
-    )
-    .await
-    .expect("a changed row does not stop the backup");
+    let (target, m) = backup_of(&srv)
+        .await
+        .expect("a changed row does not stop the backup");
     let before = dump(srv.store()).await;
     let events = &before["audit_events"];
     assert!(
