@@ -1021,11 +1021,11 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<()> {
     println!("|---|---:|---|");
     println!("| before the servers start | {idle_rss:.1} | |");
     println!(
-        "| two servers started, idle (≈ {:.1} MB each) | {two_idle:.1} | {} |",
+        "| two servers started, idle (both; one server in its process ≈ {:.1} MB) | {two_idle:.1} | {} |",
         (two_idle - idle_rss) / 2.0 + idle_rss,
         verdict(
             (two_idle - idle_rss) / 2.0 + idle_rss < 40.0,
-            "< 40 MB idle".into()
+            "one server < 40 MB idle".into()
         )
     );
     println!(
