@@ -432,7 +432,7 @@ async fn fits_postgres(
     if !loader.types.contains_key(table) {
         let types: Vec<(String, String)> = sqlx::query_as(
             "SELECT column_name::text, data_type::text FROM information_schema.columns \
-             WHERE table_name = $1",
+             WHERE table_schema = current_schema() AND table_name = $1",
         )
         .bind(table)
         .fetch_all(&mut *loader.tx.tx)
