@@ -175,9 +175,16 @@ impl LinkBatch {
                 ))
             })
         };
-        from_ts(at)?;
+        // A value no writer stores is named by its place in the log.
+        let placed = |e: StoreError| match e {
+            StoreError::Corrupt(what) => {
+                StoreError::Corrupt(format!("audit event {seq} of chain {chain}: {what}"))
+            }
+            e => e,
+        };
+        from_ts(at).map_err(placed)?;
         let outcome_text = required(5)?;
-        outcome_of(outcome_text)?;
+        outcome_of(outcome_text).map_err(placed)?;
         let parts = [
             Some(required(2)?),
             Some(required(3)?),

@@ -34,13 +34,7 @@ async fn last_event(srv: &TestServer) -> AuditEvent {
 }
 
 async fn company_chain(srv: &TestServer) -> i64 {
-    srv.store()
-        .company_by_code("ACME")
-        .await
-        .unwrap()
-        .unwrap()
-        .0
-         .0
+    srv.company_id("ACME").await.0
 }
 
 #[tokio::test]
@@ -521,6 +515,17 @@ async fn each_kind_of_tampering_is_found_and_named() {
     };
     srv.raw_sql(sig_sql).await;
     assert!(problem(&srv, chain).await.contains("bad signature"));
+
+    // A value no writer stores: named by its place, not an internal error.
+    let (srv, chain) = signed_chain(6).await;
+    srv.raw_sql(&format!(
+        "UPDATE audit_events SET outcome = 'maybe' WHERE chain = {chain} AND seq = 3"
+    ))
+    .await;
+    assert_eq!(
+        problem(&srv, chain).await,
+        format!("audit event 3 of chain {chain}: audit outcome 'maybe'")
+    );
 }
 
 /// SQLite keeps whatever bytes it is given in a TEXT column: a value that
