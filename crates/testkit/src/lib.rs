@@ -435,6 +435,17 @@ impl TestServer {
         Client::new(&self.base_url, Some(&self.cert_pem)).expect("client")
     }
 
+    /// The id of company `code`, which must exist (it is also the id of
+    /// its audit chain).
+    pub async fn company_id(&self, code: &str) -> strongroom_core::CompanyId {
+        self.store()
+            .company_by_code(code)
+            .await
+            .expect("company lookup")
+            .unwrap_or_else(|| panic!("no company {code}"))
+            .0
+    }
+
     /// Creates a company with master account `master` (password [`PASSWORD`]).
     pub async fn company(&self, code: &str) {
         strongroom_server::init_company(

@@ -917,13 +917,7 @@ async fn deleting_a_company_removes_its_access_and_sign_in_state() {
     let mut policy = admin.sign_in_policy().await.unwrap();
     policy.two_factor = "all".into();
     admin.set_sign_in_policy(&policy).await.unwrap();
-    let id = srv
-        .store()
-        .company_by_code("BETA")
-        .await
-        .unwrap()
-        .unwrap()
-        .0;
+    let id = srv.company_id("BETA").await;
     srv.store().delete_company(id).await.unwrap();
     assert!(srv.store().company_by_code("BETA").await.unwrap().is_none());
     for table in [

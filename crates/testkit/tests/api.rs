@@ -136,7 +136,7 @@ async fn sign_in_session_and_sign_out() {
 }
 
 async fn stored_hashes(srv: &TestServer) -> Vec<Vec<u8>> {
-    let (company, _) = srv.store().company_by_code("ACME").await.unwrap().unwrap();
+    let company = srv.company_id("ACME").await;
     srv.store().session_token_hashes(company).await.unwrap()
 }
 

@@ -239,14 +239,7 @@ async fn a_row_changed_outside_strongroom_is_backed_up_as_it_is() {
         // PostgreSQL refuses such values when they are written.
         return;
     }
-    let chain = srv
-        .store()
-        .company_by_code("ACME")
-        .await
-        .unwrap()
-        .unwrap()
-        .0
-         .0;
+    let chain = srv.company_id("ACME").await.0;
     for set in [
         "target = CAST(X'FF00FE' AS TEXT) WHERE seq = 3",
         "actor = X'00' WHERE seq = 4",

@@ -489,7 +489,7 @@ async fn a_stopping_server_examines_what_is_left_first() {
         .create_user(&strongroom_testkit::new_user("ann", false))
         .await
         .unwrap();
-    let (company, _) = srv.store().company_by_code("ACME").await.unwrap().unwrap();
+    let company = srv.company_id("ACME").await;
     let chain = company.0;
     // The detectors are behind: many lists of 300 records, each by a user
     // of its own (none near a threshold), then five bad passwords for ann,

@@ -410,7 +410,7 @@ async fn data_key_rotation_under_concurrent_writes_loses_nothing() {
         .await;
         ids.push(r.id);
     }
-    let (company, _) = srv.store().company_by_code("ACME").await.unwrap().unwrap();
+    let company = srv.company_id("ACME").await;
     let keys = srv.state.keys.clone();
     let v = keys
         .rotate_data_key(company, "ACME", srv.clock.now())

@@ -462,13 +462,7 @@ async fn lock_state_lives_in_the_store_for_every_node() {
     for _ in 0..5 {
         let _ = srv.client().login("ACME", "ann", "wrong wrong wrong").await;
     }
-    let company = srv
-        .store()
-        .company_by_code("ACME")
-        .await
-        .unwrap()
-        .unwrap()
-        .0;
+    let company = srv.company_id("ACME").await;
     let ann = srv.store().user(company, "ann").await.unwrap().unwrap();
     assert!(srv
         .store()
@@ -974,7 +968,7 @@ async fn a_data_key_rotation_moves_totp_secrets_to_the_new_key() {
     with_user(&srv, &admin, "ann", false).await;
     let ann = srv.sign_in("ACME", "ann").await;
     srv.enrol_totp("ACME", "ann", &ann).await;
-    let (company, _) = srv.store().company_by_code("ACME").await.unwrap().unwrap();
+    let company = srv.company_id("ACME").await;
     let ann_key = srv.store().user(company, "ann").await.unwrap().unwrap().key;
     let sealed = |s: &TestServer| {
         let store = s.store().clone();
@@ -1011,7 +1005,7 @@ async fn a_data_key_rotation_moves_totp_secrets_to_the_new_key() {
 async fn a_block_made_by_another_node_applies_at_sign_in_at_once() {
     let srv = TestServer::start_with(Options::with(&[("TRUSTED_PROXIES", "127.0.0.1")])).await;
     srv.company("ACME").await;
-    let (company, _) = srv.store().company_by_code("ACME").await.unwrap().unwrap();
+    let company = srv.company_id("ACME").await;
     // Another node blocked the address in the shared store; this node has
     // not reloaded its in-memory view.
     srv.store()
@@ -1088,14 +1082,7 @@ async fn sign_in_rules_changed_beneath_the_server_apply_at_the_next_sign_in() {
     }
 
     // Every user must have a second factor now.
-    let company = srv
-        .store()
-        .company_by_code("ACME")
-        .await
-        .unwrap()
-        .unwrap()
-        .0
-         .0;
+    let company = srv.company_id("ACME").await.0;
     let changed = srv
         .raw_sql(&format!(
             "UPDATE sign_in_policy SET two_factor = 'all' WHERE company_id = {company}"
