@@ -907,6 +907,7 @@ fn read_archive(path: &Path) -> anyhow::Result<Vec<strongroom_store::StoredEvent
                 event,
                 prev_hash,
                 hash,
+                damaged: None,
             })
         })
         .collect()
@@ -998,6 +999,14 @@ async fn audit_archive(
             break;
         };
         for e in page {
+            // An event changed outside Strongroom is evidence: it stays in
+            // the live log, as it is, and so does everything after it.
+            if let Some(d) = &e.damaged {
+                bail!(
+                    "audit event {} of {company} was changed outside Strongroom ({d}); nothing was archived. Run `strongroom audit verify --company {company}` and keep the database as it is",
+                    e.seq
+                );
+            }
             if e.event.at >= before {
                 break 'read;
             }

@@ -392,6 +392,41 @@ fn audit_export_and_archive() {
     assert!(!o.status.success());
     assert!(text(&o).contains("jsonl, syslog or cef"));
 
+    // An event changed outside Strongroom stays in the live log: the
+    // archive refuses, and moves nothing.
+    let db = rusqlite::Connection::open(s.path("strongroom-data/strongroom.db")).unwrap();
+    let set_time = |sql: &str| {
+        let n = db
+            .execute(
+                &format!("UPDATE audit_events SET at = {sql} WHERE action = 'company.create'"),
+                [],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    };
+    set_time("'yesterday ' || at");
+    let archive = |out: &str| {
+        s.run(&[
+            "audit",
+            "archive",
+            "--company",
+            "ACME",
+            "--before",
+            "2999-01-01T00:00:00Z",
+            "--out",
+            out,
+        ])
+    };
+    let o = archive("refused.jsonl");
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("audit event 1 of ACME was changed outside Strongroom (its time is not a number); nothing was archived"),
+        "{}",
+        text(&o)
+    );
+    assert!(!s.path("refused.jsonl").exists());
+    set_time("CAST(substr(at, 11) AS INTEGER)");
+
     // Archive everything so far; the live log keeps an anchor.
     let o = s.run(&[
         "audit",

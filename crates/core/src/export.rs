@@ -12,6 +12,9 @@ pub struct ExportedEvent<'a> {
     pub event: &'a AuditEvent,
     pub prev_hash: &'a [u8],
     pub hash: &'a [u8],
+    /// What in the stored event could not be read (it was changed outside
+    /// Strongroom); carried in every format so a receiver sees it.
+    pub damaged: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +46,7 @@ pub fn line(format: Format, e: &ExportedEvent<'_>, hostname: &str) -> String {
 
 fn json(e: &ExportedEvent<'_>) -> serde_json::Value {
     let ev = e.event;
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "chain": ev.chain,
         "company": e.company,
         "seq": e.seq,
@@ -61,7 +64,11 @@ fn json(e: &ExportedEvent<'_>) -> serde_json::Value {
         "request_id": ev.request_id,
         "prev_hash": hex::encode(e.prev_hash),
         "hash": hex::encode(e.hash),
-    })
+    });
+    if let Some(d) = e.damaged {
+        v["damaged"] = d.into();
+    }
+    v
 }
 
 /// Severity: informational for successes, warning for refusals.
@@ -118,6 +125,7 @@ fn syslog(e: &ExportedEvent<'_>, hostname: &str) -> String {
         ("src", ev.client_ip.clone()),
         ("session", ev.session.clone()),
         ("request", ev.request_id.clone()),
+        ("damaged", e.damaged.map(str::to_owned)),
     ] {
         if let Some(v) = v {
             sd.push_str(&format!(" {k}=\"{}\"", sd_escape(&v)));
@@ -172,6 +180,9 @@ fn cef(e: &ExportedEvent<'_>) -> String {
     }
     if let Some(r) = &ev.reason {
         ext.push(format!("reason={}", cef_value(r)));
+    }
+    if let Some(d) = e.damaged {
+        ext.push(format!("cs5Label=damaged cs5={}", cef_value(d)));
     }
     format!(
         "CEF:0|Strongroom|Strongroom|{}|{}|{}|{}|{}",
@@ -250,6 +261,7 @@ mod tests {
             event: e,
             prev_hash: &[1; 32],
             hash: &[2; 32],
+            damaged: None,
         }
     }
 
@@ -285,5 +297,28 @@ mod tests {
             (12, e.clone(), vec![1; 32], vec![2; 32])
         );
         assert_eq!(v["hash"], hex::encode([2u8; 32]));
+        assert!(v.get("damaged").is_none(), "{v}");
+    }
+
+    #[test]
+    fn every_format_says_when_an_event_was_damaged() {
+        let e = ev();
+        let damaged = ExportedEvent {
+            damaged: Some("its time is not a number"),
+            ..exported(&e)
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&line(Format::JsonLines, &damaged, "h")).unwrap();
+        assert_eq!(json["damaged"], "its time is not a number");
+        let syslog = line(Format::Syslog, &damaged, "h");
+        assert!(
+            syslog.contains(" damaged=\"its time is not a number\""),
+            "{syslog}"
+        );
+        let cef = line(Format::Cef, &damaged, "h");
+        assert!(
+            cef.contains("cs5Label=damaged cs5=its time is not a number"),
+            "{cef}"
+        );
     }
 }

@@ -831,6 +831,13 @@ pub struct AuditEventView {
     pub request_id: Option<String>,
     /// This event's chain hash (hex), for receivers that verify.
     pub hash: String,
+    /// Present when the stored event holds what Strongroom never writes,
+    /// i.e. it was changed outside Strongroom: what could not be read
+    /// ("its time is not a number"). The fields it names show stand-ins
+    /// (the Unix epoch, `failed`, empty text); `strongroom audit verify`
+    /// names the event as tampered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -918,6 +925,7 @@ pub async fn list_events(
             user_agent: e.event.user_agent,
             request_id: e.event.request_id,
             hash: hex::encode(&e.hash),
+            damaged: e.damaged,
         })
         .collect();
     let next_after = if more {
@@ -967,6 +975,7 @@ pub fn export_line(
             event: &e.event,
             prev_hash: &e.prev_hash,
             hash: &e.hash,
+            damaged: e.damaged.as_deref(),
         },
         host,
     )

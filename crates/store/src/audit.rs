@@ -13,6 +13,12 @@ pub struct StoredEvent {
     pub event: AuditEvent,
     pub prev_hash: Vec<u8>,
     pub hash: Vec<u8>,
+    /// What in the stored row no writer of Strongroom could have put there
+    /// (it was changed outside Strongroom), e.g. "its time is not a
+    /// number". The fields it names hold stand-ins: the Unix epoch for a
+    /// time, `failed` for an outcome, empty text. `None` for every event
+    /// Strongroom wrote.
+    pub damaged: Option<String>,
 }
 
 /// A signed chain position.
@@ -48,9 +54,11 @@ pub(crate) const EVENT_COLUMNS: &str =
 /// [`EVENT_COLUMNS`] as the log's readers select them. SQLite keeps
 /// whatever it is given in a column, so a tampered value need not be text
 /// (or bytes, for the hashes): there each column but the three numbers is
-/// read as its bytes, and what is not UTF-8 is shown with U+FFFD. The event
-/// still shows where it stands in the log, and `audit verify` names it as
-/// changed; one bad row must not hide the rest of the log from its readers.
+/// read as its bytes, and what is not UTF-8 is shown with U+FFFD, and a
+/// time that is not an integer reads as none. The event still shows where
+/// it stands in the log (with [`StoredEvent::damaged`] saying what could
+/// not be read), and `audit verify` names it as changed; one bad row must
+/// not hide the rest of the log from its readers, nor stop forwarding.
 fn reader_columns(dialect: Dialect) -> &'static str {
     static AS_BYTES: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     match dialect {
@@ -60,7 +68,8 @@ fn reader_columns(dialect: Dialect) -> &'static str {
                 .split(',')
                 .map(str::trim)
                 .map(|c| match c {
-                    "chain" | "seq" | "at" => c.to_owned(),
+                    "chain" | "seq" => c.to_owned(),
+                    "at" => "CASE WHEN typeof(at) = 'integer' THEN at END AS at".to_owned(),
                     _ => format!("CAST({c} AS BLOB) AS {c}"),
                 })
                 .collect::<Vec<_>>()
@@ -416,38 +425,72 @@ fn outcome(s: &str) -> StoreResult<Outcome> {
 
 /// An event selected with [`reader_columns`].
 fn event_from_row(r: &AnyRow, dialect: Dialect) -> StoreResult<StoredEvent> {
-    let text = |col: &str| -> StoreResult<Option<String>> {
+    // What cannot be read is named, and a stand-in shown, rather than the
+    // whole page failing: see `StoredEvent::damaged`.
+    let mut damage: Vec<String> = Vec::new();
+    let text = |col: &str, damage: &mut Vec<String>| -> StoreResult<Option<String>> {
         match dialect {
             Dialect::Postgres => get(r, col),
             Dialect::Sqlite => Ok(get::<Option<Vec<u8>>>(r, col)?.map(|b| {
-                String::from_utf8(b)
-                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+                String::from_utf8(b).unwrap_or_else(|e| {
+                    damage.push(format!("its {col} is not UTF-8 text"));
+                    String::from_utf8_lossy(e.as_bytes()).into_owned()
+                })
             })),
         }
     };
-    let seq: i64 = get(r, "seq")?;
-    let required = |col: &str| {
-        text(col)?
-            .ok_or_else(|| StoreError::Corrupt(format!("audit event {seq}: column {col} is empty")))
+    let required = |col: &str, damage: &mut Vec<String>| -> StoreResult<String> {
+        Ok(text(col, damage)?.unwrap_or_else(|| {
+            damage.push(format!("its {col} is empty"));
+            String::new()
+        }))
+    };
+    let d = &mut damage;
+    let (actor, action, target) = (
+        required("actor", d)?,
+        required("action", d)?,
+        required("target", d)?,
+    );
+    let (stored_outcome, detail) = (required("outcome", d)?, required("detail", d)?);
+    let (reason, session) = (text("reason", d)?, text("session_ref", d)?);
+    let (client_ip, user_agent) = (text("client_ip", d)?, text("user_agent", d)?);
+    let request_id = text("request_id", d)?;
+    let outcome = outcome(&stored_outcome).unwrap_or_else(|_| {
+        damage.push(format!(
+            "its outcome '{}' is none of success, denied, failed",
+            stored_outcome.chars().take(40).collect::<String>()
+        ));
+        Outcome::Failed
+    });
+    let at = match get::<Option<i64>>(r, "at")? {
+        None => {
+            damage.push("its time is not a number".into());
+            DateTime::UNIX_EPOCH
+        }
+        Some(us) => from_ts(us).unwrap_or_else(|_| {
+            damage.push(format!("its time {us} is out of range"));
+            DateTime::UNIX_EPOCH
+        }),
     };
     Ok(StoredEvent {
-        seq,
+        seq: get(r, "seq")?,
         event: AuditEvent {
             chain: get(r, "chain")?,
-            at: from_ts(get(r, "at")?)?,
-            actor: required("actor")?,
-            action: required("action")?,
-            target: required("target")?,
-            outcome: outcome(&required("outcome")?)?,
-            reason: text("reason")?,
-            detail: required("detail")?,
-            session: text("session_ref")?,
-            client_ip: text("client_ip")?,
-            user_agent: text("user_agent")?,
-            request_id: text("request_id")?,
+            at,
+            actor,
+            action,
+            target,
+            outcome,
+            reason,
+            detail,
+            session,
+            client_ip,
+            user_agent,
+            request_id,
         },
         prev_hash: get(r, "prev_hash")?,
         hash: get(r, "hash")?,
+        damaged: (!damage.is_empty()).then(|| damage.join("; ")),
     })
 }
 
@@ -653,6 +696,13 @@ impl Store {
             "SELECT {} FROM audit_events WHERE chain = $1 AND seq > $2",
             reader_columns(self.dialect)
         );
+        if self.dialect == Dialect::Sqlite {
+            // INTEGER affinity keeps a place that is not a number, and such
+            // a value sorts after every number: read, it would stop every
+            // reader there for good. It is left out (`audit verify` names
+            // the event as missing).
+            sql.push_str(" AND typeof(seq) = 'integer'");
+        }
         let mut push = |cond: &str, a: crate::Arg| {
             args.push(a);
             sql.push_str(&format!(" AND {cond} ${}", args.len()));

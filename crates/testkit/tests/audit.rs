@@ -568,7 +568,9 @@ async fn bytes_that_are_not_text_read_as_a_changed_event() {
             .unwrap_or_else(|| panic!("event {seq} is listed"))
     };
     assert_eq!(at(3)["target"], "\u{fffd}\u{0}\u{fffd}");
+    assert_eq!(at(3)["damaged"], "its target is not UTF-8 text");
     assert_eq!(at(4)["actor"], "42");
+    assert!(at(4).get("damaged").is_none(), "{}", at(4));
     assert!(
         items.iter().any(|e| e["seq"] == head),
         "the newest event before the request is listed"
@@ -585,6 +587,25 @@ async fn bytes_that_are_not_text_read_as_a_changed_event() {
         problem(&srv, chain).await,
         format!("audit event 3 of chain {chain}: its time is not a number")
     );
+    // A place that is not a number is left out by the readers.
+    srv.raw_sql(&format!(
+        "UPDATE audit_events SET seq = 'five' WHERE chain = {chain} AND seq = 5"
+    ))
+    .await;
+    // The API's reader shows it, says what is wrong, and goes on past it.
+    let master = srv.sign_in("ACME", "master").await;
+    let page = master
+        .raw_get("/api/v1/audit/events?limit=1000")
+        .await
+        .unwrap();
+    assert_eq!(page.status, 200, "{}", String::from_utf8_lossy(&page.body));
+    let page = page.json();
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items[2]["seq"], 3);
+    assert_eq!(items[2]["damaged"], "its time is not a number");
+    assert_eq!(items[2]["at"], "1970-01-01T00:00:00Z");
+    let listed: Vec<i64> = items.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(&listed[..5], &[1, 2, 3, 4, 6], "{listed:?}");
 
     let (srv, chain) = signed_chain(6).await;
     // The same bytes as a blob are the same event...
@@ -868,6 +889,72 @@ async fn settings_and_user_changes_are_recorded() {
     assert!(!all
         .iter()
         .any(|e| e.detail.contains("another fine passphrase") || e.detail.contains(PASSWORD)));
+}
+
+/// An intruder who can write the database changes one event into
+/// something no writer of Strongroom stores. The readers must neither fail
+/// on it nor stop there: the API lists it and what follows, saying what is
+/// wrong, and forwarding to the SIEM carries it and goes on.
+#[tokio::test]
+async fn a_changed_event_neither_stops_the_log_readers_nor_forwarding() {
+    use tokio::io::AsyncReadExt;
+    // Nothing listens at first, so nothing is forwarded before the change.
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let srv = TestServer::start_with(strongroom_testkit::Options {
+        env: vec![("SYSLOG_FORWARD".into(), addr.to_string())],
+    })
+    .await;
+    let c = srv.company_master("ACME").await;
+    strongroom_testkit::add_record(&c, "customer", json!({"name": "Before"})).await;
+    let chain = company_chain(&srv).await;
+    let changed = srv
+        .raw_sql(&format!(
+            "UPDATE audit_events SET outcome = 'maybe' WHERE chain = {chain} AND seq = 2"
+        ))
+        .await;
+    assert_eq!(changed, 1);
+    let r = strongroom_testkit::add_record(&c, "customer", json!({"name": "After"})).await;
+
+    let damage = "its outcome 'maybe' is none of success, denied, failed";
+    let page = c.raw_get("/api/v1/audit/events?limit=1000").await.unwrap();
+    assert_eq!(page.status, 200, "{}", String::from_utf8_lossy(&page.body));
+    let page = page.json();
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items[1]["seq"], 2);
+    assert_eq!(items[1]["damaged"], damage, "{}", items[1]);
+    assert_eq!(items[1]["outcome"], "failed");
+    assert!(
+        items
+            .iter()
+            .any(|e| e["target"] == format!("customer/{}", r.id)),
+        "the record created after the change is listed: {page}"
+    );
+
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let (mut sock, _) = tokio::time::timeout(std::time::Duration::from_secs(30), listener.accept())
+        .await
+        .expect("the server connects within 30 s")
+        .unwrap();
+    let mut got = String::new();
+    let want = format!("target=\"customer/{}\"", r.id);
+    let read = async {
+        let mut buf = [0u8; 4096];
+        while !got.contains(&want) {
+            let n = sock.read(&mut buf).await.unwrap();
+            assert!(n > 0, "receiver closed");
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), read)
+        .await
+        .expect("the events after the changed one arrive within 20 s");
+    assert!(
+        got.contains("seq=\"2\" actor=") && got.contains(&format!(" damaged=\"{damage}\"")),
+        "{got}"
+    );
 }
 
 #[tokio::test]
