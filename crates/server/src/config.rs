@@ -127,7 +127,9 @@ pub struct Config {
     #[serde(default)]
     pub login_concurrency: usize,
     /// Added to the server's CPU niceness for the threads that hash
-    /// passwords (0 to 19; 0 = the same priority as other requests).
+    /// passwords (0 to 19; 0 = the same priority as other requests). Above
+    /// 0, with two hashing threads or more, one of them is an overflow
+    /// thread in the idle scheduling class (see `HashPool`).
     #[serde(default = "d_login_hash_nice")]
     pub login_hash_nice: i64,
     /// `text` or `json`.

@@ -61,6 +61,15 @@ pub struct SharedState {
 /// higher niceness): a sign-in takes the CPU that other requests leave, so
 /// a flood of sign-ins (an attack, or a whole office at nine) slows reads
 /// little, while sign-ins alone still use every core.
+///
+/// With two threads or more, the last one is an overflow thread in Linux's
+/// idle scheduling class (`SCHED_IDLE`): it hashes only while every other
+/// thread is busy, and only on CPU time nothing else wants. A lowered
+/// niceness alone is not enough: the scheduler lets a running hash finish
+/// its time slice (milliseconds) before a woken request thread gets the
+/// core, which doubled reads' p99 in a sign-in flood; an idle-class thread
+/// gives the core up at once. The other threads keep a share of the CPU
+/// however busy the server is, so sign-ins never starve.
 #[derive(Clone)]
 pub struct HashPool {
     hasher: Arc<PasswordHasher>,
@@ -87,6 +96,10 @@ struct Queue {
 struct QueueState {
     jobs: std::collections::VecDeque<HashJob>,
     open: bool,
+    /// Threads that are not the overflow thread, and how many of them are
+    /// running a job.
+    regular: usize,
+    regular_busy: usize,
     /// Times a thread has given its working memory back.
     releases: u64,
 }
@@ -104,6 +117,14 @@ impl Drop for Closer {
     }
 }
 
+/// Which thread of the pool asks for a job.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hasher {
+    Regular,
+    /// Takes a job only while every regular thread is busy.
+    Overflow,
+}
+
 enum Next {
     Job(HashJob),
     /// Nothing came while the thread held working memory.
@@ -112,24 +133,34 @@ enum Next {
 }
 
 impl Queue {
-    /// The next job; waits at most `keep` for one when `holding` memory.
-    fn next(&self, holding: bool, keep: std::time::Duration) -> Next {
+    /// The next job for `who`; waits at most `keep` for one when
+    /// `holding` memory.
+    fn next(&self, who: Hasher, holding: bool, keep: std::time::Duration) -> Next {
         let Ok(mut s) = self.state.lock() else {
             return Next::Closed;
         };
+        let mut timed_out = false;
         loop {
-            if let Some(job) = s.jobs.pop_front() {
-                return Next::Job(job);
+            if who == Hasher::Regular || s.regular_busy >= s.regular {
+                if let Some(job) = s.jobs.pop_front() {
+                    if who == Hasher::Regular {
+                        s.regular_busy += 1;
+                    }
+                    return Next::Job(job);
+                }
             }
             if !s.open {
                 return Next::Closed;
             }
+            if timed_out {
+                return Next::Idle;
+            }
             s = if holding {
                 match self.ready.wait_timeout(s, keep) {
-                    Ok((s, t)) if t.timed_out() && s.jobs.is_empty() && s.open => {
-                        return Next::Idle
+                    Ok((s, t)) => {
+                        timed_out = t.timed_out();
+                        s
                     }
-                    Ok((s, _)) => s,
                     Err(_) => return Next::Closed,
                 }
             } else {
@@ -140,11 +171,19 @@ impl Queue {
             };
         }
     }
+
+    /// A regular thread has finished its job.
+    fn finished(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.regular_busy = s.regular_busy.saturating_sub(1);
+        }
+    }
 }
 
 impl HashPool {
     /// `concurrency` threads whose niceness is the server's plus `nice`
-    /// (0 to 19; 0 keeps the server's priority).
+    /// (0 to 19; 0 keeps the server's priority, and makes no overflow
+    /// thread).
     pub fn new(hasher: PasswordHasher, concurrency: usize, nice: i32) -> std::io::Result<Self> {
         Self::with_keep(hasher, concurrency, nice, KEEP_WORK_MEMORY)
     }
@@ -156,10 +195,13 @@ impl HashPool {
         keep: std::time::Duration,
     ) -> std::io::Result<Self> {
         let concurrency = concurrency.max(1);
+        let overflow = concurrency >= 2 && nice > 0;
         let queue = Arc::new(Queue {
             state: std::sync::Mutex::new(QueueState {
                 jobs: std::collections::VecDeque::new(),
                 open: true,
+                regular: concurrency - usize::from(overflow),
+                regular_busy: 0,
                 releases: 0,
             }),
             ready: std::sync::Condvar::new(),
@@ -169,12 +211,21 @@ impl HashPool {
             std::thread::Builder::new()
                 .name(format!("strongroom-hash-{i}"))
                 .spawn(move || {
-                    lower_priority(nice);
+                    let who = if overflow && i == concurrency - 1 {
+                        Hasher::Overflow
+                    } else {
+                        Hasher::Regular
+                    };
+                    if who == Hasher::Overflow {
+                        idle_class(nice);
+                    } else {
+                        lower_priority(nice);
+                    }
                     // Kept from one hash to the next while hashes keep
                     // coming (see `WorkMemory`).
                     let mut work = WorkMemory::default();
                     loop {
-                        match queue.next(work.held() > 0, keep) {
+                        match queue.next(who, work.held() > 0, keep) {
                             // A panicking hash fails its own request (its
                             // reply is dropped), not the thread.
                             Next::Job(job) => {
@@ -182,6 +233,9 @@ impl HashPool {
                                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                                         job(&mut work)
                                     }));
+                                if who == Hasher::Regular {
+                                    queue.finished();
+                                }
                             }
                             Next::Idle => {
                                 work.release();
@@ -233,7 +287,9 @@ impl HashPool {
                 .map_err(|_| ApiError::internal("hash pool stopped"))?;
             s.jobs.push_back(job);
         }
-        self.queue.0.ready.notify_one();
+        // Every thread: the one woken must be one the job is for (see
+        // `Hasher::Overflow`).
+        self.queue.0.ready.notify_all();
         result
             .await
             .map_err(|_| ApiError::internal("hashing task failed"))
@@ -281,6 +337,28 @@ fn lower_priority(nice: i32) {
     }
 }
 
+/// Puts the calling thread in the idle scheduling class (see
+/// [`HashPool`]). Where that fails, it gets `nice` like the others, with a
+/// warning, and still hashes only while they are all busy.
+fn idle_class(nice: i32) {
+    use thread_priority::unix::{
+        set_thread_priority_and_policy, thread_native_id, thread_schedule_policy,
+        NormalThreadSchedulePolicy, ThreadSchedulePolicy,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    let set = set_thread_priority_and_policy(
+        thread_native_id(),
+        thread_priority::ThreadPriority::Min,
+        idle,
+    );
+    // The call also sets a niceness, which may be refused once the class
+    // is set; the class is what counts (niceness means nothing in it).
+    if thread_schedule_policy().ok() != Some(idle) {
+        tracing::warn!(error = ?set.err(), "could not put the overflow thread of password hashing in the idle scheduling class");
+        lower_priority(nice);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -309,6 +387,44 @@ mod tests {
             .await
             .unwrap());
         assert_eq!(pool.verifications(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_overflow_thread_hashes_only_beside_busy_regular_ones_and_in_the_idle_class() {
+        use thread_priority::unix::ThreadSchedulePolicy::Normal;
+        use thread_priority::unix::{thread_schedule_policy, NormalThreadSchedulePolicy};
+        let idle = Normal(NormalThreadSchedulePolicy::Idle);
+        let pool =
+            HashPool::new(PasswordHasher::new(HashParams::default()).unwrap(), 2, 7).unwrap();
+        let policy = || thread_schedule_policy().unwrap();
+        // One at a time, jobs go to the regular thread, never the overflow.
+        for _ in 0..20 {
+            assert_ne!(pool.run(move |_, _| policy()).await.unwrap(), idle);
+        }
+        // While the regular thread is busy, the next job runs on the
+        // overflow thread, in the idle class.
+        let (started, is_running) = tokio::sync::oneshot::channel();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let busy = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                pool.run(move |_, _| {
+                    started.send(()).unwrap();
+                    held.recv().unwrap();
+                    policy()
+                })
+                .await
+                .unwrap()
+            }
+        });
+        is_running.await.unwrap();
+        assert_eq!(pool.run(move |_, _| policy()).await.unwrap(), idle);
+        release.send(()).unwrap();
+        assert_ne!(busy.await.unwrap(), idle);
+        // With no lowered priority asked for, there is no overflow thread.
+        let flat =
+            HashPool::new(PasswordHasher::new(HashParams::default()).unwrap(), 2, 0).unwrap();
+        assert_ne!(flat.run(move |_, _| policy()).await.unwrap(), idle);
     }
 
     #[tokio::test]
