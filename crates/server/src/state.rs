@@ -80,7 +80,12 @@ pub struct HashPool {
     queue: Arc<Closer>,
 }
 
-type HashJob = Box<dyn FnOnce(&mut WorkMemory) + Send>;
+/// A hash to compute; what it returns hands the result over (and frees
+/// the job's place in the pool). The two are apart so that a regular
+/// thread is counted free again before its caller can send the next job
+/// (see `Hasher::Overflow`).
+type HashJob = Box<dyn FnOnce(&mut WorkMemory) -> Handover + Send>;
+type Handover = Box<dyn FnOnce() + Send>;
 
 /// How long a hashing thread keeps Argon2's working memory (19 MiB) once
 /// no hash is waiting: long enough to carry it across the gaps of a burst
@@ -229,12 +234,15 @@ impl HashPool {
                             // A panicking hash fails its own request (its
                             // reply is dropped), not the thread.
                             Next::Job(job) => {
-                                let _ =
+                                let handover =
                                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                                         job(&mut work)
                                     }));
                                 if who == Hasher::Regular {
                                     queue.finished();
+                                }
+                                if let Ok(handover) = handover {
+                                    handover();
                                 }
                             }
                             Next::Idle => {
@@ -276,8 +284,11 @@ impl HashPool {
         let hasher = self.hasher.clone();
         let (done, result) = tokio::sync::oneshot::channel();
         let job: HashJob = Box::new(move |work| {
-            let _permit = permit;
-            let _ = done.send(f(&hasher, work));
+            let out = f(&hasher, work);
+            Box::new(move || {
+                drop(permit);
+                let _ = done.send(out);
+            })
         });
         {
             let queue = &self.queue.0;
