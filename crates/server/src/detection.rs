@@ -465,9 +465,11 @@ impl Detection {
         lost == 0
     }
 
-    fn report(&self, findings: Vec<Finding>) {
-        if !findings.is_empty() && self.tx.try_send(Input::Findings(findings)).is_err() {
-            tracing::warn!("intrusion detection is lagging; a finding was dropped");
+    /// Hands findings to the detector task. Waits while its queue is full
+    /// (the sign-in that made them waits with it) rather than drop one.
+    async fn report(&self, findings: Vec<Finding>) {
+        if !findings.is_empty() && self.tx.send(Input::Findings(findings)).await.is_err() {
+            tracing::error!("intrusion detection has stopped; a finding was not examined");
         }
     }
 
@@ -514,7 +516,7 @@ impl Detection {
                 ));
             }
         }
-        self.report(out);
+        self.report(out).await;
         Ok(())
     }
 }
@@ -1005,6 +1007,27 @@ mod tests {
         // Once the queue is examined, its places are free again.
         assert!(d.feed((0..10).map(event).collect()));
         assert!(d.feed((0..5).map(|_| failed_sign_in("bob")).collect()));
+    }
+
+    #[tokio::test]
+    async fn findings_wait_for_a_place_rather_than_being_dropped() {
+        let Started { _dir, store, d, .. } = started((10, 5)).await;
+        // The queue holds 10 + 5 + 64 items; the detector task has not run
+        // yet, and runs only while a report waits.
+        for i in 0..100 {
+            d.report(vec![Finding {
+                chain: 7,
+                detector: Detector::NewAddress,
+                response: Response::Alert,
+                subject: format!("user:u{i}"),
+                client_ip: Some("192.0.2.7".into()),
+                summary: format!("new_address: first sign-in of u{i} from 192.0.2.7"),
+                block_for: chrono::Duration::zero(),
+            }])
+            .await;
+        }
+        d.flush().await;
+        assert_eq!(store.incidents(7).await.unwrap().len(), 100);
     }
 
     #[tokio::test]
