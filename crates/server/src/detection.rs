@@ -223,6 +223,30 @@ impl Deferred {
 /// Events a stretch is read back in, a page at a time.
 const CATCH_UP_PAGE: i64 = 500;
 
+/// Where each chain ended (chain, seq) when this server started: the
+/// detectors read the refusals of their windows up to there again (see
+/// `Examiner::replay`).
+pub type ReplayPlan = Vec<(i64, i64)>;
+
+/// Refused and failed events read again per chain at start, at most.
+const REPLAY_MAX: usize = 100_000;
+
+/// The longest window read again at start, whatever a rule says.
+const REPLAY_WINDOW_MAX_HOURS: i64 = 24;
+
+/// The plan for a server about to start: every chain's end, read before
+/// the first request is served (events after it reach the detectors
+/// through the queue).
+pub async fn replay_plan(store: &Store) -> strongroom_store::StoreResult<ReplayPlan> {
+    let mut plan = Vec::new();
+    for chain in store.audit_chains().await? {
+        if let Some((seq, _)) = store.audit_head(chain).await? {
+            plan.push((chain, seq));
+        }
+    }
+    Ok(plan)
+}
+
 /// Each company's detector rules as last read, and when (see
 /// [`RULES_FRESH_SECS`]).
 #[derive(Default)]
@@ -308,12 +332,15 @@ impl AlertSettings {
 }
 
 impl Detection {
+    /// Starts the detector task; it first reads again what `replay` names
+    /// (see `Examiner::replay`), then examines what it is fed.
     pub fn start(
         store: Store,
         clock: SharedClock,
         blocks: Arc<Blocks>,
         alerts: AlertSettings,
         skipped: prometheus_client::metrics::counter::Counter,
+        replay: ReplayPlan,
     ) -> Detection {
         Self::start_bounded(
             store,
@@ -322,6 +349,7 @@ impl Detection {
             alerts,
             skipped,
             (MAX_QUEUED_READS, MAX_QUEUED_DENIALS),
+            replay,
         )
     }
 
@@ -332,6 +360,7 @@ impl Detection {
         alerts: AlertSettings,
         skipped: prometheus_client::metrics::counter::Counter,
         (max_reads, max_denials): (usize, usize),
+        replay: ReplayPlan,
     ) -> Detection {
         // Every event batch holds at least one place, so batches are
         // bounded by the event bounds too.
@@ -351,6 +380,7 @@ impl Detection {
                 engine: Engine::default(),
             },
             rx,
+            replay,
         ));
         tokio::spawn(crate::detection::deliver_alerts(
             store, clock, alerts, notify,
@@ -552,6 +582,103 @@ impl Examiner {
         }
     }
 
+    /// The detectors' windows live in memory, so a restart empties them,
+    /// and a crash also loses what was queued: an attack could go on
+    /// across a restart uncounted. So before anything else, the detector
+    /// task reads again each chain's refused and failed events of the
+    /// longest window of its brute-force, spraying and probing rules (24 h
+    /// at most; [`REPLAY_MAX`] at most), up to where the chain ended at
+    /// start. What fires opens an incident, unless one of that detector and
+    /// subject was opened within the window (it fired before the restart).
+    /// On PostgreSQL this reads every node's events, so a node that starts
+    /// counts what the others saw in the window too. Reads are not read
+    /// again (for mass reads): a window can hold millions.
+    async fn replay(&mut self, plan: ReplayPlan) {
+        let now = self.clock.now();
+        for (chain, until) in plan {
+            let rules = match self.rules.get(&self.store, chain).await {
+                Ok(r) => r,
+                Err(err) => {
+                    tracing::error!(error = %err, chain, "cannot load detector rules; the detectors' windows start empty");
+                    continue;
+                }
+            };
+            let counted = [
+                Detector::BruteForce,
+                Detector::PasswordSpraying,
+                Detector::Probing,
+            ];
+            let Some(window) = rules
+                .iter()
+                .filter(|r| r.enabled && counted.contains(&r.detector))
+                .map(|r| r.window)
+                .max()
+            else {
+                continue;
+            };
+            let window = window.min(chrono::Duration::hours(REPLAY_WINDOW_MAX_HOURS));
+            if let Err(err) = self.replay_chain(chain, until, now - window).await {
+                tracing::error!(error = %err, chain, "cannot read the detectors' windows again; they start empty");
+            }
+        }
+    }
+
+    async fn replay_chain(
+        &mut self,
+        chain: i64,
+        until: i64,
+        since: DateTime<Utc>,
+    ) -> strongroom_store::StoreResult<()> {
+        let Some(mut after) = self.store.audit_place_before(chain, since).await? else {
+            return Ok(());
+        };
+        let mut read = 0usize;
+        while read < REPLAY_MAX {
+            let page = self
+                .store
+                .audit_refusals_since(chain, since, (after, until), 1000)
+                .await?;
+            let Some(last) = page.last().map(|e| e.seq) else {
+                break;
+            };
+            let mut found = Vec::new();
+            for e in page.iter().take(REPLAY_MAX - read) {
+                if e.damaged.is_none() {
+                    self.observe(&e.event, &mut found).await;
+                }
+            }
+            read += page.len();
+            let mut fresh = Vec::new();
+            for f in found {
+                if !self.fired_before(&f, since).await? {
+                    fresh.push(f);
+                }
+            }
+            self.respond_all(fresh).await;
+            after = last;
+        }
+        if read >= REPLAY_MAX {
+            tracing::warn!(
+                chain,
+                events = REPLAY_MAX,
+                "the detectors read the most refusals they read again at start; older ones in the window are not counted"
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether an incident of the finding's detector and subject was opened
+    /// since `since`.
+    async fn fired_before(
+        &self,
+        f: &Finding,
+        since: DateTime<Utc>,
+    ) -> strongroom_store::StoreResult<bool> {
+        Ok(self.store.incidents(f.chain).await?.iter().any(|i| {
+            i.detector == f.detector.as_str() && i.subject == f.subject && i.opened_at >= since
+        }))
+    }
+
     /// Reads and examines one page of a deferred stretch that is ready,
     /// `taken` batches having been taken from the queue; false when none
     /// is.
@@ -604,7 +731,8 @@ impl Examiner {
     }
 }
 
-async fn detector_task(mut x: Examiner, mut rx: mpsc::Receiver<Input>) {
+async fn detector_task(mut x: Examiner, mut rx: mpsc::Receiver<Input>, replay: ReplayPlan) {
+    x.replay(replay).await;
     // Event batches taken from the queue.
     let mut taken = 0u64;
     loop {
@@ -932,6 +1060,18 @@ mod tests {
         skipped: prometheus_client::metrics::counter::Counter,
     }
 
+    /// A detector as a server starting over `store` makes it.
+    async fn restarted(store: &Store) -> Detection {
+        Detection::start(
+            store.clone(),
+            Arc::new(ManualClock::new(at())),
+            Arc::default(),
+            AlertSettings::default(),
+            prometheus_client::metrics::counter::Counter::default(),
+            replay_plan(store).await.unwrap(),
+        )
+    }
+
     async fn started(bounds: (usize, usize)) -> Started {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("s.db").display());
@@ -946,6 +1086,7 @@ mod tests {
             AlertSettings::default(),
             skipped.clone(),
             bounds,
+            Vec::new(),
         );
         Started {
             _dir: dir,
@@ -1007,6 +1148,41 @@ mod tests {
         // Once the queue is examined, its places are free again.
         assert!(d.feed((0..10).map(event).collect()));
         assert!(d.feed((0..5).map(|_| failed_sign_in("bob")).collect()));
+    }
+
+    #[tokio::test]
+    async fn a_restart_counts_the_refusals_of_the_window_again() {
+        let Started { _dir, store, d, .. } = started((10, 5)).await;
+        let brute_force = |store: Store| async move {
+            let found = store.incidents(7).await.unwrap();
+            found.iter().filter(|i| i.detector == "brute_force").count()
+        };
+        // Four bad passwords (the threshold is five), examined...
+        for batch in stored(
+            &store,
+            vec![(0..4).map(|_| failed_sign_in("ann")).collect()],
+        )
+        .await
+        {
+            d.feed_stored(batch);
+        }
+        d.flush().await;
+        assert_eq!(brute_force(store.clone()).await, 0);
+        // ...then the server restarts, and the fifth comes.
+        let d = restarted(&store).await;
+        for batch in stored(&store, vec![vec![failed_sign_in("ann")]]).await {
+            d.feed_stored(batch);
+        }
+        d.flush().await;
+        assert_eq!(
+            brute_force(store.clone()).await,
+            1,
+            "five within the window"
+        );
+        // Another restart finds the same five, and that the incident is open.
+        let d = restarted(&store).await;
+        d.flush().await;
+        assert_eq!(brute_force(store.clone()).await, 1, "no second incident");
     }
 
     #[tokio::test]

@@ -141,6 +141,7 @@ pub async fn prepare_with(
         blocks.clone(),
         alert_settings(config),
         metrics.detector_skipped.clone(),
+        detection::replay_plan(&store).await?,
     );
     let hasher = PasswordHasher::new(HashParams::default())?;
     let concurrency = match config.login_concurrency {

@@ -920,6 +920,54 @@ impl Store {
         }
     }
 
+    /// Where a chain's events stored at or after `since` begin: the place
+    /// just before the first of them in time (found by the time index), or
+    /// `None` when there are none.
+    pub async fn audit_place_before(
+        &self,
+        chain: i64,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT seq FROM audit_events WHERE chain = $1 AND at >= $2 ORDER BY at LIMIT 1",
+        )
+        .bind(chain)
+        .bind(ts(since))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| get::<i64>(&r, "seq").map(|seq| seq - 1))
+            .transpose()
+    }
+
+    /// The next page of a chain's refused and failed events (outcome not
+    /// `success`) stored at or after `since`, after `after_seq` and up to
+    /// `until_seq`, oldest first: what the detectors read again when a
+    /// server starts.
+    pub async fn audit_refusals_since(
+        &self,
+        chain: i64,
+        since: DateTime<Utc>,
+        (after_seq, until_seq): (i64, i64),
+        limit: i64,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let sql = format!(
+            "SELECT {} FROM audit_events WHERE chain = $1 AND seq > $2 AND seq <= $3 \
+             AND at >= $4 AND outcome <> 'success' ORDER BY seq LIMIT $5",
+            reader_columns(self.dialect)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(chain)
+            .bind(after_seq)
+            .bind(until_seq)
+            .bind(ts(since))
+            .bind(limit.max(1))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| event_from_row(r, self.dialect))
+            .collect()
+    }
+
     /// The next page of a chain after `after_seq`, oldest first (no filters).
     pub async fn audit_after(
         &self,

@@ -520,3 +520,69 @@ async fn a_stopping_server_examines_what_is_left_first() {
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].detector.as_str(), "brute_force");
 }
+
+/// The detectors' windows live in memory. A server that starts reads the
+/// refusals of the window again from the audit log, so an attack that
+/// spans a restart (or a crash) is still counted as one.
+#[tokio::test]
+async fn an_attack_across_a_restart_is_counted_as_one() {
+    let mut srv = TestServer::start().await;
+    srv.company_master("ACME").await;
+    let chain = srv.company_id("ACME").await.0;
+    // Six of the ten accounts that make password spraying, from one
+    // address, before the restart...
+    let attacker = srv.client();
+    for i in 0..6 {
+        assert!(attacker
+            .login("ACME", &format!("nobody{i}"), "Summer2026!")
+            .await
+            .is_err());
+    }
+    let clock = std::sync::Arc::new(srv.clock.clone());
+    let store = srv.stop().await;
+    assert!(store.incidents(chain).await.unwrap().is_empty());
+    // ...and four after it, stored and handed over as the audit log's
+    // writer does, to the detectors of the server that starts next.
+    let d = strongroom_server::detection::Detection::start(
+        store.clone(),
+        clock.clone(),
+        Default::default(),
+        Default::default(),
+        Default::default(),
+        strongroom_server::detection::replay_plan(&store)
+            .await
+            .unwrap(),
+    );
+    let after: Vec<AuditEvent> = (6..10)
+        .map(|i| {
+            let mut e = AuditEvent::new(
+                chain,
+                clock.now(),
+                format!("user:nobody{i}"),
+                "auth.login",
+                "company/ACME",
+            );
+            e.outcome = Outcome::Denied;
+            e.reason = Some("unknown_user".into());
+            e.client_ip = Some("127.0.0.1".into());
+            e
+        })
+        .collect();
+    let heads = store.append_audit(&after).await.unwrap();
+    d.feed_stored(strongroom_store::numbered(after, &heads));
+    d.flush().await;
+    let found = store.incidents(chain).await.unwrap();
+    assert_eq!(
+        found
+            .iter()
+            .map(|i| i.detector.as_str())
+            .collect::<Vec<_>>(),
+        ["password_spraying"],
+        "{found:?}"
+    );
+    assert!(store
+        .address_blocked_until((chain, 0), "127.0.0.1", clock.now())
+        .await
+        .unwrap()
+        .is_some());
+}
