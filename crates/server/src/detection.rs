@@ -238,13 +238,7 @@ const REPLAY_WINDOW_MAX_HOURS: i64 = 24;
 /// the first request is served (events after it reach the detectors
 /// through the queue).
 pub async fn replay_plan(store: &Store) -> strongroom_store::StoreResult<ReplayPlan> {
-    let mut plan = Vec::new();
-    for chain in store.audit_chains().await? {
-        if let Some((seq, _)) = store.audit_head(chain).await? {
-            plan.push((chain, seq));
-        }
-    }
-    Ok(plan)
+    store.audit_ends().await
 }
 
 /// Each company's detector rules as last read, and when (see

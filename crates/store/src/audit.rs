@@ -742,6 +742,16 @@ impl Store {
         rows.iter().map(|r| get(r, "chain")).collect()
     }
 
+    /// Where every chain ends: (chain, seq), in chain order.
+    pub async fn audit_ends(&self) -> StoreResult<Vec<(i64, i64)>> {
+        let rows = sqlx::query("SELECT chain, seq FROM audit_heads ORDER BY chain")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((get(r, "chain")?, get(r, "seq")?)))
+            .collect()
+    }
+
     /// Where a chain ends: (seq, hash), if it has begun.
     pub async fn audit_head(&self, chain: i64) -> StoreResult<Option<(i64, Vec<u8>)>> {
         let row = sqlx::query("SELECT seq, hash FROM audit_heads WHERE chain = $1")
