@@ -428,28 +428,10 @@ fn audit_export_and_archive() {
     set_time("CAST(substr(at, 11) AS INTEGER)");
 
     // Archive everything so far; the live log keeps an anchor.
-    let o = s.run(&[
-        "audit",
-        "archive",
-        "--company",
-        "ACME",
-        "--before",
-        "2999-01-01T00:00:00Z",
-        "--out",
-        "acme.jsonl",
-    ]);
+    let o = archive("acme.jsonl");
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("Archived events 1..2"), "{}", text(&o));
-    let o = s.run(&[
-        "audit",
-        "archive",
-        "--company",
-        "ACME",
-        "--before",
-        "2999-01-01T00:00:00Z",
-        "--out",
-        "acme.jsonl",
-    ]);
+    let o = archive("acme.jsonl");
     assert!(
         !o.status.success(),
         "an existing archive must never be overwritten"

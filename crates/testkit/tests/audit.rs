@@ -891,13 +891,36 @@ async fn settings_and_user_changes_are_recorded() {
         .any(|e| e.detail.contains("another fine passphrase") || e.detail.contains(PASSWORD)));
 }
 
+/// What a syslog receiver on `listener` gets from the server's first
+/// connection, up to the first message that holds `want`.
+async fn syslog_until(listener: &tokio::net::TcpListener, want: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let wait = std::time::Duration::from_secs(30);
+    let (mut sock, _) = tokio::time::timeout(wait, listener.accept())
+        .await
+        .expect("the server connects within 30 s")
+        .unwrap();
+    let mut got = String::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        while !got.contains(want) {
+            let n = sock.read(&mut buf).await.unwrap();
+            assert!(n > 0, "receiver closed");
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    tokio::time::timeout(wait, read)
+        .await
+        .unwrap_or_else(|_| panic!("{want} arrives within 30 s"));
+    got
+}
+
 /// An intruder who can write the database changes one event into
 /// something no writer of Strongroom stores. The readers must neither fail
 /// on it nor stop there: the API lists it and what follows, saying what is
 /// wrong, and forwarding to the SIEM carries it and goes on.
 #[tokio::test]
 async fn a_changed_event_neither_stops_the_log_readers_nor_forwarding() {
-    use tokio::io::AsyncReadExt;
     // Nothing listens at first, so nothing is forwarded before the change.
     let addr = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -934,23 +957,7 @@ async fn a_changed_event_neither_stops_the_log_readers_nor_forwarding() {
     );
 
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let (mut sock, _) = tokio::time::timeout(std::time::Duration::from_secs(30), listener.accept())
-        .await
-        .expect("the server connects within 30 s")
-        .unwrap();
-    let mut got = String::new();
-    let want = format!("target=\"customer/{}\"", r.id);
-    let read = async {
-        let mut buf = [0u8; 4096];
-        while !got.contains(&want) {
-            let n = sock.read(&mut buf).await.unwrap();
-            assert!(n > 0, "receiver closed");
-            got.push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(20), read)
-        .await
-        .expect("the events after the changed one arrive within 20 s");
+    let got = syslog_until(&listener, &format!("target=\"customer/{}\"", r.id)).await;
     assert!(
         got.contains("seq=\"2\" actor=") && got.contains(&format!(" damaged=\"{damage}\"")),
         "{got}"
@@ -959,7 +966,6 @@ async fn a_changed_event_neither_stops_the_log_readers_nor_forwarding() {
 
 #[tokio::test]
 async fn events_are_forwarded_to_a_syslog_receiver() {
-    use tokio::io::AsyncReadExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let srv = TestServer::start_with(strongroom_testkit::Options {
@@ -968,23 +974,7 @@ async fn events_are_forwarded_to_a_syslog_receiver() {
     .await;
     let c = srv.company_master("ACME").await;
     let r = strongroom_testkit::add_record(&c, "customer", json!({"name": "Forwarded"})).await;
-    let (mut sock, _) = tokio::time::timeout(std::time::Duration::from_secs(20), listener.accept())
-        .await
-        .expect("the server connects within 20 s")
-        .unwrap();
-    let mut got = String::new();
-    let want = format!("target=\"customer/{}\"", r.id);
-    let read = async {
-        let mut buf = [0u8; 4096];
-        while !got.contains(&want) {
-            let n = sock.read(&mut buf).await.unwrap();
-            assert!(n > 0, "receiver closed");
-            got.push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(20), read)
-        .await
-        .expect("the event arrives within 20 s");
+    let got = syslog_until(&listener, &format!("target=\"customer/{}\"", r.id)).await;
     // Octet-counted RFC 5424 frames, with the chain hashes.
     let first = got.split_once(' ').unwrap();
     let len: usize = first.0.parse().unwrap();
