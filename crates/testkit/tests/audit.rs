@@ -420,6 +420,14 @@ async fn verify(srv: &TestServer, chain: i64) -> strongroom_server::audit::Verif
     whole
 }
 
+/// The first 1000 events of the log, as the API lists them to `c` (it
+/// must answer 200).
+async fn audit_page(c: &Client) -> Vec<Value> {
+    let page = c.raw_get("/api/v1/audit/events?limit=1000").await.unwrap();
+    assert_eq!(page.status, 200, "{}", String::from_utf8_lossy(&page.body));
+    page.json()["items"].as_array().unwrap().clone()
+}
+
 async fn problem(srv: &TestServer, chain: i64) -> String {
     verify(srv, chain)
         .await
@@ -552,15 +560,8 @@ async fn bytes_that_are_not_text_read_as_a_changed_event() {
     );
     // The log's readers still show both events and every one after them:
     // a bad row must not hide the rest of the log.
-    let master = srv.sign_in("ACME", "master").await;
     let head = srv.store().audit_head(chain).await.unwrap().unwrap().0;
-    let page = master
-        .raw_get("/api/v1/audit/events?limit=1000")
-        .await
-        .unwrap();
-    assert_eq!(page.status, 200, "{}", String::from_utf8_lossy(&page.body));
-    let page = page.json();
-    let items = page["items"].as_array().unwrap();
+    let items = audit_page(&srv.sign_in("ACME", "master").await).await;
     let at = |seq: i64| {
         items
             .iter()
@@ -593,14 +594,7 @@ async fn bytes_that_are_not_text_read_as_a_changed_event() {
     ))
     .await;
     // The API's reader shows it, says what is wrong, and goes on past it.
-    let master = srv.sign_in("ACME", "master").await;
-    let page = master
-        .raw_get("/api/v1/audit/events?limit=1000")
-        .await
-        .unwrap();
-    assert_eq!(page.status, 200, "{}", String::from_utf8_lossy(&page.body));
-    let page = page.json();
-    let items = page["items"].as_array().unwrap();
+    let items = audit_page(&srv.sign_in("ACME", "master").await).await;
     assert_eq!(items[2]["seq"], 3);
     assert_eq!(items[2]["damaged"], "its time is not a number");
     assert_eq!(items[2]["at"], "1970-01-01T00:00:00Z");
@@ -942,10 +936,7 @@ async fn a_changed_event_neither_stops_the_log_readers_nor_forwarding() {
     let r = strongroom_testkit::add_record(&c, "customer", json!({"name": "After"})).await;
 
     let damage = "its outcome 'maybe' is none of success, denied, failed";
-    let page = c.raw_get("/api/v1/audit/events?limit=1000").await.unwrap();
-    assert_eq!(page.status, 200, "{}", String::from_utf8_lossy(&page.body));
-    let page = page.json();
-    let items = page["items"].as_array().unwrap();
+    let items = audit_page(&c).await;
     assert_eq!(items[1]["seq"], 2);
     assert_eq!(items[1]["damaged"], damage, "{}", items[1]);
     assert_eq!(items[1]["outcome"], "failed");
@@ -953,7 +944,7 @@ async fn a_changed_event_neither_stops_the_log_readers_nor_forwarding() {
         items
             .iter()
             .any(|e| e["target"] == format!("customer/{}", r.id)),
-        "the record created after the change is listed: {page}"
+        "the record created after the change is listed: {items:?}"
     );
 
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
