@@ -581,8 +581,8 @@ impl Examiner {
     /// across a restart uncounted. So before anything else, the detector
     /// task reads again each chain's refused and failed events of the
     /// longest window of its brute-force, spraying and probing rules (24 h
-    /// at most; [`REPLAY_MAX`] at most), up to where the chain ended at
-    /// start. What fires opens an incident, unless one of that detector and
+    /// at most; the first [`REPLAY_MAX`] at most), up to where the chain
+    /// ended at start. What fires opens an incident, unless one of that detector and
     /// subject was opened within the window (it fired before the restart).
     /// On PostgreSQL this reads every node's events, so a node that starts
     /// counts what the others saw in the window too. Reads are not read
@@ -655,7 +655,7 @@ impl Examiner {
             tracing::warn!(
                 chain,
                 events = REPLAY_MAX,
-                "the detectors read the most refusals they read again at start; older ones in the window are not counted"
+                "the detectors read the window's first refusals again at start, as many as they read; the later ones in it are not counted"
             );
         }
         Ok(())
