@@ -128,7 +128,27 @@ async fn writer(
         tracing::warn!(error = %e, "the audit log's own SQLite connection did not open; writing through the pool");
         None
     });
-    while let Some(first) = rx.recv().await {
+    // Checkpoints signed after a batch, stored with the next one: a
+    // checkpoint of its own would be one more commit (an fsync on SQLite)
+    // that the next batch waits for. When no batch comes soon, they are
+    // stored alone.
+    let mut pending: Vec<Checkpoint> = Vec::new();
+    loop {
+        let first = if pending.is_empty() {
+            rx.recv().await
+        } else {
+            match tokio::time::timeout(CHECKPOINT_RIDE, rx.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    store_alone(&store, std::mem::take(&mut pending)).await;
+                    continue;
+                }
+            }
+        };
+        let Some(first) = first else {
+            store_alone(&store, pending).await;
+            break;
+        };
         let mut batch = vec![first];
         let mut n = batch[0].0.len();
         while n < MAX_BATCH {
@@ -146,11 +166,20 @@ async fn writer(
             events.extend(mine);
             replies.push(reply);
         }
+        let signed_with = std::mem::take(&mut pending);
         let written = match appender.as_mut() {
-            Some(a) => a.append(&events).await,
-            None => store.append_audit(&events).await,
+            Some(a) => a.append(&events, &signed_with).await,
+            None => store.append_audit_signed(&events, &signed_with).await,
         }
         .map_err(|e| e.to_string());
+        if written.is_err() && !signed_with.is_empty() {
+            // Not retried: were a checkpoint the cause, every batch after
+            // would fail too. The periodic checkpoint signs those events.
+            tracing::warn!(
+                checkpoints = signed_with.len(),
+                "audit checkpoints were not stored with the failed batch"
+            );
+        }
         let result = written.as_ref().map(|_| ()).map_err(Clone::clone);
         if let Err(e) = &result {
             tracing::error!(error = %e, events = events.len(), "AUDIT WRITE FAILED; the requests waiting for it fail");
@@ -183,10 +212,10 @@ async fn writer(
             if !checkpoint_due(head.seq, last, false) {
                 continue;
             }
-            match sign_checkpoint(&store, &keys, head.chain, head.seq, head.hash, clock.now()).await
-            {
-                Ok(()) => {
+            match signed_checkpoint(&keys, head.chain, head.seq, head.hash, clock.now()).await {
+                Ok(c) => {
                     signed.insert(head.chain, head.seq);
+                    pending.push(c);
                 }
                 Err(e) => {
                     tracing::warn!(chain = head.chain, error = %e.message, "audit checkpoint failed")
@@ -310,8 +339,45 @@ fn checkpoint_due(seq: i64, last: i64, force: bool) -> bool {
     seq - last >= CHECKPOINT_EVERY || (force && seq > last)
 }
 
-/// Signs a checkpoint of a chain at `seq` (whose event hash is `hash`) with
-/// the company's audit-signing key, and stores it.
+/// How long signed checkpoints wait for the next batch to be stored with
+/// before they are stored alone.
+const CHECKPOINT_RIDE: Duration = Duration::from_millis(20);
+
+/// Stores checkpoints in a transaction of their own.
+async fn store_alone(store: &Store, checkpoints: Vec<Checkpoint>) {
+    for c in checkpoints {
+        if let Err(e) = store.add_checkpoint(&c).await {
+            tracing::warn!(chain = c.chain, error = %e, "audit checkpoint failed");
+        }
+    }
+}
+
+/// A checkpoint of a chain at `seq` (whose event hash is `hash`), signed
+/// with the company's audit-signing key.
+async fn signed_checkpoint(
+    keys: &KeyRing,
+    chain: i64,
+    seq: i64,
+    hash: Vec<u8>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> ApiResult<Checkpoint> {
+    let key = keys
+        .current(CompanyId(chain), KeyPurpose::AuditSigning)
+        .await?;
+    let pair = signing_pair(key.expose())?;
+    let sig = pair.sign(&checkpoint_message(chain, seq, &hash, now));
+    Ok(Checkpoint {
+        chain,
+        seq,
+        hash,
+        at: now,
+        key_version: key.version(),
+        public_key: pair.public_key().as_ref().to_vec(),
+        signature: sig.as_ref().to_vec(),
+    })
+}
+
+/// Signs a checkpoint (see [`signed_checkpoint`]) and stores it.
 async fn sign_checkpoint(
     store: &Store,
     keys: &KeyRing,
@@ -320,22 +386,8 @@ async fn sign_checkpoint(
     hash: Vec<u8>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> ApiResult<()> {
-    let key = keys
-        .current(CompanyId(chain), KeyPurpose::AuditSigning)
-        .await?;
-    let pair = signing_pair(key.expose())?;
-    let sig = pair.sign(&checkpoint_message(chain, seq, &hash, now));
-    store
-        .add_checkpoint(&Checkpoint {
-            chain,
-            seq,
-            hash,
-            at: now,
-            key_version: key.version(),
-            public_key: pair.public_key().as_ref().to_vec(),
-            signature: sig.as_ref().to_vec(),
-        })
-        .await?;
+    let c = signed_checkpoint(keys, chain, seq, hash, now).await?;
+    store.add_checkpoint(&c).await?;
     Ok(())
 }
 

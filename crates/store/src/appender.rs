@@ -11,9 +11,9 @@
 //! It takes the store's write lock like every other write transaction, so
 //! SQLite never sees two writers at once.
 
-use crate::audit::{link, HEAD_UPDATE};
+use crate::audit::{link, CHECKPOINT_INSERT, HEAD_UPDATE};
 use crate::reader::numbered;
-use crate::{ts, ChainHead, Store, StoreError, StoreResult};
+use crate::{ts, ChainHead, Checkpoint, Store, StoreError, StoreResult};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use std::sync::Arc;
 use strongroom_core::audit::{genesis, AuditEvent};
@@ -84,24 +84,48 @@ fn insert_sql() -> &'static str {
 }
 
 impl AuditAppender {
-    /// Stores the events durably, in one transaction; returns once they
-    /// are committed, with where each chain written to now ends. Blocks
-    /// the calling thread for the commit: call it from a thread of its own.
-    pub async fn append(&mut self, events: &[AuditEvent]) -> StoreResult<Vec<ChainHead>> {
-        if events.is_empty() {
+    /// Stores the events durably, with `checkpoints` (of events committed
+    /// before), in one transaction; returns once they are committed, with
+    /// where each chain written to now ends. Blocks the calling thread for
+    /// the commit: call it from a thread of its own.
+    pub async fn append(
+        &mut self,
+        events: &[AuditEvent],
+        checkpoints: &[Checkpoint],
+    ) -> StoreResult<Vec<ChainHead>> {
+        if events.is_empty() && checkpoints.is_empty() {
             return Ok(Vec::new());
         }
         let _guard = self.write_lock.lock().await;
-        append(&mut self.conn, events)
+        append(&mut self.conn, events, checkpoints)
     }
 }
 
-fn append(conn: &mut Connection, events: &[AuditEvent]) -> StoreResult<Vec<ChainHead>> {
+fn append(
+    conn: &mut Connection,
+    events: &[AuditEvent],
+    checkpoints: &[Checkpoint],
+) -> StoreResult<Vec<ChainHead>> {
     // Dropped without commit, the transaction rolls back.
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(failed)?;
     let heads = append_events(&tx, events)?;
+    for c in checkpoints {
+        tx.prepare_cached(numbered(CHECKPOINT_INSERT))
+            .and_then(|mut s| {
+                s.execute(rusqlite::params![
+                    c.chain,
+                    c.seq,
+                    c.hash,
+                    ts(c.at),
+                    c.key_version,
+                    c.public_key,
+                    c.signature,
+                ])
+            })
+            .map_err(failed)?;
+    }
     tx.commit().map_err(failed)?;
     Ok(heads)
 }

@@ -597,6 +597,12 @@ pub(crate) async fn chain_events(
 
 pub(crate) const HEAD_UPDATE: &str = "UPDATE audit_heads SET seq = $2, hash = $3 WHERE chain = $1";
 
+/// One checkpoint's INSERT; a checkpoint already stored at that place is
+/// kept.
+pub(crate) const CHECKPOINT_INSERT: &str =
+    "INSERT INTO audit_checkpoints (chain, seq, hash, at, key_version, public_key, signature) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (chain, seq) DO NOTHING";
+
 /// One event's place in its chain, worked out before it is stored.
 pub(crate) struct Link<'e> {
     pub event: &'e AuditEvent,
@@ -642,6 +648,23 @@ pub struct ChainHead {
     pub hash: Vec<u8>,
 }
 
+async fn insert_checkpoint(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    c: &Checkpoint,
+) -> StoreResult<()> {
+    sqlx::query(CHECKPOINT_INSERT)
+        .bind(c.chain)
+        .bind(c.seq)
+        .bind(c.hash.clone())
+        .bind(ts(c.at))
+        .bind(c.key_version)
+        .bind(c.public_key.clone())
+        .bind(c.signature.clone())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// The events of one append (in the order given to it) with their sequence
 /// numbers, from the heads it returned: each chain's events took the
 /// numbers up to its new head, in order. An event of a chain without a
@@ -671,11 +694,25 @@ impl Store {
     /// once they are committed, with where each chain written to now ends
     /// (each event's own number: [`numbered`]).
     pub async fn append_audit(&self, events: &[AuditEvent]) -> StoreResult<Vec<ChainHead>> {
-        if events.is_empty() {
+        self.append_audit_signed(events, &[]).await
+    }
+
+    /// [`Store::append_audit`], storing `checkpoints` (of events committed
+    /// before) in the same transaction: the audit writer's way of signing
+    /// without a commit of its own.
+    pub async fn append_audit_signed(
+        &self,
+        events: &[AuditEvent],
+        checkpoints: &[Checkpoint],
+    ) -> StoreResult<Vec<ChainHead>> {
+        if events.is_empty() && checkpoints.is_empty() {
             return Ok(Vec::new());
         }
         let mut w = self.write_tx().await?;
         let heads = chain_events(&mut w.tx, self.dialect, events).await?;
+        for c in checkpoints {
+            insert_checkpoint(&mut w.tx, c).await?;
+        }
         w.commit().await?;
         Ok(heads)
     }
@@ -764,19 +801,7 @@ impl Store {
 
     pub async fn add_checkpoint(&self, c: &Checkpoint) -> StoreResult<()> {
         let mut w = self.write_tx().await?;
-        sqlx::query(
-            "INSERT INTO audit_checkpoints (chain, seq, hash, at, key_version, public_key, signature) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (chain, seq) DO NOTHING",
-        )
-        .bind(c.chain)
-        .bind(c.seq)
-        .bind(c.hash.clone())
-        .bind(ts(c.at))
-        .bind(c.key_version)
-        .bind(c.public_key.clone())
-        .bind(c.signature.clone())
-        .execute(&mut *w.tx)
-        .await?;
+        insert_checkpoint(&mut w.tx, c).await?;
         w.commit().await
     }
 

@@ -798,19 +798,32 @@ async fn a_checkpoint_is_signed_every_hundred_events() {
     let srv = TestServer::start().await;
     let c = srv.company_master("ACME").await;
     let r = strongroom_testkit::add_record(&c, "customer", json!({"name": "Busy"})).await;
-    for _ in 0..strongroom_server::audit::CHECKPOINT_EVERY {
-        c.record("customer", &r.id).await.unwrap();
-    }
     let chain = company_chain(&srv).await;
-    let cps = srv.store().checkpoints(chain).await.unwrap();
-    assert!(
-        !cps.is_empty(),
-        "no checkpoint after {} events",
-        strongroom_server::audit::CHECKPOINT_EVERY
-    );
+    // Reads until the hundredth event, and no request after it: the
+    // checkpoint signed after that batch has no next batch to be stored
+    // with, and is stored alone.
+    let head = loop {
+        c.record("customer", &r.id).await.unwrap();
+        let (seq, _) = srv.store().audit_head(chain).await.unwrap().unwrap();
+        if seq >= strongroom_server::audit::CHECKPOINT_EVERY {
+            break seq;
+        }
+    };
+    let stored = async {
+        loop {
+            let cps = srv.store().checkpoints(chain).await.unwrap();
+            if cps.iter().any(|c| c.seq == head) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), stored)
+        .await
+        .unwrap_or_else(|_| panic!("no checkpoint at event {head} within 10 s"));
     let v = verify(&srv, chain).await;
     assert_eq!(v.problem, None);
-    assert!(v.events > strongroom_server::audit::CHECKPOINT_EVERY);
+    assert!(v.events >= head && v.checkpoints >= 1, "{v:?}");
 }
 
 #[tokio::test]
