@@ -668,9 +668,9 @@ impl Examiner {
         f: &Finding,
         since: DateTime<Utc>,
     ) -> strongroom_store::StoreResult<bool> {
-        Ok(self.store.incidents(f.chain).await?.iter().any(|i| {
-            i.detector == f.detector.as_str() && i.subject == f.subject && i.opened_at >= since
-        }))
+        self.store
+            .incident_opened_since(f.chain, f.detector.as_str(), &f.subject, since)
+            .await
     }
 
     /// Reads and examines one page of a deferred stretch that is ready,

@@ -287,6 +287,28 @@ impl Store {
         Ok(id)
     }
 
+    /// Whether an incident of `detector` about `subject` was opened in the
+    /// company at or after `since`.
+    pub async fn incident_opened_since(
+        &self,
+        chain: i64,
+        detector: &str,
+        subject: &str,
+        since: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM incidents \
+             WHERE chain = $1 AND detector = $2 AND subject = $3 AND opened_at >= $4",
+        )
+        .bind(chain)
+        .bind(detector)
+        .bind(subject)
+        .bind(ts(since))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(get::<i64>(&row, "n")? > 0)
+    }
+
     pub async fn incidents(&self, chain: i64) -> StoreResult<Vec<Incident>> {
         let rows = sqlx::query(
             "SELECT id, chain, opened_at, detector, subject, summary, response, status, notes, updated_at \

@@ -585,4 +585,17 @@ async fn an_attack_across_a_restart_is_counted_as_one() {
         .await
         .unwrap()
         .is_some());
+    // The next start reads all ten again, and finds the incident open.
+    let d = strongroom_server::detection::Detection::start(
+        store.clone(),
+        clock.clone(),
+        Default::default(),
+        Default::default(),
+        Default::default(),
+        strongroom_server::detection::replay_plan(&store)
+            .await
+            .unwrap(),
+    );
+    d.flush().await;
+    assert_eq!(store.incidents(chain).await.unwrap().len(), 1);
 }
