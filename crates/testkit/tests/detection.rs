@@ -521,6 +521,23 @@ async fn a_stopping_server_examines_what_is_left_first() {
     assert_eq!(found[0].detector.as_str(), "brute_force");
 }
 
+/// The detectors as a server starting over `store` makes them.
+async fn detectors_starting(
+    store: &strongroom_store::Store,
+    clock: &std::sync::Arc<strongroom_core::clock::ManualClock>,
+) -> strongroom_server::detection::Detection {
+    strongroom_server::detection::Detection::start(
+        store.clone(),
+        clock.clone(),
+        Default::default(),
+        Default::default(),
+        Default::default(),
+        strongroom_server::detection::replay_plan(store)
+            .await
+            .unwrap(),
+    )
+}
+
 /// The detectors' windows live in memory. A server that starts reads the
 /// refusals of the window again from the audit log, so an attack that
 /// spans a restart (or a crash) is still counted as one.
@@ -543,16 +560,7 @@ async fn an_attack_across_a_restart_is_counted_as_one() {
     assert!(store.incidents(chain).await.unwrap().is_empty());
     // ...and four after it, stored and handed over as the audit log's
     // writer does, to the detectors of the server that starts next.
-    let d = strongroom_server::detection::Detection::start(
-        store.clone(),
-        clock.clone(),
-        Default::default(),
-        Default::default(),
-        Default::default(),
-        strongroom_server::detection::replay_plan(&store)
-            .await
-            .unwrap(),
-    );
+    let d = detectors_starting(&store, &clock).await;
     let after: Vec<AuditEvent> = (6..10)
         .map(|i| {
             let mut e = AuditEvent::new(
@@ -586,16 +594,7 @@ async fn an_attack_across_a_restart_is_counted_as_one() {
         .unwrap()
         .is_some());
     // The next start reads all ten again, and finds the incident open.
-    let d = strongroom_server::detection::Detection::start(
-        store.clone(),
-        clock.clone(),
-        Default::default(),
-        Default::default(),
-        Default::default(),
-        strongroom_server::detection::replay_plan(&store)
-            .await
-            .unwrap(),
-    );
+    let d = detectors_starting(&store, &clock).await;
     d.flush().await;
     assert_eq!(store.incidents(chain).await.unwrap().len(), 1);
 }
