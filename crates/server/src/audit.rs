@@ -956,6 +956,7 @@ pub async fn list_events(
                 target: p.target,
                 outcome: p.outcome,
                 client_ip: p.client_ip,
+                ..Default::default()
             },
         )
         .await?;

@@ -565,6 +565,22 @@ impl Examiner {
         }
     }
 
+    /// [`Examiner::observe`] for an event read back from the audit log.
+    /// One changed there by hand is not examined: its stand-ins (see
+    /// `StoredEvent::damaged`) would count as something that never
+    /// happened, and `audit verify` names it.
+    async fn observe_stored(
+        &mut self,
+        e: &strongroom_store::StoredEvent,
+        found: &mut Vec<Finding>,
+    ) {
+        match &e.damaged {
+            Some(d) => tracing::error!(chain = e.event.chain, seq = e.seq, damage = %d,
+                "an event read back from the audit log was changed there; it is not examined"),
+            None => self.observe(&e.event, found).await,
+        }
+    }
+
     async fn respond_all(&self, findings: Vec<Finding>) {
         for f in findings {
             if let Err(err) =
@@ -628,18 +644,21 @@ impl Examiner {
         };
         let mut read = 0usize;
         while read < REPLAY_MAX {
-            let page = self
-                .store
-                .audit_refusals_since(chain, since, (after, until), 1000)
-                .await?;
+            let refusals = strongroom_store::AuditQuery {
+                after_seq: after,
+                until_seq: Some(until),
+                from: Some(since),
+                refusals: true,
+                limit: 1000,
+                ..Default::default()
+            };
+            let page = self.store.audit_events(chain, &refusals).await?;
             let Some(last) = page.last().map(|e| e.seq) else {
                 break;
             };
             let mut found = Vec::new();
             for e in page.iter().take(REPLAY_MAX - read) {
-                if e.damaged.is_none() {
-                    self.observe(&e.event, &mut found).await;
-                }
+                self.observe_stored(e, &mut found).await;
             }
             read += page.len();
             let mut fresh = Vec::new();
@@ -708,15 +727,8 @@ impl Examiner {
         let mut found = Vec::new();
         for e in page.iter().take_while(|e| e.seq <= last) {
             next = e.seq + 1;
-            if let Some(d) = &e.damaged {
-                // Its stand-ins (see `StoredEvent::damaged`) would count as
-                // something that never happened; `audit verify` names it.
-                tracing::error!(chain, seq = e.seq, damage = %d,
-                    "a deferred event was changed in the audit log before it was examined; it is not examined");
-                continue;
-            }
             if interest(&e.event) == kind {
-                self.observe(&e.event, &mut found).await;
+                self.observe_stored(e, &mut found).await;
             }
         }
         self.deferred.advance(chain, kind, next);

@@ -37,6 +37,8 @@ pub struct Checkpoint {
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {
     pub after_seq: i64,
+    /// The last place to read, if any.
+    pub until_seq: Option<i64>,
     pub limit: i64,
     pub from: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
@@ -44,6 +46,8 @@ pub struct AuditQuery {
     pub action: Option<String>,
     pub target: Option<String>,
     pub outcome: Option<String>,
+    /// Only refused and failed events (outcome not `success`).
+    pub refusals: bool,
     pub client_ip: Option<String>,
 }
 
@@ -76,6 +80,12 @@ fn reader_columns(dialect: Dialect) -> &'static str {
                 .join(", ")
         }),
     }
+}
+
+/// A stored event holding what no writer stores (it was changed by hand),
+/// named by its place in the log.
+fn impossible(chain: i64, seq: i64, what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("audit event {seq} of chain {chain}: {what}"))
 }
 
 /// One event as the chain scan reads it: its place, and the bytes its
@@ -178,17 +188,10 @@ impl LinkBatch {
         text: impl Fn(usize) -> StoreResult<Option<&'r [u8]>>,
     ) -> StoreResult<()> {
         let required = |i: usize| {
-            text(i)?.ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "audit event {seq} of chain {chain}: column {i} is empty"
-                ))
-            })
+            text(i)?.ok_or_else(|| impossible(chain, seq, format!("column {i} is empty")))
         };
-        // A value no writer stores is named by its place in the log.
         let placed = |e: StoreError| match e {
-            StoreError::Corrupt(what) => {
-                StoreError::Corrupt(format!("audit event {seq} of chain {chain}: {what}"))
-            }
+            StoreError::Corrupt(what) => impossible(chain, seq, what),
             e => e,
         };
         from_ts(at).map_err(placed)?;
@@ -245,20 +248,18 @@ fn scan_sqlite(
     while let Some(r) = rows.next().map_err(failed)? {
         let seq: i64 = r.get(0).map_err(failed)?;
         // INTEGER affinity keeps text that does not read as a number.
-        let at: i64 = r.get(1).map_err(|_| {
-            StoreError::Corrupt(format!(
-                "audit event {seq} of chain {chain}: its time is not a number"
-            ))
-        })?;
+        let at: i64 = r
+            .get(1)
+            .map_err(|_| impossible(chain, seq, "its time is not a number"))?;
         // The text columns have TEXT affinity, so a number written there
         // is stored as text. A blob gives its bytes, as a cast to text
         // would: the same bytes are the same event, others fail its hash.
         let text = |i: usize| match r.get_ref(i).map_err(failed)? {
             ValueRef::Null => Ok(None),
             ValueRef::Text(b) | ValueRef::Blob(b) => Ok(Some(b)),
-            ValueRef::Integer(_) | ValueRef::Real(_) => Err(StoreError::Corrupt(format!(
-                "audit event {seq} of chain {chain}: column {i} holds a number"
-            ))),
+            ValueRef::Integer(_) | ValueRef::Real(_) => {
+                Err(impossible(chain, seq, format!("column {i} holds a number")))
+            }
         };
         batch.push(chain, seq, at, text)?;
         if batch.len() == SCAN_BATCH {
@@ -744,6 +745,9 @@ impl Store {
             args.push(a);
             sql.push_str(&format!(" AND {cond} ${}", args.len()));
         };
+        if let Some(seq) = q.until_seq {
+            push("seq <=", crate::Arg::Int(seq));
+        }
         if let Some(t) = q.from {
             push("at >=", crate::Arg::Int(ts(t)));
         }
@@ -761,6 +765,9 @@ impl Store {
                 push(col, crate::Arg::Text(v.clone()));
             }
         }
+        if q.refusals {
+            sql.push_str(" AND outcome <> 'success'");
+        }
         args.push(crate::Arg::Int(q.limit.max(1)));
         sql.push_str(&format!(" ORDER BY seq LIMIT ${}", args.len()));
         let rows = crate::bind_all(sqlx::query(&sql), &args)
@@ -773,10 +780,12 @@ impl Store {
 
     /// The chains that have events.
     pub async fn audit_chains(&self) -> StoreResult<Vec<i64>> {
-        let rows = sqlx::query("SELECT chain FROM audit_heads ORDER BY chain")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| get(r, "chain")).collect()
+        Ok(self
+            .audit_ends()
+            .await?
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect())
     }
 
     /// Where every chain ends: (chain, seq), in chain order.
@@ -957,7 +966,9 @@ impl Store {
 
     /// Where a chain's events stored at or after `since` begin: the place
     /// just before the first of them in time (found by the time index), or
-    /// `None` when there are none.
+    /// `None` when there are none. Reading on from there with
+    /// [`AuditQuery::from`] set reads the events since then without
+    /// walking the chain from its start.
     pub async fn audit_place_before(
         &self,
         chain: i64,
@@ -972,35 +983,6 @@ impl Store {
         .await?;
         row.map(|r| get::<i64>(&r, "seq").map(|seq| seq - 1))
             .transpose()
-    }
-
-    /// The next page of a chain's refused and failed events (outcome not
-    /// `success`) stored at or after `since`, after `after_seq` and up to
-    /// `until_seq`, oldest first: what the detectors read again when a
-    /// server starts.
-    pub async fn audit_refusals_since(
-        &self,
-        chain: i64,
-        since: DateTime<Utc>,
-        (after_seq, until_seq): (i64, i64),
-        limit: i64,
-    ) -> StoreResult<Vec<StoredEvent>> {
-        let sql = format!(
-            "SELECT {} FROM audit_events WHERE chain = $1 AND seq > $2 AND seq <= $3 \
-             AND at >= $4 AND outcome <> 'success' ORDER BY seq LIMIT $5",
-            reader_columns(self.dialect)
-        );
-        let rows = sqlx::query(&sql)
-            .bind(chain)
-            .bind(after_seq)
-            .bind(until_seq)
-            .bind(ts(since))
-            .bind(limit.max(1))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| event_from_row(r, self.dialect))
-            .collect()
     }
 
     /// The next page of a chain after `after_seq`, oldest first (no filters).
