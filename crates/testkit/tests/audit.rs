@@ -428,6 +428,20 @@ async fn audit_page(c: &Client) -> Vec<Value> {
     page.json()["items"].as_array().unwrap().clone()
 }
 
+/// Changes one stored event by hand (`set` is an SQL assignment), as an
+/// intruder with access to the database would.
+async fn change_event(srv: &TestServer, chain: i64, seq: i64, set: &str) {
+    let changed = srv
+        .raw_sql(&format!(
+            "UPDATE audit_events SET {set} WHERE chain = {chain} AND seq = {seq}"
+        ))
+        .await;
+    assert_eq!(
+        changed, 1,
+        "event {seq} of chain {chain} is there to change"
+    );
+}
+
 async fn problem(srv: &TestServer, chain: i64) -> String {
     verify(srv, chain)
         .await
@@ -439,10 +453,7 @@ async fn problem(srv: &TestServer, chain: i64) -> String {
 async fn each_kind_of_tampering_is_found_and_named() {
     // Changed.
     let (srv, chain) = signed_chain(6).await;
-    srv.raw_sql(&format!(
-        "UPDATE audit_events SET actor = 'user:someone-else' WHERE chain = {chain} AND seq = 3"
-    ))
-    .await;
+    change_event(&srv, chain, 3, "actor = 'user:someone-else'").await;
     assert_eq!(
         problem(&srv, chain).await,
         "event 3 was changed after it was written"
@@ -477,18 +488,9 @@ async fn each_kind_of_tampering_is_found_and_named() {
 
     // Reordered.
     let (srv, chain) = signed_chain(6).await;
-    srv.raw_sql(&format!(
-        "UPDATE audit_events SET seq = 1000 WHERE chain = {chain} AND seq = 3"
-    ))
-    .await;
-    srv.raw_sql(&format!(
-        "UPDATE audit_events SET seq = 3 WHERE chain = {chain} AND seq = 4"
-    ))
-    .await;
-    srv.raw_sql(&format!(
-        "UPDATE audit_events SET seq = 4 WHERE chain = {chain} AND seq = 1000"
-    ))
-    .await;
+    change_event(&srv, chain, 3, "seq = 1000").await;
+    change_event(&srv, chain, 4, "seq = 3").await;
+    change_event(&srv, chain, 1000, "seq = 4").await;
     assert_eq!(
         problem(&srv, chain).await,
         "event 3 does not follow event 2: the chain is broken (an event was removed, inserted or reordered)"
@@ -526,10 +528,7 @@ async fn each_kind_of_tampering_is_found_and_named() {
 
     // A value no writer stores: named by its place, not an internal error.
     let (srv, chain) = signed_chain(6).await;
-    srv.raw_sql(&format!(
-        "UPDATE audit_events SET outcome = 'maybe' WHERE chain = {chain} AND seq = 3"
-    ))
-    .await;
+    change_event(&srv, chain, 3, "outcome = 'maybe'").await;
     assert_eq!(
         problem(&srv, chain).await,
         format!("audit event 3 of chain {chain}: audit outcome 'maybe'")
@@ -546,14 +545,8 @@ async fn bytes_that_are_not_text_read_as_a_changed_event() {
         // PostgreSQL refuses text that is not UTF-8 when it is written.
         return;
     }
-    srv.raw_sql(&format!(
-        "UPDATE audit_events SET target = CAST(X'FF00FE' AS TEXT) WHERE chain = {chain} AND seq = 3"
-    ))
-    .await;
-    srv.raw_sql(&format!(
-        "UPDATE audit_events SET actor = 42, hash = CAST(hash AS TEXT) WHERE chain = {chain} AND seq = 4"
-    ))
-    .await;
+    change_event(&srv, chain, 3, "target = CAST(X'FF00FE' AS TEXT)").await;
+    change_event(&srv, chain, 4, "actor = 42, hash = CAST(hash AS TEXT)").await;
     assert_eq!(
         problem(&srv, chain).await,
         "event 3 was changed after it was written"
@@ -580,19 +573,13 @@ async fn bytes_that_are_not_text_read_as_a_changed_event() {
     // A time that is not a number (INTEGER affinity keeps such text) is
     // a changed event too, named by its place.
     let (srv, chain) = signed_chain(6).await;
-    srv.raw_sql(&format!(
-        "UPDATE audit_events SET at = 'yesterday' WHERE chain = {chain} AND seq = 3"
-    ))
-    .await;
+    change_event(&srv, chain, 3, "at = 'yesterday'").await;
     assert_eq!(
         problem(&srv, chain).await,
         format!("audit event 3 of chain {chain}: its time is not a number")
     );
     // A place that is not a number is left out by the readers.
-    srv.raw_sql(&format!(
-        "UPDATE audit_events SET seq = 'five' WHERE chain = {chain} AND seq = 5"
-    ))
-    .await;
+    change_event(&srv, chain, 5, "seq = 'five'").await;
     // The API's reader shows it, says what is wrong, and goes on past it.
     let items = audit_page(&srv.sign_in("ACME", "master").await).await;
     assert_eq!(items[2]["seq"], 3);
@@ -603,17 +590,16 @@ async fn bytes_that_are_not_text_read_as_a_changed_event() {
 
     let (srv, chain) = signed_chain(6).await;
     // The same bytes as a blob are the same event...
-    srv.raw_sql(&format!(
-        "UPDATE audit_events SET actor = CAST(actor AS BLOB), prev_hash = CAST(prev_hash AS TEXT) \
-         WHERE chain = {chain} AND seq = 3"
-    ))
+    change_event(
+        &srv,
+        chain,
+        3,
+        "actor = CAST(actor AS BLOB), prev_hash = CAST(prev_hash AS TEXT)",
+    )
     .await;
     assert_eq!(verify(&srv, chain).await.problem, None);
     // ...and other bytes are not.
-    srv.raw_sql(&format!(
-        "UPDATE audit_events SET actor = X'00' WHERE chain = {chain} AND seq = 4"
-    ))
-    .await;
+    change_event(&srv, chain, 4, "actor = X'00'").await;
     assert_eq!(
         problem(&srv, chain).await,
         "event 4 was changed after it was written"
@@ -697,10 +683,7 @@ async fn pages_read_for_verification_keep_every_byte_of_every_event() {
     // SQLite keeps a value of any type in any column: a tampered value of
     // another type is a changed event, not a reader's failure.
     if srv.backend == Backend::Sqlite {
-        srv.raw_sql(&format!(
-            "UPDATE audit_events SET target = 12345 WHERE chain = {chain} AND seq = 2"
-        ))
-        .await;
+        change_event(&srv, chain, 2, "target = 12345").await;
         assert_eq!(
             problem(&srv, chain).await,
             "event 2 was changed after it was written"
@@ -940,12 +923,7 @@ async fn a_changed_event_neither_stops_the_log_readers_nor_forwarding() {
     let c = srv.company_master("ACME").await;
     strongroom_testkit::add_record(&c, "customer", json!({"name": "Before"})).await;
     let chain = company_chain(&srv).await;
-    let changed = srv
-        .raw_sql(&format!(
-            "UPDATE audit_events SET outcome = 'maybe' WHERE chain = {chain} AND seq = 2"
-        ))
-        .await;
-    assert_eq!(changed, 1);
+    change_event(&srv, chain, 2, "outcome = 'maybe'").await;
     let r = strongroom_testkit::add_record(&c, "customer", json!({"name": "After"})).await;
 
     let damage = "its outcome 'maybe' is none of success, denied, failed";

@@ -41,6 +41,12 @@ fn now(srv: &TestServer) -> i64 {
     srv.clock.now().timestamp()
 }
 
+/// PUTs `body` at `path` as `c`, which must succeed.
+async fn put_ok(c: &Client, path: &str, body: serde_json::Value) {
+    let r = send(c, Method::PUT, path, body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
 async fn with_user(srv: &TestServer, admin: &Client, id: &str, is_admin: bool) {
     admin.create_user(&new_user(id, is_admin)).await.unwrap();
     let _ = srv;
@@ -513,23 +519,19 @@ async fn password_expiry_forced_change_and_minimum_age() {
     let admin = srv.company_master("ACME").await;
     with_user(&srv, &admin, "ann", false).await;
     // The master keeps rules of its own without expiry (per-user rules).
-    let r = send(
+    put_ok(
         &admin,
-        Method::PUT,
         "/api/v1/users/master/password-rules",
         json!({"min_length": 12, "min_score": 3, "require_classes": 0, "history": 0}),
     )
     .await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let r = send(
+    put_ok(
         &admin,
-        Method::PUT,
         "/api/v1/security/password-rules",
         json!({"min_length": 12, "min_score": 3, "require_classes": 0, "history": 3,
                "max_age_days": 90, "warn_days": 14, "min_age_days": 1}),
     )
     .await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 
     // Within the warning period sign-in says when the password expires.
     srv.clock.advance(Duration::days(80));
@@ -627,14 +629,12 @@ async fn a_user_can_have_rules_of_their_own() {
     let admin = srv.company_master("ACME").await;
     with_user(&srv, &admin, "ann", false).await;
     with_user(&srv, &admin, "bob", false).await;
-    let r = send(
+    put_ok(
         &admin,
-        Method::PUT,
         "/api/v1/users/ann/password-rules",
         json!({"min_length": 24, "min_score": 3, "require_classes": 0, "history": 0}),
     )
     .await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let e = admin
         .set_password_with("ann", "lantern quartz meadow", false)
         .await
@@ -706,14 +706,12 @@ async fn idle_timeout_per_user_and_per_company() {
     let admin = srv.company_master("ACME").await;
     with_user(&srv, &admin, "ann", false).await;
     with_user(&srv, &admin, "bob", false).await;
-    let r = send(
+    put_ok(
         &admin,
-        Method::PUT,
         "/api/v1/security/session-policy",
         json!({"max_sessions_per_user": 0, "when_full": "refuse_new", "idle_timeout_minutes": 60}),
     )
     .await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     admin
         .set_user_sign_in(
             "ann",
@@ -831,14 +829,12 @@ async fn api_keys_obey_scopes_ip_rules_hours_and_revocation() {
 
     // The user's IP rules bind the key: a blocked address is refused and
     // the refusal is recorded.
-    let r = send(
+    put_ok(
         &admin,
-        Method::PUT,
         "/api/v1/users/erp/ip-rules",
         json!({"rules": [{"kind": "block", "network": "192.0.2.50"}], "force": false}),
     )
     .await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let e = key.record("customer", &rec.id).await.unwrap_err();
     assert_eq!(e.status(), Some(403));
     let ev = srv.last_event("ACME", "auth.api_key").await;
@@ -848,14 +844,12 @@ async fn api_keys_obey_scopes_ip_rules_hours_and_revocation() {
     key.record("customer", &rec.id).await.unwrap();
 
     // Access hours bind it too.
-    let r = send(
+    put_ok(
         &admin,
-        Method::PUT,
         "/api/v1/users/erp/access-hours",
         json!({"windows": [], "valid_until": "2020-01-01"}),
     )
     .await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let e = key.record("customer", &rec.id).await.unwrap_err();
     assert_eq!(e.status(), Some(401));
     assert_eq!(
@@ -865,14 +859,12 @@ async fn api_keys_obey_scopes_ip_rules_hours_and_revocation() {
             .as_deref(),
         Some("account_expired")
     );
-    let r = send(
+    put_ok(
         &admin,
-        Method::PUT,
         "/api/v1/users/erp/access-hours",
         json!({"windows": []}),
     )
     .await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     key.record("customer", &rec.id).await.unwrap();
 
     // Disabling the user stops the key at once; so does revocation.
@@ -1067,15 +1059,13 @@ async fn sign_in_rules_changed_beneath_the_server_apply_at_the_next_sign_in() {
     with_user(&srv, &admin, "ann", false).await;
     let policy = admin.sign_in_policy().await.unwrap();
     admin.set_sign_in_policy(&policy).await.unwrap();
-    let r = send(
+    put_ok(
         &admin,
-        Method::PUT,
         "/api/v1/security/password-rules",
         json!({"min_length": 12, "min_score": 3, "require_classes": 0, "history": 0,
                "max_age_days": 90, "warn_days": 14, "min_age_days": 0}),
     )
     .await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let sign_in = || async { srv.client().login("ACME", "ann", PASSWORD).await.unwrap().1 };
     for _ in 0..2 {
         assert_eq!(sign_in().await.restriction, None);
