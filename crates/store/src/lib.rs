@@ -19,6 +19,7 @@ mod directory;
 mod dump;
 mod keys;
 mod migrate;
+mod pg_batch;
 mod reader;
 mod records;
 mod sessions;
@@ -121,6 +122,9 @@ pub struct Store {
     /// Group commit of record writes on an SQLite file (see [`batch`]);
     /// `None` for PostgreSQL and in-memory databases.
     record_writer: Option<Arc<batch::RecordWriter>>,
+    /// Group commit of record writes on PostgreSQL (see [`pg_batch`]);
+    /// `None` for SQLite.
+    pg_writer: Option<Arc<pg_batch::PgRecordWriter>>,
     /// How to open a PostgreSQL connection of its own, for the reads that
     /// go around the pool's `Any` rows (a full audit chain scan). Holds
     /// the URL's password: never printed (see `Debug` below).
@@ -279,10 +283,13 @@ impl Store {
             },
             _ => None,
         };
+        let pg_writer = (dialect == Dialect::Postgres)
+            .then(|| Arc::new(pg_batch::PgRecordWriter::start(write_pool.clone())));
         Ok(Store {
             pool,
             write_pool,
             record_writer,
+            pg_writer,
             dialect,
             write_lock,
             sqlite_file: sqlite_file(&url),

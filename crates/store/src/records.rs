@@ -162,11 +162,12 @@ const ID_TAKEN: &str = "record id collision; retry";
 const NO_DEPARTMENT: &str = "no such department";
 const NO_RECORD: &str = "no such record";
 
-/// What every record write stores beside the record's row, as the SQLite
-/// writer stores it (see `batch`): the same statements as
-/// [`Store::insert_record`]'s and [`Store::write_record`]'s, in the
-/// writer's transaction.
-struct Change {
+/// What every record write stores beside the record's row: its new
+/// version, its blind-index entries and its audit events. Run by the SQLite
+/// writer (see `batch`) through rusqlite, or through sqlx by the PostgreSQL
+/// writer (see `pg_batch`), which chains the audit events of a whole batch
+/// after its writes.
+pub(crate) struct Change {
     company: i64,
     type_id: i64,
     text: String,
@@ -219,10 +220,96 @@ impl Change {
         append_events(tx, &self.audit)?;
         Ok(stored)
     }
+
+    /// [`Change::finish`] through sqlx, without the audit events: whoever
+    /// commits the transaction chains them (see [`RecordJob`]).
+    async fn finish_sqlx(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        dialect: crate::Dialect,
+        id: i64,
+        version: i64,
+        deleted: bool,
+    ) -> StoreResult<StoredRecord> {
+        if dialect == crate::Dialect::Postgres {
+            // One statement (and one round trip) for all three: each part
+            // reads the snapshot taken when the statement starts, which
+            // holds the record's row written by the statement before.
+            let mut q = sqlx::query(finish_postgres(self.index.len()))
+                .bind(id)
+                .bind(self.company)
+                .bind(version)
+                .bind(self.kind.as_str())
+                .bind(&self.text)
+                .bind(deleted as i64)
+                .bind(self.now)
+                .bind(self.actor);
+            if !self.index.is_empty() {
+                q = q.bind(self.type_id);
+            }
+            for (key, value) in &self.index {
+                q = q.bind(key).bind(value);
+            }
+            let row = q.fetch_one(&mut **tx).await?;
+            return record_from_row(&row);
+        }
+        sqlx::query(INSERT_VERSION)
+            .bind(id)
+            .bind(self.company)
+            .bind(version)
+            .bind(self.kind.as_str())
+            .bind(&self.text)
+            .bind(deleted as i64)
+            .bind(self.now)
+            .bind(self.actor)
+            .execute(&mut **tx)
+            .await?;
+        write_index(
+            tx,
+            dialect,
+            CompanyId(self.company),
+            self.type_id,
+            id,
+            &self.index,
+        )
+        .await?;
+        stored_record(tx, self.company, id).await
+    }
 }
 
-/// A new record, for the SQLite writer.
-struct NewRecord {
+/// [`Change::finish_sqlx`]'s statement on PostgreSQL for a record with
+/// `entries` index entries: the version's row and the index rows inserted,
+/// and the record read back, in one. Parameters: $1 to $8 as
+/// [`INSERT_VERSION`]'s; with entries, $9 the record type, then each
+/// entry's key and value.
+fn finish_postgres(entries: usize) -> &'static str {
+    static SQL: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut built = SQL.lock().unwrap_or_else(|p| p.into_inner());
+    while built.len() <= entries {
+        let n = built.len();
+        let index = if n == 0 {
+            String::new()
+        } else {
+            let rows: Vec<String> = (0..n)
+                .map(|i| format!("($1, ${}, $2, $9, ${})", 10 + 2 * i, 11 + 2 * i))
+                .collect();
+            format!(", i AS ({INSERT_INDEX}{})", rows.join(", "))
+        };
+        // Built once for each number of entries a record type has: a
+        // handful, kept for the process's life.
+        built.push(Box::leak(
+            format!(
+                "WITH v AS ({INSERT_VERSION}){index} \
+                 SELECT {RECORD_COLUMNS} {RECORD_FROM} WHERE r.company_id = $2 AND r.id = $1"
+            )
+            .into_boxed_str(),
+        ));
+    }
+    built[entries]
+}
+
+/// A new record.
+pub(crate) struct NewRecord {
     change: Change,
     public_id: String,
     department_id: Option<i64>,
@@ -250,10 +337,32 @@ impl NewRecord {
             .map_err(|e| sqlite_conflict(e, ID_TAKEN, NO_DEPARTMENT))?;
         c.finish(tx, id, 1, false)
     }
+
+    /// [`NewRecord::insert`] through sqlx, without the audit events.
+    async fn insert_sqlx(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        dialect: crate::Dialect,
+    ) -> StoreResult<StoredRecord> {
+        let c = &self.change;
+        let row = sqlx::query(INSERT_RECORD)
+            .bind(&self.public_id)
+            .bind(c.company)
+            .bind(c.type_id)
+            .bind(&c.text)
+            .bind(self.department_id)
+            .bind(c.actor)
+            .bind(c.now)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(|e| StoreError::map_conflict(e, ID_TAKEN, NO_DEPARTMENT))?;
+        let id: i64 = get(&row, "id")?;
+        c.finish_sqlx(tx, dialect, id, 1, false).await
+    }
 }
 
-/// A change to a record still at `expected_version`, for the SQLite writer.
-struct Update {
+/// A change to a record still at `expected_version`.
+pub(crate) struct Update {
     change: Change,
     id: i64,
     expected_version: i64,
@@ -290,6 +399,84 @@ impl Update {
             .and_then(|mut s| s.execute((company, id)))
             .map_err(failed)?;
         c.finish(tx, id, v + 1, self.deleted_at.is_some())
+    }
+
+    /// [`Update::apply`] through sqlx, without the audit events.
+    async fn apply_sqlx(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        dialect: crate::Dialect,
+    ) -> StoreResult<StoredRecord> {
+        let c = &self.change;
+        let (company, id, v) = (c.company, self.id, self.expected_version);
+        let mut query = sqlx::query(if self.deleted_at.is_some() {
+            UPDATE_DELETED
+        } else {
+            UPDATE_LIVE
+        })
+        .bind(company)
+        .bind(id)
+        .bind(v)
+        .bind(&c.text)
+        .bind(c.now);
+        if let Some(d) = self.deleted_at {
+            query = query.bind(d);
+        }
+        let changed = query.execute(&mut **tx).await?.rows_affected();
+        if changed != 1 {
+            let row = sqlx::query(RECORD_VERSION)
+                .bind(company)
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await?;
+            return match row {
+                Some(r) => Err(StoreError::VersionConflict {
+                    current: get(&r, "version")?,
+                }),
+                None => Err(StoreError::NotFound(NO_RECORD.into())),
+            };
+        }
+        // A statement of its own, after the update: its snapshot holds the
+        // index rows of a re-encryption that committed while the update
+        // waited for the row (one statement's snapshot would not, and the
+        // new rows would then collide with them).
+        sqlx::query(DELETE_INDEX)
+            .bind(company)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        c.finish_sqlx(tx, dialect, id, v + 1, self.deleted_at.is_some())
+            .await
+    }
+}
+
+/// A record write for a transaction run through sqlx: on PostgreSQL one of
+/// a batch (see `pg_batch`), elsewhere (an in-memory database) alone.
+pub(crate) enum RecordJob {
+    Create(NewRecord),
+    Update(Update),
+}
+
+impl RecordJob {
+    /// Runs the write's statements in `tx` (not its audit events) and
+    /// hands back the record as now stored.
+    pub(crate) async fn run(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        dialect: crate::Dialect,
+    ) -> StoreResult<StoredRecord> {
+        match self {
+            RecordJob::Create(n) => n.insert_sqlx(tx, dialect).await,
+            RecordJob::Update(u) => u.apply_sqlx(tx, dialect).await,
+        }
+    }
+
+    /// The audit events to store if and only if the write is stored.
+    pub(crate) fn audit(&self) -> &[strongroom_core::audit::AuditEvent] {
+        match self {
+            RecordJob::Create(n) => &n.change.audit,
+            RecordJob::Update(u) => &u.change.audit,
+        }
     }
 }
 
@@ -488,53 +675,36 @@ impl Store {
         now: DateTime<Utc>,
     ) -> StoreResult<StoredRecord> {
         let text = serde_json::to_string(data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let new = NewRecord {
+            change: Change {
+                company: company.0,
+                type_id: record_type.id,
+                text,
+                kind: ChangeKind::Create,
+                actor: actor.0,
+                now: ts(now),
+                index: index.clone(),
+                audit: audit.to_vec(),
+            },
+            public_id: public_id.to_owned(),
+            department_id,
+        };
         if let Some(writer) = &self.record_writer {
-            let new = NewRecord {
-                change: Change {
-                    company: company.0,
-                    type_id: record_type.id,
-                    text,
-                    kind: ChangeKind::Create,
-                    actor: actor.0,
-                    now: ts(now),
-                    index: index.clone(),
-                    audit: audit.to_vec(),
-                },
-                public_id: public_id.to_owned(),
-                department_id,
-            };
             return writer.write(move |tx| new.insert(tx)).await;
         }
+        self.write_through_sqlx(RecordJob::Create(new)).await
+    }
+
+    /// A record write on PostgreSQL (in the writer's next batch) or on an
+    /// in-memory database (a transaction of its own), with its audit
+    /// events in the same transaction.
+    async fn write_through_sqlx(&self, job: RecordJob) -> StoreResult<StoredRecord> {
+        if let Some(writer) = &self.pg_writer {
+            return writer.write(job).await;
+        }
         let mut w = self.write_tx().await?;
-        let row = sqlx::query(INSERT_RECORD)
-            .bind(public_id)
-            .bind(company.0)
-            .bind(record_type.id)
-            .bind(&text)
-            .bind(department_id)
-            .bind(actor.0)
-            .bind(ts(now))
-            .fetch_one(&mut *w.tx)
-            .await
-            .map_err(|e| StoreError::map_conflict(e, ID_TAKEN, NO_DEPARTMENT))?;
-        let id: i64 = get(&row, "id")?;
-        insert_version(
-            &mut w.tx,
-            company,
-            id,
-            1,
-            ChangeKind::Create,
-            &text,
-            false,
-            actor,
-            now,
-        )
-        .await?;
-        write_index(&mut w.tx, self.dialect, company, record_type.id, id, index).await?;
-        // Read back before the chain's head is locked (on PostgreSQL it is
-        // held to the commit, and every write of the company waits for it).
-        let stored = stored_record(&mut w.tx, company.0, id).await?;
-        crate::audit::chain_events(&mut w.tx, self.dialect, audit).await?;
+        let stored = job.run(&mut w.tx, self.dialect).await?;
+        crate::audit::chain_events(&mut w.tx, self.dialect, job.audit()).await?;
         w.commit().await?;
         Ok(stored)
     }
@@ -677,84 +847,25 @@ impl Store {
         let text =
             serde_json::to_string(change.data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let deleted_at = change.deleted_at.map(ts);
+        let update = Update {
+            change: Change {
+                company: company.0,
+                type_id: record_type.id,
+                text,
+                kind: change.kind,
+                actor: change.actor.0,
+                now: ts(change.now),
+                index: change.index.clone(),
+                audit: change.audit.to_vec(),
+            },
+            id: record.id,
+            expected_version,
+            deleted_at,
+        };
         if let Some(writer) = &self.record_writer {
-            let update = Update {
-                change: Change {
-                    company: company.0,
-                    type_id: record_type.id,
-                    text,
-                    kind: change.kind,
-                    actor: change.actor.0,
-                    now: ts(change.now),
-                    index: change.index.clone(),
-                    audit: change.audit.to_vec(),
-                },
-                id: record.id,
-                expected_version,
-                deleted_at,
-            };
             return writer.write(move |tx| update.apply(tx)).await;
         }
-        let mut w = self.write_tx().await?;
-        let q = if deleted_at.is_some() {
-            UPDATE_DELETED
-        } else {
-            UPDATE_LIVE
-        };
-        let mut query = sqlx::query(q)
-            .bind(company.0)
-            .bind(record.id)
-            .bind(expected_version)
-            .bind(&text)
-            .bind(ts(change.now));
-        if let Some(d) = deleted_at {
-            query = query.bind(d);
-        }
-        let n = query.execute(&mut *w.tx).await?.rows_affected();
-        if n != 1 {
-            let row = sqlx::query(RECORD_VERSION)
-                .bind(company.0)
-                .bind(record.id)
-                .fetch_optional(&mut *w.tx)
-                .await?;
-            return match row {
-                Some(r) => Err(StoreError::VersionConflict {
-                    current: get(&r, "version")?,
-                }),
-                None => Err(StoreError::NotFound(NO_RECORD.into())),
-            };
-        }
-        insert_version(
-            &mut w.tx,
-            company,
-            record.id,
-            expected_version + 1,
-            change.kind,
-            &text,
-            deleted_at.is_some(),
-            change.actor,
-            change.now,
-        )
-        .await?;
-        sqlx::query(DELETE_INDEX)
-            .bind(company.0)
-            .bind(record.id)
-            .execute(&mut *w.tx)
-            .await?;
-        write_index(
-            &mut w.tx,
-            self.dialect,
-            company,
-            record_type.id,
-            record.id,
-            change.index,
-        )
-        .await?;
-        // Read back before the chain's head is locked (see insert_record).
-        let stored = stored_record(&mut w.tx, company.0, record.id).await?;
-        crate::audit::chain_events(&mut w.tx, self.dialect, change.audit).await?;
-        w.commit().await?;
-        Ok(stored)
+        self.write_through_sqlx(RecordJob::Update(update)).await
     }
 
     /// Every version of a record, oldest first.
@@ -789,32 +900,6 @@ impl Store {
             })
             .collect()
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn insert_version(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    company: CompanyId,
-    record_id: i64,
-    version: i64,
-    kind: ChangeKind,
-    data: &str,
-    deleted: bool,
-    actor: UserKey,
-    now: DateTime<Utc>,
-) -> StoreResult<()> {
-    sqlx::query(INSERT_VERSION)
-        .bind(record_id)
-        .bind(company.0)
-        .bind(version)
-        .bind(kind.as_str())
-        .bind(data)
-        .bind(deleted as i64)
-        .bind(ts(now))
-        .bind(actor.0)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
 }
 
 pub(crate) async fn write_index(

@@ -1813,8 +1813,8 @@ async fn statistics_after_a_bulk_load_keep_no_sampled_values() {
     assert_eq!(page.items[0].id, ids[23]);
 }
 
-/// Writes that arrive together are committed together on SQLite (one
-/// transaction, a savepoint each): a write that loses a race fails alone,
+/// Writes that arrive together are committed together (one transaction, a
+/// savepoint each): a write that loses a race fails alone,
 /// the others are stored with their audit events, and the audit chain
 /// stays whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1957,6 +1957,90 @@ async fn a_write_failing_half_way_takes_none_of_its_neighbours_with_it() {
         creates, 6,
         "an event for each stored create, none for the others"
     );
+    let v =
+        strongroom_server::audit::verify(srv.store(), &srv.state.keys, events[0].chain, true, None)
+            .await
+            .unwrap();
+    assert_eq!(v.problem, None);
+}
+
+/// On PostgreSQL, a write that PostgreSQL fails as the loser of a deadlock
+/// is run again alone (the trigger fails each "Loser" write's first try
+/// with SQLSTATE 40P01 and lets the second through): every create is
+/// acknowledged and stored once, with one event each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_loses_a_deadlock_is_run_again_alone() {
+    if strongroom_testkit::backend() != strongroom_testkit::Backend::Postgres {
+        return;
+    }
+    let srv = TestServer::start().await;
+    let c = srv.company_master("ACME").await;
+    // A sequence counts each loser's tries: its values are not rolled back
+    // with the failed try, as a row would be.
+    for i in (0..10).step_by(3) {
+        srv.raw_sql(&format!("CREATE SEQUENCE tries_{i}")).await;
+    }
+    srv.raw_sql(
+        "CREATE FUNCTION lose_once() RETURNS trigger AS $$ BEGIN \
+         IF NEW.data LIKE '%Loser%' AND \
+            nextval('tries_' || substring(NEW.data from 'Loser ([0-9]+)')) = 1 THEN \
+           RAISE EXCEPTION 'deadlock detected (staged)' USING ERRCODE = '40P01'; \
+         END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
+    )
+    .await;
+    srv.raw_sql(
+        "CREATE TRIGGER lose_once BEFORE INSERT ON record_versions \
+         FOR EACH ROW EXECUTE FUNCTION lose_once()",
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let c = c.clone();
+        let name = if i % 3 == 0 {
+            format!("Loser {i}")
+        } else {
+            format!("Winner {i}")
+        };
+        tasks.push(tokio::spawn(async move {
+            let body = json!({ "data": { "name": name } });
+            let r =
+                strongroom_testkit::send_json(&c, Method::POST, "/api/v1/records/customer", body)
+                    .await;
+            (name, r.status)
+        }));
+    }
+    for t in tasks {
+        let (name, status) = t.await.unwrap();
+        assert_eq!(status, 201, "{name}");
+    }
+    let page = c
+        .list_records("customer", &[("limit", "100")])
+        .await
+        .unwrap();
+    let mut names: Vec<String> = page
+        .items
+        .iter()
+        .map(|r| r.data["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    names.sort();
+    let mut all: Vec<String> = (0..10)
+        .map(|i| {
+            if i % 3 == 0 {
+                format!("Loser {i}")
+            } else {
+                format!("Winner {i}")
+            }
+        })
+        .collect();
+    all.sort();
+    assert_eq!(names, all, "every write stored once");
+    let events = srv.audit_events("ACME").await;
+    let creates = events
+        .iter()
+        .filter(|e| e.action == "record.create")
+        .filter(|e| e.outcome == strongroom_core::audit::Outcome::Success)
+        .count();
+    assert_eq!(creates, 10, "one event for each create");
     let v =
         strongroom_server::audit::verify(srv.store(), &srv.state.keys, events[0].chain, true, None)
             .await
