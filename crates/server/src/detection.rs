@@ -559,8 +559,28 @@ struct Examiner {
 
 impl Examiner {
     async fn observe(&mut self, e: &AuditEvent, found: &mut Vec<Finding>) {
+        self.observe_for(e, None, found).await;
+    }
+
+    /// [`Examiner::observe`] by every detector, or by `only` that one.
+    async fn observe_for(
+        &mut self,
+        e: &AuditEvent,
+        only: Option<Detector>,
+        found: &mut Vec<Finding>,
+    ) {
         match self.rules.get(&self.store, e.chain).await {
-            Ok(company_rules) => found.extend(self.engine.observe(e, &company_rules)),
+            Ok(company_rules) => match only {
+                None => found.extend(self.engine.observe(e, &company_rules)),
+                Some(d) => {
+                    let one: Vec<Rule> = company_rules
+                        .iter()
+                        .filter(|r| r.detector == d)
+                        .cloned()
+                        .collect();
+                    found.extend(self.engine.observe(e, &one));
+                }
+            },
             Err(err) => tracing::warn!(error = %err, "cannot load detector rules"),
         }
     }
@@ -572,12 +592,13 @@ impl Examiner {
     async fn observe_stored(
         &mut self,
         e: &strongroom_store::StoredEvent,
+        only: Option<Detector>,
         found: &mut Vec<Finding>,
     ) {
         match &e.damaged {
             Some(d) => tracing::error!(chain = e.event.chain, seq = e.seq, damage = %d,
                 "an event read back from the audit log was changed there; it is not examined"),
-            None => self.observe(&e.event, found).await,
+            None => self.observe_for(&e.event, only, found).await,
         }
     }
 
@@ -601,8 +622,12 @@ impl Examiner {
     /// ended at start. What fires opens an incident, unless one of that detector and
     /// subject was opened within the window (it fired before the restart).
     /// On PostgreSQL this reads every node's events, so a node that starts
-    /// counts what the others saw in the window too. Reads are not read
-    /// again (for mass reads): a window can hold millions.
+    /// counts what the others saw in the window too. For the mass-read
+    /// rule it then reads the successful events of that rule's window,
+    /// only the last [`REPLAY_MAX`] events of the chain when the window
+    /// holds more (a window can hold millions; a mass read still going on
+    /// shows at its end), and counts them for that rule alone (the
+    /// refusals among them were counted already).
     async fn replay(&mut self, plan: ReplayPlan) {
         let now = self.clock.now();
         for (chain, until) in plan {
@@ -618,47 +643,71 @@ impl Examiner {
                 Detector::PasswordSpraying,
                 Detector::Probing,
             ];
-            let Some(window) = rules
-                .iter()
-                .filter(|r| r.enabled && counted.contains(&r.detector))
-                .map(|r| r.window)
-                .max()
-            else {
-                continue;
+            let longest = |detectors: &[Detector]| {
+                rules
+                    .iter()
+                    .filter(|r| r.enabled && detectors.contains(&r.detector))
+                    .map(|r| {
+                        r.window
+                            .min(chrono::Duration::hours(REPLAY_WINDOW_MAX_HOURS))
+                    })
+                    .max()
             };
-            let window = window.min(chrono::Duration::hours(REPLAY_WINDOW_MAX_HOURS));
-            if let Err(err) = self.replay_chain(chain, until, now - window).await {
-                tracing::error!(error = %err, chain, "cannot read the detectors' windows again; they start empty");
+            if let Some(window) = longest(&counted) {
+                if let Err(err) = self.replay_chain(chain, until, now - window, None).await {
+                    tracing::error!(error = %err, chain, "cannot read the detectors' windows again; they start empty");
+                }
+            }
+            if let Some(window) = longest(&[Detector::MassRead]) {
+                let reads = Some(Detector::MassRead);
+                if let Err(err) = self.replay_chain(chain, until, now - window, reads).await {
+                    tracing::error!(error = %err, chain, "cannot read the mass-read window again; it starts empty");
+                }
             }
         }
     }
 
+    /// Reads a chain's events since `since` up to `until` again: its
+    /// refusals for every detector (`only` none), or its successful events
+    /// for the mass-read detector (`only` that one).
     async fn replay_chain(
         &mut self,
         chain: i64,
         until: i64,
         since: DateTime<Utc>,
+        only: Option<Detector>,
     ) -> strongroom_store::StoreResult<()> {
         let Some(mut after) = self.store.audit_place_before(chain, since).await? else {
             return Ok(());
         };
+        let reads = only.is_some();
+        if reads && after < until - REPLAY_MAX as i64 {
+            after = until - REPLAY_MAX as i64;
+            tracing::warn!(
+                chain,
+                events = REPLAY_MAX,
+                "the mass-read detector read only the last events of its window again at start; the earlier reads in it are not counted"
+            );
+        }
         let mut read = 0usize;
         while read < REPLAY_MAX {
-            let refusals = strongroom_store::AuditQuery {
+            let query = strongroom_store::AuditQuery {
                 after_seq: after,
                 until_seq: Some(until),
                 from: Some(since),
-                refusals: true,
+                refusals: !reads,
+                outcome: reads
+                    .then(|| strongroom_core::audit::Outcome::Success.as_str().to_owned()),
                 limit: 1000,
                 ..Default::default()
             };
-            let page = self.store.audit_events(chain, &refusals).await?;
+            let page = self.store.audit_events(chain, &query).await?;
             let Some(last) = page.last().map(|e| e.seq) else {
                 break;
             };
             let mut found = Vec::new();
             for e in page.iter().take(REPLAY_MAX - read) {
-                self.observe_stored(e, &mut found).await;
+                self.observe_stored(e, only, &mut found).await;
             }
             read += page.len();
             let mut fresh = Vec::new();
@@ -728,7 +777,7 @@ impl Examiner {
         for e in page.iter().take_while(|e| e.seq <= last) {
             next = e.seq + 1;
             if interest(&e.event) == kind {
-                self.observe_stored(e, &mut found).await;
+                self.observe_stored(e, None, &mut found).await;
             }
         }
         self.deferred.advance(chain, kind, next);
@@ -1189,6 +1238,39 @@ mod tests {
         let d = restarted(&store).await;
         d.flush().await;
         assert_eq!(brute_force(store.clone()).await, 1, "no second incident");
+    }
+
+    #[tokio::test]
+    async fn a_restart_counts_the_reads_of_the_mass_read_window_again() {
+        let Started { _dir, store, d, .. } = started((2000, 5)).await;
+        let mass_reads = |store: Store| async move {
+            let found = store.incidents(7).await.unwrap();
+            found.iter().filter(|i| i.detector == "mass_read").count()
+        };
+        // 600 reads (the threshold is 1000 in 5 minutes) and a refusal,
+        // examined...
+        let mut first: Vec<AuditEvent> = (0..600).map(event).collect();
+        first.push(failed_sign_in("x"));
+        for batch in stored(&store, vec![first]).await {
+            d.feed_stored(batch);
+        }
+        d.flush().await;
+        assert_eq!(mass_reads(store.clone()).await, 0);
+        // ...then the server restarts, and 400 more come.
+        let d = restarted(&store).await;
+        for batch in stored(&store, vec![(600..1000).map(event).collect()]).await {
+            d.feed_stored(batch);
+        }
+        d.flush().await;
+        assert_eq!(
+            mass_reads(store.clone()).await,
+            1,
+            "1000 reads within the window"
+        );
+        // Another restart finds the same reads, and that the incident is open.
+        let d = restarted(&store).await;
+        d.flush().await;
+        assert_eq!(mass_reads(store.clone()).await, 1, "no second incident");
     }
 
     #[tokio::test]
