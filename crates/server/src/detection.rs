@@ -1205,72 +1205,58 @@ mod tests {
         assert!(d.feed((0..5).map(|_| failed_sign_in("bob")).collect()));
     }
 
+    /// Feeds `before` to a detector and examines it, restarts, feeds
+    /// `after`, then restarts once more with nothing new: the incidents of
+    /// `detector` after each of the three.
+    async fn across_a_restart(
+        before: Vec<AuditEvent>,
+        after: Vec<AuditEvent>,
+        detector: &str,
+    ) -> [usize; 3] {
+        let Started { _dir, store, d, .. } = started((2000, 10)).await;
+        let incidents = |store: Store| async move {
+            let found = store.incidents(7).await.unwrap();
+            found.iter().filter(|i| i.detector == detector).count()
+        };
+        for batch in stored(&store, vec![before]).await {
+            d.feed_stored(batch);
+        }
+        d.flush().await;
+        let first = incidents(store.clone()).await;
+        let d = restarted(&store).await;
+        for batch in stored(&store, vec![after]).await {
+            d.feed_stored(batch);
+        }
+        d.flush().await;
+        let second = incidents(store.clone()).await;
+        let d = restarted(&store).await;
+        d.flush().await;
+        [first, second, incidents(store.clone()).await]
+    }
+
     #[tokio::test]
     async fn a_restart_counts_the_refusals_of_the_window_again() {
-        let Started { _dir, store, d, .. } = started((10, 5)).await;
-        let brute_force = |store: Store| async move {
-            let found = store.incidents(7).await.unwrap();
-            found.iter().filter(|i| i.detector == "brute_force").count()
-        };
-        // Four bad passwords (the threshold is five), examined...
-        for batch in stored(
-            &store,
-            vec![(0..4).map(|_| failed_sign_in("ann")).collect()],
-        )
-        .await
-        {
-            d.feed_stored(batch);
-        }
-        d.flush().await;
-        assert_eq!(brute_force(store.clone()).await, 0);
-        // ...then the server restarts, and the fifth comes.
-        let d = restarted(&store).await;
-        for batch in stored(&store, vec![vec![failed_sign_in("ann")]]).await {
-            d.feed_stored(batch);
-        }
-        d.flush().await;
+        // Four bad passwords (the threshold is five), a restart, the fifth;
+        // then another restart finds the same five, and the open incident.
+        let four = (0..4).map(|_| failed_sign_in("ann")).collect();
         assert_eq!(
-            brute_force(store.clone()).await,
-            1,
-            "five within the window"
+            across_a_restart(four, vec![failed_sign_in("ann")], "brute_force").await,
+            [0, 1, 1],
+            "none before, one for five within the window, no second"
         );
-        // Another restart finds the same five, and that the incident is open.
-        let d = restarted(&store).await;
-        d.flush().await;
-        assert_eq!(brute_force(store.clone()).await, 1, "no second incident");
     }
 
     #[tokio::test]
     async fn a_restart_counts_the_reads_of_the_mass_read_window_again() {
-        let Started { _dir, store, d, .. } = started((2000, 5)).await;
-        let mass_reads = |store: Store| async move {
-            let found = store.incidents(7).await.unwrap();
-            found.iter().filter(|i| i.detector == "mass_read").count()
-        };
-        // 600 reads (the threshold is 1000 in 5 minutes) and a refusal,
-        // examined...
+        // 600 reads (the threshold is 1000 in 5 minutes) and a refusal, a
+        // restart, 400 more; then another restart finds the same reads.
         let mut first: Vec<AuditEvent> = (0..600).map(event).collect();
         first.push(failed_sign_in("x"));
-        for batch in stored(&store, vec![first]).await {
-            d.feed_stored(batch);
-        }
-        d.flush().await;
-        assert_eq!(mass_reads(store.clone()).await, 0);
-        // ...then the server restarts, and 400 more come.
-        let d = restarted(&store).await;
-        for batch in stored(&store, vec![(600..1000).map(event).collect()]).await {
-            d.feed_stored(batch);
-        }
-        d.flush().await;
         assert_eq!(
-            mass_reads(store.clone()).await,
-            1,
-            "1000 reads within the window"
+            across_a_restart(first, (600..1000).map(event).collect(), "mass_read").await,
+            [0, 1, 1],
+            "none before, one for 1000 reads within the window, no second"
         );
-        // Another restart finds the same reads, and that the incident is open.
-        let d = restarted(&store).await;
-        d.flush().await;
-        assert_eq!(mass_reads(store.clone()).await, 1, "no second incident");
     }
 
     #[tokio::test]

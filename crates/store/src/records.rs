@@ -221,6 +221,25 @@ impl Change {
         Ok(stored)
     }
 
+    /// Binds [`INSERT_VERSION`]'s parameters ($1 to $8) for version
+    /// `version` of record `id`.
+    fn bind_version<'q>(
+        &'q self,
+        q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+        id: i64,
+        version: i64,
+        deleted: bool,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+        q.bind(id)
+            .bind(self.company)
+            .bind(version)
+            .bind(self.kind.as_str())
+            .bind(self.text.as_str())
+            .bind(deleted as i64)
+            .bind(self.now)
+            .bind(self.actor)
+    }
+
     /// [`Change::finish`] through sqlx, without the audit events: whoever
     /// commits the transaction chains them (see [`RecordJob`]).
     async fn finish_sqlx(
@@ -235,15 +254,12 @@ impl Change {
             // One statement (and one round trip) for all three: each part
             // reads the snapshot taken when the statement starts, which
             // holds the record's row written by the statement before.
-            let mut q = sqlx::query(finish_postgres(self.index.len()))
-                .bind(id)
-                .bind(self.company)
-                .bind(version)
-                .bind(self.kind.as_str())
-                .bind(&self.text)
-                .bind(deleted as i64)
-                .bind(self.now)
-                .bind(self.actor);
+            let mut q = self.bind_version(
+                sqlx::query(finish_postgres(self.index.len())),
+                id,
+                version,
+                deleted,
+            );
             if !self.index.is_empty() {
                 q = q.bind(self.type_id);
             }
@@ -253,15 +269,7 @@ impl Change {
             let row = q.fetch_one(&mut **tx).await?;
             return record_from_row(&row);
         }
-        sqlx::query(INSERT_VERSION)
-            .bind(id)
-            .bind(self.company)
-            .bind(version)
-            .bind(self.kind.as_str())
-            .bind(&self.text)
-            .bind(deleted as i64)
-            .bind(self.now)
-            .bind(self.actor)
+        self.bind_version(sqlx::query(INSERT_VERSION), id, version, deleted)
             .execute(&mut **tx)
             .await?;
         write_index(

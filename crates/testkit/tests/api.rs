@@ -1900,27 +1900,52 @@ async fn a_write_failing_half_way_takes_none_of_its_neighbours_with_it() {
             .await;
         }
         strongroom_testkit::Backend::Postgres => {
-            srv.raw_sql(
-                "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN \
-                 IF NEW.data LIKE '%Poison%' THEN RAISE EXCEPTION 'poisoned'; END IF; \
-                 RETURN NEW; END $$ LANGUAGE plpgsql",
-            )
-            .await;
-            srv.raw_sql(
-                "CREATE TRIGGER poison BEFORE INSERT ON record_versions \
-                 FOR EACH ROW EXECUTE FUNCTION poison()",
+            pg_trigger_on_versions(
+                &srv,
+                "poison",
+                "IF NEW.data LIKE '%Poison%' THEN RAISE EXCEPTION 'poisoned'; END IF;",
             )
             .await;
         }
     }
+    let names: Vec<String> = (0..12)
+        .map(|i| match i % 2 {
+            0 => format!("Fine {i}"),
+            _ => format!("Poison {i}"),
+        })
+        .collect();
+    for (name, status) in create_at_once(&c, &names).await {
+        let expected = if name.starts_with("Fine") { 201 } else { 500 };
+        assert_eq!(status, expected, "{name}");
+    }
+    let fine: Vec<String> = names
+        .into_iter()
+        .filter(|n| n.starts_with("Fine"))
+        .collect();
+    assert_stored_with_one_event_each(&srv, &c, fine).await;
+}
+
+/// Runs `body` (PL/pgSQL statements) before every insert of a record
+/// version, as the trigger `name` (PostgreSQL).
+async fn pg_trigger_on_versions(srv: &TestServer, name: &str, body: &str) {
+    srv.raw_sql(&format!(
+        "CREATE FUNCTION {name}() RETURNS trigger AS $$ BEGIN {body} RETURN NEW; END $$ \
+         LANGUAGE plpgsql"
+    ))
+    .await;
+    srv.raw_sql(&format!(
+        "CREATE TRIGGER {name} BEFORE INSERT ON record_versions \
+         FOR EACH ROW EXECUTE FUNCTION {name}()"
+    ))
+    .await;
+}
+
+/// Creates a customer of each name, all at once; each name with the
+/// answer's status.
+async fn create_at_once(c: &strongroom_client::Client, names: &[String]) -> Vec<(String, u16)> {
     let mut tasks = Vec::new();
-    for i in 0..12 {
-        let c = c.clone();
-        let name = if i % 2 == 0 {
-            format!("Fine {i}")
-        } else {
-            format!("Poison {i}")
-        };
+    for name in names {
+        let (c, name) = (c.clone(), name.clone());
         tasks.push(tokio::spawn(async move {
             let body = json!({ "data": { "name": name } });
             let r =
@@ -1929,24 +1954,32 @@ async fn a_write_failing_half_way_takes_none_of_its_neighbours_with_it() {
             (name, r.status)
         }));
     }
+    let mut out = Vec::new();
     for t in tasks {
-        let (name, status) = t.await.unwrap();
-        let expected = if name.starts_with("Fine") { 201 } else { 500 };
-        assert_eq!(status, expected, "{name}");
+        out.push(t.await.unwrap());
     }
+    out
+}
+
+/// The customers stored are exactly `names`, each with one successful
+/// create event, and the chain verifies.
+async fn assert_stored_with_one_event_each(
+    srv: &TestServer,
+    c: &strongroom_client::Client,
+    mut names: Vec<String>,
+) {
     let page = c
         .list_records("customer", &[("limit", "100")])
         .await
         .unwrap();
-    let mut names: Vec<String> = page
+    let mut stored: Vec<String> = page
         .items
         .iter()
         .map(|r| r.data["name"].as_str().unwrap_or_default().to_owned())
         .collect();
+    stored.sort();
     names.sort();
-    let mut fine: Vec<String> = (0..12).step_by(2).map(|i| format!("Fine {i}")).collect();
-    fine.sort();
-    assert_eq!(names, fine, "only the writes that succeeded are stored");
+    assert_eq!(stored, names, "only the writes that succeeded are stored");
     let events = srv.audit_events("ACME").await;
     let creates = events
         .iter()
@@ -1954,7 +1987,8 @@ async fn a_write_failing_half_way_takes_none_of_its_neighbours_with_it() {
         .filter(|e| e.outcome == strongroom_core::audit::Outcome::Success)
         .count();
     assert_eq!(
-        creates, 6,
+        creates,
+        names.len(),
         "an event for each stored create, none for the others"
     );
     let v =
@@ -1980,72 +2014,25 @@ async fn a_write_that_loses_a_deadlock_is_run_again_alone() {
     for i in (0..10).step_by(3) {
         srv.raw_sql(&format!("CREATE SEQUENCE tries_{i}")).await;
     }
-    srv.raw_sql(
-        "CREATE FUNCTION lose_once() RETURNS trigger AS $$ BEGIN \
-         IF NEW.data LIKE '%Loser%' AND \
+    pg_trigger_on_versions(
+        &srv,
+        "lose_once",
+        "IF NEW.data LIKE '%Loser%' AND \
             nextval('tries_' || substring(NEW.data from 'Loser ([0-9]+)')) = 1 THEN \
            RAISE EXCEPTION 'deadlock detected (staged)' USING ERRCODE = '40P01'; \
-         END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
+         END IF;",
     )
     .await;
-    srv.raw_sql(
-        "CREATE TRIGGER lose_once BEFORE INSERT ON record_versions \
-         FOR EACH ROW EXECUTE FUNCTION lose_once()",
-    )
-    .await;
-    let mut tasks = Vec::new();
-    for i in 0..10 {
-        let c = c.clone();
-        let name = if i % 3 == 0 {
-            format!("Loser {i}")
-        } else {
-            format!("Winner {i}")
-        };
-        tasks.push(tokio::spawn(async move {
-            let body = json!({ "data": { "name": name } });
-            let r =
-                strongroom_testkit::send_json(&c, Method::POST, "/api/v1/records/customer", body)
-                    .await;
-            (name, r.status)
-        }));
-    }
-    for t in tasks {
-        let (name, status) = t.await.unwrap();
-        assert_eq!(status, 201, "{name}");
-    }
-    let page = c
-        .list_records("customer", &[("limit", "100")])
-        .await
-        .unwrap();
-    let mut names: Vec<String> = page
-        .items
-        .iter()
-        .map(|r| r.data["name"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    names.sort();
-    let mut all: Vec<String> = (0..10)
-        .map(|i| {
-            if i % 3 == 0 {
-                format!("Loser {i}")
-            } else {
-                format!("Winner {i}")
-            }
+    let names: Vec<String> = (0..10)
+        .map(|i| match i % 3 {
+            0 => format!("Loser {i}"),
+            _ => format!("Winner {i}"),
         })
         .collect();
-    all.sort();
-    assert_eq!(names, all, "every write stored once");
-    let events = srv.audit_events("ACME").await;
-    let creates = events
-        .iter()
-        .filter(|e| e.action == "record.create")
-        .filter(|e| e.outcome == strongroom_core::audit::Outcome::Success)
-        .count();
-    assert_eq!(creates, 10, "one event for each create");
-    let v =
-        strongroom_server::audit::verify(srv.store(), &srv.state.keys, events[0].chain, true, None)
-            .await
-            .unwrap();
-    assert_eq!(v.problem, None);
+    for (name, status) in create_at_once(&c, &names).await {
+        assert_eq!(status, 201, "{name}");
+    }
+    assert_stored_with_one_event_each(&srv, &c, names).await;
 }
 
 /// Creates on a disk that fills up: each is either acknowledged and
