@@ -283,8 +283,10 @@ impl Store {
             },
             _ => None,
         };
-        let pg_writer = (dialect == Dialect::Postgres)
-            .then(|| Arc::new(pg_batch::PgRecordWriter::start(write_pool.clone())));
+        let pg_writer = (dialect == Dialect::Postgres).then(|| {
+            let writer = pg_batch::PgRecordWriter::start(write_pool.clone(), opts.max_connections);
+            Arc::new(writer)
+        });
         Ok(Store {
             pool,
             write_pool,

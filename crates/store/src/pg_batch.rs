@@ -36,9 +36,10 @@ use tokio::sync::{mpsc, oneshot};
 /// Writes one transaction holds, at most.
 const MAX_BATCH: usize = 64;
 
-/// Batches in flight at once, each on a connection of its own: while one
-/// waits for its commit, the next runs its writes.
-const WRITERS: usize = 4;
+/// Batches in flight at once at most, each on a connection of its own:
+/// while one waits for its commit, the next runs its writes. A quarter of
+/// the pool at most, so that reads still find connections.
+const MAX_WRITERS: u32 = 4;
 
 /// SQLSTATEs of a write that lost to another transaction and may succeed
 /// when run again: deadlock_detected and serialization_failure.
@@ -63,10 +64,10 @@ impl std::fmt::Debug for PgRecordWriter {
 impl PgRecordWriter {
     /// Starts the writer tasks on the current runtime; they end when the
     /// last handle is dropped.
-    pub(crate) fn start(pool: AnyPool) -> PgRecordWriter {
+    pub(crate) fn start(pool: AnyPool, pool_size: u32) -> PgRecordWriter {
         let (jobs, rx) = mpsc::channel(1024);
         let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
-        for _ in 0..WRITERS {
+        for _ in 0..(pool_size / 4).clamp(1, MAX_WRITERS) {
             tokio::spawn(run(pool.clone(), rx.clone()));
         }
         PgRecordWriter { jobs }
