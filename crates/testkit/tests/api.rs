@@ -1814,12 +1814,22 @@ async fn statistics_after_a_bulk_load_keep_no_sampled_values() {
 }
 
 /// Writes that arrive together are committed together (one transaction, a
-/// savepoint each): a write that loses a race fails alone,
-/// the others are stored with their audit events, and the audit chain
-/// stays whole.
+/// savepoint each): a write that loses a race fails alone, the others are
+/// stored with their audit events, and the audit chain stays whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_fail_or_succeed_each_on_their_own() {
-    let srv = TestServer::start().await;
+    concurrent_writes(TestServer::start().await).await;
+}
+
+/// The same with a pool of 16, where PostgreSQL runs four batches at once
+/// (with the harness's pool of 4, one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_in_batches_running_at_once() {
+    let opts = Options::with(&[("DB_MAX_CONNECTIONS", "16")]);
+    concurrent_writes(TestServer::start_with(opts).await).await;
+}
+
+async fn concurrent_writes(srv: TestServer) {
     let c = srv.company_master("ACME").await;
     let target = strongroom_testkit::add_record(&c, "customer", json!({"name": "Contested"})).await;
     let mut updates = Vec::new();
