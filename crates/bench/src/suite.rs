@@ -617,7 +617,8 @@ pub async fn chain(events: usize, database_url: Option<&str>, again: usize) -> a
 }
 
 /// Starts a server, fills it with 1000 customers, then runs one of the
-/// suite's loads for `secs` seconds and prints what it measured.
+/// suite's loads for `secs` seconds and prints what it measured; drops its
+/// PostgreSQL database at the end, whether the load ran or failed.
 pub async fn profile(
     load: &str,
     secs: u64,
@@ -625,8 +626,16 @@ pub async fn profile(
     database_url: Option<&str>,
 ) -> anyhow::Result<()> {
     let s = start(load == "read-unaudited", database_url, "profile").await?;
+    let ran = profile_on(&s, load, secs, conns).await;
+    if let Some(db) = &s._database {
+        db.drop_now().await?;
+    }
+    ran
+}
+
+async fn profile_on(s: &Server, load: &str, secs: u64, conns: usize) -> anyhow::Result<()> {
     let paths = s.dir.path().join("records.txt");
-    fill(&s, 0, 1000, &paths).await?;
+    fill(s, 0, 1000, &paths).await?;
     let some: Vec<String> = std::fs::read_to_string(&paths)?
         .lines()
         .take(conns)
@@ -636,12 +645,12 @@ pub async fn profile(
         // Section 4's second half alone: reads, then reads beside a flood
         // of sign-ins on the same server.
         let read = || Load::get(format!("/api/v1/records/customer/{}", s.record), conns);
-        let flood = sign_in_load(&s, 8).await?;
+        let flood = sign_in_load(s, 8).await?;
         eprintln!(
             "pid {} ready; reads for {secs} s, then reads beside a sign-in flood",
             std::process::id()
         );
-        let quiet = drive(&s, read(), secs).await?;
+        let quiet = drive(s, read(), secs).await?;
         let target = s.target.clone();
         let (flood_paths, flood_body) = (flood.paths.clone(), flood.body.clone());
         let signing = tokio::spawn(async move {
@@ -654,7 +663,7 @@ pub async fn profile(
             };
             drive_at(&target, l, secs + 1).await
         });
-        let during = drive(&s, read(), secs).await?;
+        let during = drive(s, read(), secs).await?;
         let signed = signing.await??;
         for (what, r) in [("reads alone", quiet), ("reads in the flood", during)] {
             println!(
@@ -691,7 +700,7 @@ pub async fn profile(
             token: true,
             conns,
         },
-        "signin" => sign_in_load(&s, conns.min(8)).await?,
+        "signin" => sign_in_load(s, conns.min(8)).await?,
         other => anyhow::bail!(
             "unknown load '{other}': read, read-unaudited, create, update, list, signin, flood or livez"
         ),
@@ -700,7 +709,7 @@ pub async fn profile(
         "pid {} ready; driving '{load}' for {secs} s",
         std::process::id()
     );
-    let r = drive(&s, l, secs).await?;
+    let r = drive(s, l, secs).await?;
     println!(
         "{load}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
         r.rps,
