@@ -49,6 +49,17 @@ struct Server {
     _database: Option<ScratchDatabase>,
 }
 
+impl Server {
+    /// Drops the server's PostgreSQL database, if it has one. Every command
+    /// that starts servers calls it at its end, whether it ran or failed.
+    async fn drop_database(&self) -> anyhow::Result<()> {
+        if let Some(db) = &self._database {
+            db.drop_now().await?;
+        }
+        Ok(())
+    }
+}
+
 /// A fresh PostgreSQL database for one server, dropped at the end.
 struct ScratchDatabase {
     admin_url: String,
@@ -550,6 +561,12 @@ fn verdict(ok: bool, text: String) -> String {
 /// Section 5 of the suite on its own, over a chain of `events` events.
 pub async fn chain(events: usize, database_url: Option<&str>, again: usize) -> anyhow::Result<()> {
     let s = start(false, database_url, "chain").await?;
+    let ran = chain_on(&s, events, again).await;
+    s.drop_database().await?;
+    ran
+}
+
+async fn chain_on(s: &Server, events: usize, again: usize) -> anyhow::Result<()> {
     let (company, _) = s
         .state
         .store
@@ -610,9 +627,6 @@ pub async fn chain(events: usize, database_url: Option<&str>, again: usize) -> a
             );
         }
     }
-    if let Some(db) = &s._database {
-        db.drop_now().await?;
-    }
     Ok(())
 }
 
@@ -627,9 +641,7 @@ pub async fn profile(
 ) -> anyhow::Result<()> {
     let s = start(load == "read-unaudited", database_url, "profile").await?;
     let ran = profile_on(&s, load, secs, conns).await;
-    if let Some(db) = &s._database {
-        db.drop_now().await?;
-    }
+    s.drop_database().await?;
     ran
 }
 
@@ -778,23 +790,34 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<()> {
     let (idle_rss, _) = rss_mb();
     let on = start(false, a.database_url.as_deref(), "on").await?;
     let off = start(true, a.database_url.as_deref(), "off").await?;
+    let measured = measure(&a, &on, &off, idle_rss).await;
+    // The databases go whether the suite ran through or failed.
+    on.drop_database().await?;
+    off.drop_database().await?;
+    measured
+}
+
+/// The suite's sections, over a server with auditing (`on`) and one
+/// without (`off`); `idle_rss` is the process's size before they started.
+async fn measure(a: &SuiteArgs, on: &Server, off: &Server, idle_rss: f64) -> anyhow::Result<()> {
+    let secs = a.seconds;
     // Idle: a hashing thread keeps Argon2's 19 MiB for half a second after
     // the last sign-in (the master's, in `start`), then gives it back.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (two_idle, _) = rss_mb();
     let paths = on.dir.path().join("records.txt");
-    fill(&on, 0, a.records, &paths).await?;
+    fill(on, 0, a.records, &paths).await?;
     let read = format!("/api/v1/records/customer/{}", on.record);
 
     // 1. Reads.
     let mut t = Table::new("1. Authenticated, authorised read of one record with three encrypted fields, audit event durably stored");
     let mut bare32 = Run::default();
     for conns in [1usize, 32] {
-        let bare = drive(&on, Load::get("/livez", conns), secs).await?;
-        let masked = drive(&on, Load::get(read.clone(), conns), secs).await?;
-        let revealed = drive(&on, Load::get(format!("{read}?reveal=all"), conns), secs).await?;
+        let bare = drive(on, Load::get("/livez", conns), secs).await?;
+        let masked = drive(on, Load::get(read.clone(), conns), secs).await?;
+        let revealed = drive(on, Load::get(format!("{read}?reveal=all"), conns), secs).await?;
         let unaudited = drive(
-            &off,
+            off,
             Load::get(format!("/api/v1/records/customer/{}", off.record), conns),
             secs,
         )
@@ -842,7 +865,7 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<()> {
             bare32 = bare;
         }
     }
-    let quiet = drive(&on, Load::get(read.clone(), 32), secs).await?;
+    let quiet = drive(on, Load::get(read.clone(), 32), secs).await?;
     let (_, load_peak) = rss_mb();
 
     // 2. Writes.
@@ -850,7 +873,7 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<()> {
         "2. Record create and update, each with its audit event in the same transaction",
     );
     let create = drive(
-        &on,
+        on,
         Load {
             method: "POST",
             paths: vec!["/api/v1/records/customer".into()],
@@ -881,7 +904,7 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<()> {
         "the update test needs --records 32 or more"
     );
     let update = drive(
-        &on,
+        on,
         Load {
             method: "PATCH",
             paths: some,
@@ -905,12 +928,7 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<()> {
         "3. List and exact search among {} customers",
         a.records
     ));
-    let list = drive(
-        &on,
-        Load::get("/api/v1/records/customer?limit=50", 32),
-        secs,
-    )
-    .await?;
+    let list = drive(on, Load::get("/api/v1/records/customer?limit=50", 32), secs).await?;
     let pick: Vec<usize> = (0..256).map(|i| (i * 7919) % a.records.max(1)).collect();
     let search = |query: fn(usize) -> String| Load {
         paths: pick
@@ -919,8 +937,8 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<()> {
             .collect(),
         ..Load::get("", 32)
     };
-    let plain = drive(&on, search(|i| format!("f.email=c{i}@example.com")), secs).await?;
-    let blind = drive(&on, search(|i| format!("f.national_id=0792{i:08}")), secs).await?;
+    let plain = drive(on, search(|i| format!("f.email=c{i}@example.com")), secs).await?;
+    let blind = drive(on, search(|i| format!("f.national_id=0792{i:08}")), secs).await?;
     t.row(
         "list, 50 records a page, masked, audited",
         32,
@@ -944,9 +962,9 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<()> {
     );
 
     // 4. Sign-in.
-    let login = sign_in_load(&on, 8).await?;
+    let login = sign_in_load(on, 8).await?;
     let raw = tokio::task::spawn_blocking(move || argon2_rate(secs)).await??;
-    let signins = drive(&on, login, secs).await?;
+    let signins = drive(on, login, secs).await?;
     let mut t = Table::new("4. Sign-in (Argon2id, default parameters)");
     println!(
         "| raw Argon2id verifications on every core, same parameters | | {raw:.1} | | | 1.00 | |"
@@ -974,7 +992,7 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<()> {
             drive_at(&target, l, secs + 1).await
         })
     };
-    let during = drive(&on, Load::get(read.clone(), 32), secs).await?;
+    let during = drive(on, Load::get(read.clone(), 32), secs).await?;
     let _ = flood.await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (after_flood, _) = rss_mb();
@@ -1007,7 +1025,7 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<()> {
     };
     let small = random_reads().await?;
     let t0 = Instant::now();
-    fill(&on, a.records, a.scale_records, &paths).await?;
+    fill(on, a.records, a.scale_records, &paths).await?;
     let fill_s = t0.elapsed().as_secs_f64();
     let big = random_reads().await?;
     let (with_big, peak) = rss_mb();
@@ -1046,11 +1064,5 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<()> {
         "| after loading and reading {} customers (peak {peak:.1}) | {with_big:.1} | |",
         a.scale_records
     );
-    if let Some(db) = &on._database {
-        db.drop_now().await?;
-    }
-    if let Some(db) = &off._database {
-        db.drop_now().await?;
-    }
     Ok(())
 }
