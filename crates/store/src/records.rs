@@ -291,29 +291,30 @@ impl Change {
 /// [`INSERT_VERSION`]'s; with entries, $9 the record type, then each
 /// entry's key and value.
 fn finish_postgres(entries: usize) -> &'static str {
-    static SQL: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    // Built once for each number of entries a record type has (a handful,
+    // at most MAX_FIELDS + 1), kept for the process's life.
+    static SQL: std::sync::Mutex<Vec<(usize, &'static str)>> = std::sync::Mutex::new(Vec::new());
     let mut built = SQL.lock().unwrap_or_else(|p| p.into_inner());
-    while built.len() <= entries {
-        let n = built.len();
-        let index = if n == 0 {
-            String::new()
-        } else {
-            let rows: Vec<String> = (0..n)
-                .map(|i| format!("($1, ${}, $2, $9, ${})", 10 + 2 * i, 11 + 2 * i))
-                .collect();
-            format!(", i AS ({INSERT_INDEX}{})", rows.join(", "))
-        };
-        // Built once for each number of entries a record type has: a
-        // handful, kept for the process's life.
-        built.push(Box::leak(
-            format!(
-                "WITH v AS ({INSERT_VERSION}){index} \
-                 SELECT {RECORD_COLUMNS} {RECORD_FROM} WHERE r.company_id = $2 AND r.id = $1"
-            )
-            .into_boxed_str(),
-        ));
+    if let Some((_, sql)) = built.iter().find(|(n, _)| *n == entries) {
+        return sql;
     }
-    built[entries]
+    let index = if entries == 0 {
+        String::new()
+    } else {
+        let rows: Vec<String> = (0..entries)
+            .map(|i| format!("($1, ${}, $2, $9, ${})", 10 + 2 * i, 11 + 2 * i))
+            .collect();
+        format!(", i AS ({INSERT_INDEX}{})", rows.join(", "))
+    };
+    let sql: &'static str = Box::leak(
+        format!(
+            "WITH v AS ({INSERT_VERSION}){index} \
+             SELECT {RECORD_COLUMNS} {RECORD_FROM} WHERE r.company_id = $2 AND r.id = $1"
+        )
+        .into_boxed_str(),
+    );
+    built.push((entries, sql));
+    sql
 }
 
 /// A new record.
