@@ -549,11 +549,6 @@ pub async fn finish_sign_in(
             client.user_agent.as_deref(),
         )
         .await?;
-    let user = state
-        .store
-        .user_by_key(account.company, account.key)
-        .await?
-        .ok_or_else(|| ApiError::internal("user vanished during sign-in"))?;
     let lifetime = (times.expires_at - now).num_seconds();
     let cookie = format!(
         "{SESSION_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={lifetime}",
@@ -563,7 +558,8 @@ pub async fn finish_sign_in(
         token: new.token.to_string(),
         expires_at: times.expires_at,
         idle_expires_at: state.sessions.idle_expires_at(&times),
-        user: user.view,
+        // As read with the account at the start of the sign-in.
+        user: account.view.clone(),
         restriction: restriction_name(restriction),
         password_expires_at: match age {
             PasswordAge::ExpiresSoon { expires_at } => Some(expires_at),

@@ -57,6 +57,8 @@ pub struct LoginAccount {
     pub has_failures: bool,
     /// Whether the user has a confirmed authenticator app or a passkey.
     pub has_second_factor: bool,
+    /// The user as shown to them (a sign-in's answer), read with the rest.
+    pub view: UserView,
 }
 
 impl LoginAccount {
@@ -107,8 +109,10 @@ const LOGIN_SELECT: &str =
     CAST(CASE WHEN EXISTS (SELECT 1 FROM totp_factors t \
       WHERE t.company_id = u.company_id AND t.user_key = u.id AND t.confirmed <> 0) \
       OR EXISTS (SELECT 1 FROM passkeys p WHERE p.company_id = u.company_id AND p.user_key = u.id) \
-      THEN 1 ELSE 0 END AS BIGINT) AS has_second_factor \
-    FROM companies c JOIN users u ON u.company_id = c.id";
+      THEN 1 ELSE 0 END AS BIGINT) AS has_second_factor, \
+    u.display_name, u.email, d.code AS department_code, u.clearance, u.created_at \
+    FROM companies c JOIN users u ON u.company_id = c.id \
+    LEFT JOIN departments d ON d.id = u.department_id";
 
 fn login_account_from_row(r: &AnyRow) -> StoreResult<LoginAccount> {
     let status: String = get(r, "status")?;
@@ -130,6 +134,7 @@ fn login_account_from_row(r: &AnyRow) -> StoreResult<LoginAccount> {
         locked_until: opt_ts(get(r, "locked_until")?)?,
         has_failures: flag(r, "has_failures")?,
         has_second_factor: flag(r, "has_second_factor")?,
+        view: user_view_from_row(r)?,
     })
 }
 
@@ -137,26 +142,32 @@ const USER_COLUMNS: &str = "u.id, u.user_id, u.display_name, u.email, u.departme
     d.code AS department_code, u.status, u.is_master, u.is_admin, u.clearance, u.created_at";
 
 fn try_user_from_row(row: &AnyRow) -> StoreResult<StoredUser> {
-    let status: String = get(row, "status")?;
     Ok(StoredUser {
         key: UserKey(get(row, "id")?),
         department_id: get(row, "department_id")?,
-        view: UserView {
-            user_id: get(row, "user_id")?,
-            display_name: get(row, "display_name")?,
-            email: get(row, "email")?,
-            department: get(row, "department_code")?,
-            status: UserStatus::parse(&status)
-                .ok_or_else(|| StoreError::Corrupt(format!("user status '{status}'")))?,
-            is_master: flag(row, "is_master")?,
-            is_admin: flag(row, "is_admin")?,
-            clearance: {
-                let c: String = get(row, "clearance")?;
-                strongroom_proto::Classification::parse(&c)
-                    .ok_or_else(|| StoreError::Corrupt(format!("clearance '{c}'")))?
-            },
-            created_at: from_ts(get(row, "created_at")?)?,
+        view: user_view_from_row(row)?,
+    })
+}
+
+/// A user's view from the columns [`USER_COLUMNS`] and [`LOGIN_SELECT`]
+/// both select.
+fn user_view_from_row(row: &AnyRow) -> StoreResult<UserView> {
+    let status: String = get(row, "status")?;
+    Ok(UserView {
+        user_id: get(row, "user_id")?,
+        display_name: get(row, "display_name")?,
+        email: get(row, "email")?,
+        department: get(row, "department_code")?,
+        status: UserStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("user status '{status}'")))?,
+        is_master: flag(row, "is_master")?,
+        is_admin: flag(row, "is_admin")?,
+        clearance: {
+            let c: String = get(row, "clearance")?;
+            strongroom_proto::Classification::parse(&c)
+                .ok_or_else(|| StoreError::Corrupt(format!("clearance '{c}'")))?
         },
+        created_at: from_ts(get(row, "created_at")?)?,
     })
 }
 

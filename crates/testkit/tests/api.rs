@@ -182,6 +182,28 @@ async fn failed_sign_ins_cannot_be_told_apart() {
     assert_eq!(messages.len(), 1, "failure messages differ: {messages:?}");
 }
 
+/// A sign-in answers with the user as the directory shows them (read with
+/// the account at the start of the sign-in): department, e-mail,
+/// clearance and all.
+#[tokio::test]
+async fn a_sign_in_answers_with_the_user_as_stored() {
+    let srv = TestServer::start().await;
+    let admin = srv.company_master("ACME").await;
+    admin.create_department("hr", "People").await.unwrap();
+    let mut bob = user("bob");
+    bob.department = Some("hr".into());
+    bob.display_name = "Bob Builder".into();
+    bob.clearance = Classification::Confidential;
+    admin.create_user(&bob).await.unwrap();
+    let (_, signed_in) = srv.client().login("ACME", "bob", PASSWORD).await.unwrap();
+    assert_eq!(signed_in.user, admin.user("bob").await.unwrap());
+    assert_eq!(signed_in.user.department.as_deref(), Some("HR"));
+    assert_eq!(signed_in.user.email.as_deref(), Some("bob@example.com"));
+    assert_eq!(signed_in.user.display_name, "Bob Builder");
+    assert_eq!(signed_in.user.clearance, Classification::Confidential);
+    assert!(!signed_in.user.is_admin);
+}
+
 #[tokio::test]
 async fn disabling_a_user_ends_their_sessions() {
     let srv = TestServer::start().await;
