@@ -46,14 +46,14 @@ struct Server {
     code: String,
     record: String,
     dir: tempfile::TempDir,
-    _database: Option<ScratchDatabase>,
+    database: Option<ScratchDatabase>,
 }
 
 impl Server {
     /// Drops the server's PostgreSQL database, if it has one. Every command
     /// that starts servers calls it at its end, whether it ran or failed.
     async fn drop_database(&self) -> anyhow::Result<()> {
-        if let Some(db) = &self._database {
+        if let Some(db) = &self.database {
             db.drop_now().await?;
         }
         Ok(())
@@ -206,7 +206,7 @@ async fn start(no_audit: bool, database_url: Option<&str>, tag: &str) -> anyhow:
         code,
         record: r.id,
         dir,
-        _database: database,
+        database,
     })
 }
 

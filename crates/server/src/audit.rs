@@ -329,7 +329,8 @@ pub async fn checkpoint(
     if !checkpoint_due(seq, last, force) {
         return Ok(None);
     }
-    sign_checkpoint(store, keys, chain, seq, hash, now).await?;
+    let c = signed_checkpoint(keys, chain, seq, hash, now).await?;
+    store.add_checkpoint(&c).await?;
     Ok(Some(seq))
 }
 
@@ -375,20 +376,6 @@ async fn signed_checkpoint(
         public_key: pair.public_key().as_ref().to_vec(),
         signature: sig.as_ref().to_vec(),
     })
-}
-
-/// Signs a checkpoint (see [`signed_checkpoint`]) and stores it.
-async fn sign_checkpoint(
-    store: &Store,
-    keys: &KeyRing,
-    chain: i64,
-    seq: i64,
-    hash: Vec<u8>,
-    now: chrono::DateTime<chrono::Utc>,
-) -> ApiResult<()> {
-    let c = signed_checkpoint(keys, chain, seq, hash, now).await?;
-    store.add_checkpoint(&c).await?;
-    Ok(())
 }
 
 /// Checkpoints every chain that is due; with `force`, every chain with

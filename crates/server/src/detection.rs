@@ -559,46 +559,28 @@ struct Examiner {
 
 impl Examiner {
     async fn observe(&mut self, e: &AuditEvent, found: &mut Vec<Finding>) {
-        self.observe_for(e, None, found).await;
-    }
-
-    /// [`Examiner::observe`] by every detector, or by `only` that one.
-    async fn observe_for(
-        &mut self,
-        e: &AuditEvent,
-        only: Option<Detector>,
-        found: &mut Vec<Finding>,
-    ) {
         match self.rules.get(&self.store, e.chain).await {
-            Ok(company_rules) => match only {
-                None => found.extend(self.engine.observe(e, &company_rules)),
-                Some(d) => {
-                    let one: Vec<Rule> = company_rules
-                        .iter()
-                        .filter(|r| r.detector == d)
-                        .cloned()
-                        .collect();
-                    found.extend(self.engine.observe(e, &one));
-                }
-            },
+            Ok(company_rules) => found.extend(self.engine.observe(e, &company_rules)),
             Err(err) => tracing::warn!(error = %err, "cannot load detector rules"),
         }
     }
 
-    /// [`Examiner::observe`] for an event read back from the audit log.
-    /// One changed there by hand is not examined: its stand-ins (see
-    /// `StoredEvent::damaged`) would count as something that never
-    /// happened, and `audit verify` names it.
+    /// [`Examiner::observe`] for an event read back from the audit log, by
+    /// `rules` when given (else by its company's). One changed there by
+    /// hand is not examined: its stand-ins (see `StoredEvent::damaged`)
+    /// would count as something that never happened, and `audit verify`
+    /// names it.
     async fn observe_stored(
         &mut self,
         e: &strongroom_store::StoredEvent,
-        only: Option<Detector>,
+        rules: Option<&[Rule]>,
         found: &mut Vec<Finding>,
     ) {
-        match &e.damaged {
-            Some(d) => tracing::error!(chain = e.event.chain, seq = e.seq, damage = %d,
+        match (&e.damaged, rules) {
+            (Some(d), _) => tracing::error!(chain = e.event.chain, seq = e.seq, damage = %d,
                 "an event read back from the audit log was changed there; it is not examined"),
-            None => self.observe_for(&e.event, only, found).await,
+            (None, Some(rules)) => found.extend(self.engine.observe(&e.event, rules)),
+            (None, None) => self.observe(&e.event, found).await,
         }
     }
 
@@ -643,23 +625,30 @@ impl Examiner {
                 Detector::PasswordSpraying,
                 Detector::Probing,
             ];
-            let longest = |detectors: &[Detector]| {
+            let of = |detectors: &[Detector]| -> Vec<Rule> {
                 rules
                     .iter()
                     .filter(|r| r.enabled && detectors.contains(&r.detector))
+                    .cloned()
+                    .collect()
+            };
+            let longest = |rules: &[Rule]| {
+                rules
+                    .iter()
                     .map(|r| {
                         r.window
                             .min(chrono::Duration::hours(REPLAY_WINDOW_MAX_HOURS))
                     })
                     .max()
             };
-            if let Some(window) = longest(&counted) {
+            if let Some(window) = longest(&of(&counted)) {
                 if let Err(err) = self.replay_chain(chain, until, now - window, None).await {
                     tracing::error!(error = %err, chain, "cannot read the detectors' windows again; they start empty");
                 }
             }
-            if let Some(window) = longest(&[Detector::MassRead]) {
-                let reads = Some(Detector::MassRead);
+            let mass_read = of(&[Detector::MassRead]);
+            if let Some(window) = longest(&mass_read) {
+                let reads = Some(mass_read.as_slice());
                 if let Err(err) = self.replay_chain(chain, until, now - window, reads).await {
                     tracing::error!(error = %err, chain, "cannot read the mass-read window again; it starts empty");
                 }
@@ -668,19 +657,19 @@ impl Examiner {
     }
 
     /// Reads a chain's events since `since` up to `until` again: its
-    /// refusals for every detector (`only` none), or its successful events
-    /// for the mass-read detector (`only` that one).
+    /// refusals for every detector (`mass_read` none), or its successful
+    /// events for the mass-read rules given alone.
     async fn replay_chain(
         &mut self,
         chain: i64,
         until: i64,
         since: DateTime<Utc>,
-        only: Option<Detector>,
+        mass_read: Option<&[Rule]>,
     ) -> strongroom_store::StoreResult<()> {
         let Some(mut after) = self.store.audit_place_before(chain, since).await? else {
             return Ok(());
         };
-        let reads = only.is_some();
+        let reads = mass_read.is_some();
         if reads && after < until - REPLAY_MAX as i64 {
             after = until - REPLAY_MAX as i64;
             tracing::warn!(
@@ -707,7 +696,7 @@ impl Examiner {
             };
             let mut found = Vec::new();
             for e in page.iter().take(REPLAY_MAX - read) {
-                self.observe_stored(e, only, &mut found).await;
+                self.observe_stored(e, mass_read, &mut found).await;
             }
             read += page.len();
             let mut fresh = Vec::new();
@@ -719,7 +708,9 @@ impl Examiner {
             self.respond_all(fresh).await;
             after = last;
         }
-        if read >= REPLAY_MAX {
+        // (A read pass starts at most REPLAY_MAX events before its end, and
+        // warned above.)
+        if read >= REPLAY_MAX && !reads {
             tracing::warn!(
                 chain,
                 events = REPLAY_MAX,

@@ -601,7 +601,7 @@ pub(crate) async fn chain_events(
             }
             q.execute(&mut **tx).await?;
         }
-        if dialect != Dialect::Postgres || groups == 0 {
+        if dialect != Dialect::Postgres {
             sqlx::query(HEAD_UPDATE)
                 .bind(chain)
                 .bind(head.seq)
