@@ -64,6 +64,8 @@ impl Server {
 struct ScratchDatabase {
     admin_url: String,
     name: String,
+    /// The database's own URL, as the server was given it.
+    url: String,
 }
 
 impl ScratchDatabase {
@@ -87,6 +89,7 @@ impl ScratchDatabase {
             ScratchDatabase {
                 admin_url: admin_url.to_owned(),
                 name,
+                url: url.clone(),
             },
             url,
         ))
@@ -529,6 +532,71 @@ fn argon2_rate(secs: u64) -> anyhow::Result<f64> {
     Ok(n as f64 / secs as f64)
 }
 
+/// Commits timed by [`commit_floor`].
+const COMMIT_FLOOR_COMMITS: usize = 2000;
+
+/// The least a request waiting for its own durable commit waits: `n`
+/// one-row updates, each committed durably on its own, one after the other,
+/// on the server's kind of store: an SQLite file beside the server's (WAL,
+/// `synchronous = FULL`, as the server's writers), or a table in the
+/// server's PostgreSQL database (over the same driver and TLS).
+async fn commit_floor(s: &Server, n: usize) -> anyhow::Result<Run> {
+    let mut times = match &s.database {
+        Some(db) => {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&db.url).await?;
+            sqlx::raw_sql(
+                "CREATE TABLE bench_commit_floor (n BIGINT NOT NULL); \
+                 INSERT INTO bench_commit_floor VALUES (0)",
+            )
+            .execute(&mut conn)
+            .await?;
+            let mut times = Vec::with_capacity(n);
+            for _ in 0..n {
+                let t = Instant::now();
+                sqlx::query("UPDATE bench_commit_floor SET n = n + 1")
+                    .execute(&mut conn)
+                    .await?;
+                times.push(t.elapsed());
+            }
+            sqlx::raw_sql("DROP TABLE bench_commit_floor")
+                .execute(&mut conn)
+                .await?;
+            conn.close().await?;
+            times
+        }
+        None => {
+            let file = s.dir.path().join("commit-floor.db");
+            tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Duration>> {
+                let conn = rusqlite::Connection::open(&file)?;
+                conn.execute_batch(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                     CREATE TABLE floor (n INTEGER NOT NULL); INSERT INTO floor VALUES (0);",
+                )?;
+                let mut update = conn.prepare("UPDATE floor SET n = n + 1")?;
+                let mut times = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let t = Instant::now();
+                    update.execute([])?;
+                    times.push(t.elapsed());
+                }
+                drop(update);
+                drop(conn);
+                std::fs::remove_file(&file)?;
+                Ok(times)
+            })
+            .await??
+        }
+    };
+    times.sort_unstable();
+    let total: Duration = times.iter().sum();
+    Ok(Run {
+        rps: n as f64 / total.as_secs_f64(),
+        p50: times[n / 2],
+        p99: times[n * 99 / 100],
+    })
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -861,6 +929,23 @@ async fn measure(a: &SuiteArgs, on: &Server, off: &Server, idle_rss: f64) -> any
                 "audited ≥ 0.6 of this".into(),
             ),
         );
+        if conns == 1 {
+            let floor = commit_floor(on, COMMIT_FLOOR_COMMITS).await?;
+            // One connection waits for every step of its read in turn: an
+            // audited read takes at least the unaudited one's time and one
+            // durable commit's.
+            let (read_s, commit_s) = (1.0 / unaudited.rps, 1.0 / floor.rps);
+            t.row(
+                "one durable commit of the store alone, one after the other (each audited read waits for one)",
+                conns,
+                floor,
+                &format!(
+                    "audited ≤ {:.2} of unaudited at best",
+                    read_s / (read_s + commit_s)
+                ),
+                "",
+            );
+        }
         if conns == 32 {
             bare32 = bare;
         }
