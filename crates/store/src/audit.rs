@@ -517,6 +517,7 @@ const ROWS_PER_INSERT: usize = 50;
 pub(crate) async fn chain_events(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     dialect: Dialect,
+    guesses: &HeadGuesses,
     events: &[AuditEvent],
 ) -> StoreResult<Vec<ChainHead>> {
     let mut heads = Vec::new();
@@ -576,26 +577,7 @@ pub(crate) async fn chain_events(
             } else {
                 format!("INSERT INTO audit_events ({EVENT_COLUMNS}) VALUES {values}")
             };
-            let mut q = sqlx::query(&sql);
-            for l in group {
-                let e = l.event;
-                q = q
-                    .bind(chain)
-                    .bind(l.seq)
-                    .bind(ts(e.at))
-                    .bind(e.actor.as_str())
-                    .bind(e.action.as_str())
-                    .bind(e.target.as_str())
-                    .bind(e.outcome.as_str())
-                    .bind(e.reason.as_deref())
-                    .bind(e.detail.as_str())
-                    .bind(e.session.as_deref())
-                    .bind(e.client_ip.as_deref())
-                    .bind(e.user_agent.as_deref())
-                    .bind(e.request_id.as_deref())
-                    .bind(l.prev.as_slice())
-                    .bind(l.hash.as_slice());
-            }
+            let mut q = bind_links(sqlx::query(&sql), chain, group);
             if moves_head {
                 q = q.bind(chain).bind(head.seq).bind(head.hash.as_slice());
             }
@@ -609,9 +591,74 @@ pub(crate) async fn chain_events(
                 .execute(&mut **tx)
                 .await?;
         }
+        // Noted before the commit: a guess that never committed only sends
+        // the next fast append (see `append_in_one_statement`) this way.
+        guesses.note(&head);
         heads.push(head);
     }
     Ok(heads)
+}
+
+/// Binds the 15 columns of each link of `group`, all of `chain`, in
+/// [`EVENT_COLUMNS`] order.
+fn bind_links<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    chain: i64,
+    group: &'q [Link<'q>],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for l in group {
+        let e = l.event;
+        q = q
+            .bind(chain)
+            .bind(l.seq)
+            .bind(ts(e.at))
+            .bind(e.actor.as_str())
+            .bind(e.action.as_str())
+            .bind(e.target.as_str())
+            .bind(e.outcome.as_str())
+            .bind(e.reason.as_deref())
+            .bind(e.detail.as_str())
+            .bind(e.session.as_deref())
+            .bind(e.client_ip.as_deref())
+            .bind(e.user_agent.as_deref())
+            .bind(e.request_id.as_deref())
+            .bind(l.prev.as_slice())
+            .bind(l.hash.as_slice());
+    }
+    q
+}
+
+/// Where this node last saw each chain end (its own appends, on
+/// PostgreSQL): a guess, never trusted. An append built on it moves the
+/// head only if the head is still there (see `append_in_one_statement`);
+/// a stale guess (another node wrote, or a transaction that noted it
+/// rolled back) costs one statement that stores nothing.
+#[derive(Default)]
+pub(crate) struct HeadGuesses(std::sync::Mutex<std::collections::HashMap<i64, (i64, Vec<u8>)>>);
+
+impl HeadGuesses {
+    fn get(&self, chain: i64) -> Option<(i64, Vec<u8>)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&chain)
+            .cloned()
+    }
+
+    pub(crate) fn note(&self, head: &ChainHead) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= 10_000 && !map.contains_key(&head.chain) {
+            map.clear();
+        }
+        map.insert(head.chain, (head.seq, head.hash.clone()));
+    }
+
+    fn forget(&self, chain: i64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&chain);
+    }
 }
 
 pub(crate) const HEAD_UPDATE: &str = "UPDATE audit_heads SET seq = $2, hash = $3 WHERE chain = $1";
@@ -727,13 +774,99 @@ impl Store {
         if events.is_empty() && checkpoints.is_empty() {
             return Ok(Vec::new());
         }
+        if checkpoints.is_empty() {
+            if let Some(head) = self.append_in_one_statement(events).await? {
+                return Ok(vec![head]);
+            }
+        }
         let mut w = self.write_tx().await?;
-        let heads = chain_events(&mut w.tx, self.dialect, events).await?;
+        let heads = chain_events(&mut w.tx, self.dialect, &self.head_guesses, events).await?;
         for c in checkpoints {
             insert_checkpoint(&mut w.tx, c).await?;
         }
         w.commit().await?;
         Ok(heads)
+    }
+
+    /// On PostgreSQL, events of one chain (one INSERT's worth) stored by a
+    /// single statement, committed on its own: one round trip instead of
+    /// four (BEGIN, the head locked, the INSERT, COMMIT). The events are
+    /// linked onto where this node last saw the chain end, and the
+    /// statement moves the head from exactly there, or stores nothing: a
+    /// writer that moved it first (another node, a record write) holds its
+    /// row lock until it commits, and PostgreSQL then checks the condition
+    /// again against the head it committed. `None` when nothing was stored
+    /// (no guess, a stale one, or events this path does not take): the
+    /// caller appends as usual, with the head locked.
+    async fn append_in_one_statement(
+        &self,
+        events: &[AuditEvent],
+    ) -> StoreResult<Option<ChainHead>> {
+        let Some(chain) = events.first().map(|e| e.chain) else {
+            return Ok(None);
+        };
+        if self.dialect != Dialect::Postgres
+            || events.len() > ROWS_PER_INSERT
+            || events.iter().any(|e| e.chain != chain)
+        {
+            return Ok(None);
+        }
+        let Some((seq, hash)) = self.head_guesses.get(chain) else {
+            return Ok(None);
+        };
+        let (links, head) = link(chain, seq, hash.clone(), events.iter());
+        let p = links.len() * 15;
+        let sql = format!(
+            "WITH moved AS (UPDATE audit_heads SET seq = ${}, hash = ${} \
+             WHERE chain = ${} AND seq = ${} AND hash = ${} RETURNING chain) \
+             INSERT INTO audit_events ({EVENT_COLUMNS}) \
+             SELECT * FROM (VALUES {}) AS v WHERE EXISTS (SELECT 1 FROM moved)",
+            p + 2,
+            p + 3,
+            p + 1,
+            p + 4,
+            p + 5,
+            crate::values_placeholders(self.dialect, links.len(), 15),
+        );
+        let stored = match bind_links(sqlx::query(&sql), chain, &links)
+            .bind(chain)
+            .bind(head.seq)
+            .bind(head.hash.as_slice())
+            .bind(seq)
+            .bind(hash.as_slice())
+            .execute(&self.pool)
+            .await
+        {
+            Ok(done) => done.rows_affected(),
+            // Under a stricter isolation level than PostgreSQL's default, a
+            // head moved meanwhile is a serialization failure rather than
+            // a row that no longer matches: the same answer.
+            Err(sqlx::Error::Database(d)) if d.code().is_some_and(|c| c == "40001") => 0,
+            Err(e) => return Err(e.into()),
+        };
+        self.fast_appends
+            .fetch_add(u64::from(stored > 0), std::sync::atomic::Ordering::Relaxed);
+        match stored {
+            0 => {
+                self.head_guesses.forget(chain);
+                Ok(None)
+            }
+            n if n == links.len() as u64 => {
+                self.head_guesses.note(&head);
+                Ok(Some(head))
+            }
+            n => Err(StoreError::Corrupt(format!(
+                "an audit append stored {n} of {} events",
+                links.len()
+            ))),
+        }
+    }
+
+    /// How many audit batches [`Store::append_audit`] stored with one
+    /// statement on PostgreSQL (see `append_in_one_statement`), since the
+    /// store was opened: for tests and diagnostics.
+    pub fn audit_appends_in_one_statement(&self) -> u64 {
+        self.fast_appends.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The sequence number of a chain's newest signed checkpoint.

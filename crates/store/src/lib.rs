@@ -129,6 +129,12 @@ pub struct Store {
     /// go around the pool's `Any` rows (a full audit chain scan). Holds
     /// the URL's password: never printed (see `Debug` below).
     pg_options: Option<Arc<sqlx::postgres::PgConnectOptions>>,
+    /// Where this node last saw each audit chain end (see
+    /// `audit::HeadGuesses`).
+    head_guesses: Arc<audit::HeadGuesses>,
+    /// Audit batches stored with one statement (see
+    /// [`Store::audit_appends_in_one_statement`]).
+    fast_appends: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -283,11 +289,18 @@ impl Store {
             },
             _ => None,
         };
+        let head_guesses = Arc::new(audit::HeadGuesses::default());
         let pg_writer = (dialect == Dialect::Postgres).then(|| {
-            let writer = pg_batch::PgRecordWriter::start(write_pool.clone(), opts.max_connections);
+            let writer = pg_batch::PgRecordWriter::start(
+                write_pool.clone(),
+                opts.max_connections,
+                head_guesses.clone(),
+            );
             Arc::new(writer)
         });
         Ok(Store {
+            head_guesses,
+            fast_appends: Arc::default(),
             pool,
             write_pool,
             record_writer,
@@ -336,7 +349,25 @@ impl Store {
             Some(l) => Some(l.lock().await),
             None => None,
         };
-        let tx = self.write_pool.begin().await?;
+        // On SQLite the write lock is taken at BEGIN, waiting for it as long
+        // as the busy timeout allows. A deferred BEGIN reads first, and a
+        // transaction whose snapshot another connection (a CLI command, a
+        // second process) wrote past fails its first write at once with
+        // "database is locked", whatever the timeout.
+        let tx = match self.dialect {
+            Dialect::Sqlite => match self.write_pool.begin_with("BEGIN IMMEDIATE").await {
+                // A transaction SQLite rolled back by itself (on a full disk)
+                // can leave the driver counting the connection as still in
+                // one, which only a fresh connection forgets.
+                Err(sqlx::Error::InvalidSavePointStatement) => {
+                    tracing::warn!("the store's write connection is reopened: its driver still counted a transaction that SQLite had ended");
+                    self.write_pool.acquire().await?.close().await?;
+                    self.write_pool.begin_with("BEGIN IMMEDIATE").await?
+                }
+                begun => begun?,
+            },
+            Dialect::Postgres => self.write_pool.begin().await?,
+        };
         Ok(WriteTx { tx, _guard: guard })
     }
 

@@ -27,10 +27,12 @@
 //! cannot deadlock, since batches lock chain heads only after all their
 //! writes.
 
+use crate::audit::HeadGuesses;
 use crate::records::{RecordJob, StoredRecord};
 use crate::{Dialect, StoreError, StoreResult};
 use futures_util::FutureExt;
 use sqlx::AnyPool;
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// Writes one transaction holds, at most.
@@ -64,11 +66,15 @@ impl std::fmt::Debug for PgRecordWriter {
 impl PgRecordWriter {
     /// Starts the writer tasks on the current runtime; they end when the
     /// last handle is dropped.
-    pub(crate) fn start(pool: AnyPool, pool_size: u32) -> PgRecordWriter {
+    pub(crate) fn start(
+        pool: AnyPool,
+        pool_size: u32,
+        guesses: Arc<HeadGuesses>,
+    ) -> PgRecordWriter {
         let (jobs, rx) = mpsc::channel(1024);
-        let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for _ in 0..(pool_size / 4).clamp(1, MAX_WRITERS) {
-            tokio::spawn(run(pool.clone(), rx.clone()));
+            tokio::spawn(run(pool.clone(), rx.clone(), guesses.clone()));
         }
         PgRecordWriter { jobs }
     }
@@ -88,7 +94,11 @@ impl PgRecordWriter {
 
 /// One writer: takes every write waiting (the first one it finds
 /// waiting at least), commits them as a batch and answers each.
-async fn run(pool: AnyPool, rx: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
+async fn run(
+    pool: AnyPool,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
+    guesses: Arc<HeadGuesses>,
+) {
     loop {
         let jobs = {
             let mut rx = rx.lock().await;
@@ -106,11 +116,11 @@ async fn run(pool: AnyPool, rx: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver
         };
         let (writes, replies): (Vec<RecordJob>, Vec<_>) =
             jobs.into_iter().map(|j| (j.write, j.reply)).unzip();
-        let mut results = commit_batch(&pool, &writes).await;
+        let mut results = commit_batch(&pool, &guesses, &writes).await;
         for (write, result) in writes.iter().zip(results.iter_mut()) {
             if matches!(result, Err(e) if lost_to_another(e)) {
                 tracing::info!("a record write lost to another transaction; it runs again alone");
-                *result = commit_batch(&pool, std::slice::from_ref(write))
+                *result = commit_batch(&pool, &guesses, std::slice::from_ref(write))
                     .await
                     .pop()
                     .unwrap_or_else(|| Err(StoreError::Sqlite("no result".into())));
@@ -135,7 +145,11 @@ fn lost_to_another(e: &StoreError) -> bool {
 
 /// Runs each write in a savepoint of one transaction, chains the audit
 /// events of those that succeeded and commits; one result per write.
-async fn commit_batch(pool: &AnyPool, writes: &[RecordJob]) -> Vec<StoreResult<StoredRecord>> {
+async fn commit_batch(
+    pool: &AnyPool,
+    guesses: &HeadGuesses,
+    writes: &[RecordJob],
+) -> Vec<StoreResult<StoredRecord>> {
     let n = writes.len();
     let fail_all = |e: StoreError| {
         let why = e.to_string();
@@ -175,7 +189,9 @@ async fn commit_batch(pool: &AnyPool, writes: &[RecordJob]) -> Vec<StoreResult<S
         results.push(result);
     }
     if !events.is_empty() {
-        if let Err(e) = crate::audit::chain_events(&mut tx, Dialect::Postgres, &events).await {
+        if let Err(e) =
+            crate::audit::chain_events(&mut tx, Dialect::Postgres, guesses, &events).await
+        {
             return fail_all(e);
         }
     }

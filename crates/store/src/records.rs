@@ -713,7 +713,8 @@ impl Store {
         }
         let mut w = self.write_tx().await?;
         let stored = job.run(&mut w.tx, self.dialect).await?;
-        crate::audit::chain_events(&mut w.tx, self.dialect, job.audit()).await?;
+        crate::audit::chain_events(&mut w.tx, self.dialect, &self.head_guesses, job.audit())
+            .await?;
         w.commit().await?;
         Ok(stored)
     }

@@ -309,6 +309,12 @@ impl TestServer {
         if let Some(serving) = self.serving.take() {
             serving.await.expect("the server stops");
         }
+        self.open_store().await
+    }
+
+    /// The server's database opened once more, as a second node (or a
+    /// command run beside the server) opens it.
+    pub async fn open_store(&self) -> Store {
         let url = self
             .env
             .iter()

@@ -776,6 +776,93 @@ async fn reads_and_writes_recorded_at_once_keep_one_unbroken_chain() {
     assert_eq!(v.problem, None);
 }
 
+/// Two nodes appending to one chain. On PostgreSQL a node stores a batch
+/// with one statement, linked onto where it last saw the chain end; once
+/// the other node has moved the head, that statement must store nothing
+/// and the batch go the long way (head locked), never fork the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_appending_to_one_chain_keep_it_unbroken() {
+    let srv = TestServer::start().await;
+    srv.company("ACME").await;
+    let chain = company_chain(&srv).await;
+    let (a, b) = (srv.open_store().await, srv.open_store().await);
+    let start = srv
+        .stored_chain_events(chain)
+        .await
+        .last()
+        .map_or(0, |e| e.seq);
+    let at = srv.clock.now();
+    let batch = move |node: &str, n: usize| -> Vec<AuditEvent> {
+        (0..3)
+            .map(|i| {
+                AuditEvent::new(
+                    chain,
+                    at,
+                    "user:master",
+                    "record.read",
+                    format!("customer/{node}-{n}-{i}"),
+                )
+            })
+            .collect()
+    };
+    let postgres = strongroom_testkit::backend() == Backend::Postgres;
+    let fast = |s: &strongroom_store::Store| s.audit_appends_in_one_statement();
+    a.append_audit(&batch("a", 0)).await.unwrap();
+    assert_eq!(
+        fast(&a),
+        0,
+        "a node that has not seen the chain end locks its head"
+    );
+    a.append_audit(&batch("a", 1)).await.unwrap();
+    assert_eq!(
+        fast(&a),
+        u64::from(postgres),
+        "then appends in one statement"
+    );
+    b.append_audit(&batch("b", 0)).await.unwrap();
+    let last = a.append_audit(&batch("a", 2)).await.unwrap();
+    assert_eq!(
+        fast(&a),
+        u64::from(postgres),
+        "the head moved by the other node sends this batch the long way"
+    );
+    assert_eq!(last[0].seq, start + 12, "four batches of three, none lost");
+    a.append_audit(&batch("a", 3)).await.unwrap();
+    assert_eq!(fast(&a), 2 * u64::from(postgres));
+    // Both at once.
+    let mut tasks = Vec::new();
+    for (name, node) in [("a", a.clone()), ("b", b.clone())] {
+        tasks.push(tokio::spawn(async move {
+            for n in 10..40 {
+                node.append_audit(&batch(name, n)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let events = srv.stored_chain_events(chain).await;
+    for pair in events.windows(2) {
+        assert_eq!(pair[1].seq, pair[0].seq + 1, "sequence numbers run on");
+        assert_eq!(
+            pair[1].prev_hash, pair[0].hash,
+            "each event links to the one before"
+        );
+    }
+    let targets: std::collections::HashSet<&str> =
+        events.iter().map(|e| e.event.target.as_str()).collect();
+    for name in ["a", "b"] {
+        for n in 10..40 {
+            for i in 0..3 {
+                assert!(targets.contains(format!("customer/{name}-{n}-{i}").as_str()));
+            }
+        }
+    }
+    let v = verify(&srv, chain).await;
+    assert_eq!(v.problem, None);
+    assert_eq!(v.events as usize, events.len());
+}
+
 #[tokio::test]
 async fn a_checkpoint_is_signed_every_hundred_events() {
     let srv = TestServer::start().await;
