@@ -691,6 +691,21 @@ async fn pages_read_for_verification_keep_every_byte_of_every_event() {
     }
 }
 
+/// `n` read events of `chain`, of records `customer/{tag}-0` and on.
+fn reads(chain: i64, at: chrono::DateTime<chrono::Utc>, n: usize, tag: &str) -> Vec<AuditEvent> {
+    (0..n)
+        .map(|i| {
+            AuditEvent::new(
+                chain,
+                at,
+                "user:master",
+                "record.read",
+                format!("customer/{tag}-{i}"),
+            )
+        })
+        .collect()
+}
+
 /// `audit verify` may run beside a server that keeps writing: events
 /// appended while the chain is read are not a truncated log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -704,17 +719,7 @@ async fn a_chain_written_to_during_verification_still_verifies() {
         async move {
             let mut n = 0;
             while writing.load(std::sync::atomic::Ordering::Relaxed) {
-                let batch: Vec<AuditEvent> = (0..5)
-                    .map(|i| {
-                        AuditEvent::new(
-                            chain,
-                            at,
-                            "user:master",
-                            "record.read",
-                            format!("customer/{n}-{i}"),
-                        )
-                    })
-                    .collect();
+                let batch = reads(chain, at, 5, &n.to_string());
                 store.append_audit(&batch).await.unwrap();
                 n += 1;
             }
@@ -792,19 +797,7 @@ async fn two_nodes_appending_to_one_chain_keep_it_unbroken() {
         .last()
         .map_or(0, |e| e.seq);
     let at = srv.clock.now();
-    let batch = move |node: &str, n: usize| -> Vec<AuditEvent> {
-        (0..3)
-            .map(|i| {
-                AuditEvent::new(
-                    chain,
-                    at,
-                    "user:master",
-                    "record.read",
-                    format!("customer/{node}-{n}-{i}"),
-                )
-            })
-            .collect()
-    };
+    let batch = move |node: &str, n: usize| reads(chain, at, 3, &format!("{node}-{n}"));
     let postgres = strongroom_testkit::backend() == Backend::Postgres;
     let fast = |s: &strongroom_store::Store| s.audit_appends_in_one_statement();
     a.append_audit(&batch("a", 0)).await.unwrap();
