@@ -526,7 +526,7 @@ pub async fn finish_sign_in(
         .sessions
         .start(now, Some(chrono::Duration::minutes(idle_minutes)));
     let ip = client.ip.to_string();
-    state
+    let findings = state
         .detection
         .after_sign_in(
             &state.store,
@@ -549,6 +549,9 @@ pub async fn finish_sign_in(
             client.user_agent.as_deref(),
         )
         .await?;
+    // Reported only now: a response that ends the user's sessions or locks
+    // the account must find this sign-in's session to end.
+    state.detection.report_findings(findings).await;
     let lifetime = (times.expires_at - now).num_seconds();
     let cookie = format!(
         "{SESSION_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={lifetime}",

@@ -491,14 +491,19 @@ impl Detection {
 
     /// Hands findings to the detector task. Waits while its queue is full
     /// (the sign-in that made them waits with it) rather than drop one.
-    async fn report(&self, findings: Vec<Finding>) {
+    pub async fn report_findings(&self, findings: Vec<Finding>) {
         if !findings.is_empty() && self.tx.send(Input::Findings(findings)).await.is_err() {
             tracing::error!("intrusion detection has stopped; a finding was not examined");
         }
     }
 
-    /// After a successful sign-in: a never-seen address, or an hour the user
-    /// never signs in at, is a finding.
+    /// After a successful sign-in, before its session is made: records the
+    /// sign-in in the user's history, and gives back what it reveals (a
+    /// never-seen address, an hour the user never signs in at) as findings,
+    /// not yet reported. The caller reports them with
+    /// [`Detection::report_findings`] once the session exists, so that a
+    /// response (ending the user's sessions, locking the account) reaches
+    /// the session this sign-in made, too.
     #[allow(clippy::too_many_arguments)]
     pub async fn after_sign_in(
         &self,
@@ -508,7 +513,7 @@ impl Detection {
         user_id: &str,
         ip: IpAddr,
         now: DateTime<Utc>,
-    ) -> strongroom_store::StoreResult<()> {
+    ) -> strongroom_store::StoreResult<Vec<Finding>> {
         let (addr_seen, hour_seen, total) = store
             .note_sign_in(company, user, &ip.to_string(), now.hour())
             .await?;
@@ -540,8 +545,7 @@ impl Detection {
                 ));
             }
         }
-        self.report(out).await;
-        Ok(())
+        Ok(out)
     }
 }
 
@@ -1256,7 +1260,7 @@ mod tests {
         // The queue holds 10 + 5 + 64 items; the detector task has not run
         // yet, and runs only while a report waits.
         for i in 0..100 {
-            d.report(vec![Finding {
+            d.report_findings(vec![Finding {
                 chain: 7,
                 detector: Detector::NewAddress,
                 response: Response::Alert,

@@ -343,6 +343,59 @@ async fn a_new_address_raises_an_alert_and_normal_work_raises_nothing() {
     assert_eq!(body["client_ip"], "203.0.113.200");
 }
 
+/// A sign-in whose finding locks the account keeps no session: the finding
+/// is reported only once the session the sign-in made exists, so locking
+/// (which ends the user's sessions) ends that one too, however soon the
+/// detector task gets to it.
+#[tokio::test]
+async fn a_sign_in_that_gets_its_account_locked_keeps_no_session() {
+    let (hook, _alerts) = receiver().await;
+    let srv = server(&hook).await;
+    let admin = srv.company_master("ACME").await.forwarded_for("192.0.2.10");
+    let r = admin
+        .raw(
+            reqwest::Method::PUT,
+            "/api/v1/security/detectors/new_address",
+            Some("application/json"),
+            serde_json::to_vec(&json!({"detector": "new_address", "enabled": true,
+                "threshold": 1, "window_seconds": 0, "response": "lock_account",
+                "block_seconds": 600}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    admin
+        .create_user(&strongroom_testkit::new_user("clerk", false))
+        .await
+        .unwrap();
+    let sign_in = |ip: &'static str| {
+        let c = srv.client().forwarded_for(ip);
+        async move { c.login("ACME", "clerk", PASSWORD).await }
+    };
+    // The first sign-in only starts the history.
+    let home = sign_in("192.0.2.30").await.unwrap().0;
+    let away = sign_in("203.0.113.200").await.unwrap().0;
+    srv.state.detection.flush().await;
+    for (c, what) in [
+        (&away, "the sign-in that raised the finding"),
+        (&home, "an earlier one"),
+    ] {
+        assert_eq!(
+            c.session().await.unwrap_err().status(),
+            Some(401),
+            "{what} still has its session"
+        );
+    }
+    assert!(
+        sign_in("192.0.2.30").await.is_err(),
+        "the account is locked"
+    );
+    let list = incidents(&admin).await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["response"], "lock_account");
+}
+
 #[tokio::test]
 async fn an_operator_block_refuses_an_address_on_every_path() {
     use strongroom_core::clock::Clock;
