@@ -58,7 +58,8 @@ enum What {
     },
 
     /// The suite: reads (masked, revealed, unaudited) next to a bare
-    /// endpoint, creates and updates, lists and blind-index searches next
+    /// endpoint and, at 1 connection, next to one durable commit of the
+    /// store alone, creates and updates, lists and blind-index searches next
     /// to plaintext ones, sign-ins next to raw Argon2id, reads during a
     /// sign-in flood, audit-chain verification next to raw SHA-256, memory,
     /// and read throughput with many records next to few. Prints Markdown
