@@ -61,9 +61,10 @@ pub(crate) fn open_writer(file: &std::path::Path) -> StoreResult<Connection> {
     // temp_store: a savepoint's copies of the pages it changes stay in
     // memory (a few pages a write) instead of spilling to a temporary
     // file, which was a fifth of the record writer's time.
-    conn.execute_batch(
-        "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY;",
-    )
+    conn.execute_batch(&format!(
+        "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY; {};",
+        crate::WAL_AUTOCHECKPOINT
+    ))
     .map_err(failed)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(failed)?;

@@ -238,6 +238,16 @@ pub(crate) fn values_placeholders(dialect: Dialect, rows: usize, cols: usize) ->
         .join(", ")
 }
 
+/// Every connection that writes checkpoints the WAL into the database
+/// file once the WAL holds this many pages (16 MB) after one of its
+/// commits; SQLite's default is 1,000. A checkpoint copies the newest copy
+/// of each page, so fewer, larger ones copy the pages every write touches
+/// (the tables' last leaves, the indexes' hot pages) fewer times: record
+/// creates ran about 12 % faster (A/B, SQLite, 32 connections), with a
+/// longer pause at each checkpoint (p99 of creates 10 -> 12 ms). Set on
+/// every connection alike, since each decides alone after its own commit.
+pub(crate) const WAL_AUTOCHECKPOINT: &str = "PRAGMA wal_autocheckpoint = 4000";
+
 impl Store {
     pub async fn connect(database_url: &str, opts: StoreOptions) -> StoreResult<Store> {
         sqlx::any::install_default_drivers();
@@ -249,10 +259,12 @@ impl Store {
             pool_opts = pool_opts.after_connect(|conn, _meta| {
                 Box::pin(async move {
                     // FULL: a write that was acknowledged survives a power cut.
+                    // The checkpoint interval: see `WAL_AUTOCHECKPOINT`.
                     for pragma in [
                         "PRAGMA foreign_keys = ON",
                         "PRAGMA busy_timeout = 10000",
                         "PRAGMA synchronous = FULL",
+                        WAL_AUTOCHECKPOINT,
                     ] {
                         sqlx::query(pragma).execute(&mut *conn).await?;
                     }
