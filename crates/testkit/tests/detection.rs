@@ -55,6 +55,23 @@ async fn server(webhook: &str) -> TestServer {
     .await
 }
 
+/// Turns a detector on with these settings (and a 600 s block or lock).
+async fn set_detector(admin: &Client, detector: &str, threshold: u32, window: u32, response: &str) {
+    let r = admin
+        .raw(
+            reqwest::Method::PUT,
+            &format!("/api/v1/security/detectors/{detector}"),
+            Some("application/json"),
+            serde_json::to_vec(&json!({"detector": detector, "enabled": true,
+                "threshold": threshold, "window_seconds": window, "response": response,
+                "block_seconds": 600}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
 async fn incidents(admin: &Client) -> Vec<Value> {
     admin
         .raw_get("/api/v1/security/incidents")
@@ -231,20 +248,7 @@ async fn mass_reads_end_the_readers_sessions_and_probing_blocks_the_address() {
         ("mass_read", 5, "end_sessions"),
         ("probing", 3, "block_address"),
     ] {
-        let r = admin
-            .raw(
-                reqwest::Method::PUT,
-                &format!("/api/v1/security/detectors/{detector}"),
-                Some("application/json"),
-                serde_json::to_vec(
-                    &json!({"detector": detector, "enabled": true, "threshold": threshold,
-                    "window_seconds": 300, "response": response, "block_seconds": 600}),
-                )
-                .unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        set_detector(&admin, detector, threshold, 300, response).await;
     }
     admin
         .create_user(&strongroom_testkit::new_user("reader", false))
@@ -352,19 +356,7 @@ async fn a_sign_in_that_gets_its_account_locked_keeps_no_session() {
     let (hook, _alerts) = receiver().await;
     let srv = server(&hook).await;
     let admin = srv.company_master("ACME").await.forwarded_for("192.0.2.10");
-    let r = admin
-        .raw(
-            reqwest::Method::PUT,
-            "/api/v1/security/detectors/new_address",
-            Some("application/json"),
-            serde_json::to_vec(&json!({"detector": "new_address", "enabled": true,
-                "threshold": 1, "window_seconds": 0, "response": "lock_account",
-                "block_seconds": 600}))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    set_detector(&admin, "new_address", 1, 0, "lock_account").await;
     admin
         .create_user(&strongroom_testkit::new_user("clerk", false))
         .await
