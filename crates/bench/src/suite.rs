@@ -69,7 +69,7 @@ struct ScratchDatabase {
 }
 
 impl ScratchDatabase {
-    async fn new(admin_url: &str, tag: &str) -> anyhow::Result<(ScratchDatabase, String)> {
+    async fn new(admin_url: &str, tag: &str) -> anyhow::Result<ScratchDatabase> {
         let name = format!("strongroom_bench_{}_{tag}", std::process::id());
         let pool = admin(admin_url).await?;
         sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name}"))
@@ -84,15 +84,11 @@ impl ScratchDatabase {
             .rsplit_once('/')
             .map(|(b, _)| b)
             .context("a PostgreSQL URL ends with /<database>")?;
-        let url = format!("{base}/{name}");
-        Ok((
-            ScratchDatabase {
-                admin_url: admin_url.to_owned(),
-                name,
-                url: url.clone(),
-            },
-            url,
-        ))
+        Ok(ScratchDatabase {
+            admin_url: admin_url.to_owned(),
+            url: format!("{base}/{name}"),
+            name,
+        })
     }
 
     async fn drop_now(&self) -> anyhow::Result<()> {
@@ -151,8 +147,8 @@ async fn start(no_audit: bool, database_url: Option<&str>, tag: &str) -> anyhow:
     );
     let database = match database_url {
         Some(u) if u.starts_with("postgres") => {
-            let (db, url) = ScratchDatabase::new(u, tag).await?;
-            env.push(("STRONGROOM_DATABASE_URL".into(), url));
+            let db = ScratchDatabase::new(u, tag).await?;
+            env.push(("STRONGROOM_DATABASE_URL".into(), db.url.clone()));
             Some(db)
         }
         Some(u) => {
@@ -469,21 +465,25 @@ pub fn load_main(
     })?;
     let mut all = lat;
     all.sort();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
     println!(
         "{}",
         json!({
             "n": all.len(),
             "rps": all.len() as f64 / secs as f64,
-            "p50_us": pct(0.50).as_micros() as u64,
-            "p99_us": pct(0.99).as_micros() as u64,
+            "p50_us": percentile(&all, 0.50).as_micros() as u64,
+            "p99_us": percentile(&all, 0.99).as_micros() as u64,
         })
     );
     Ok(())
+}
+
+/// The `p` quantile (0 to 1) of durations sorted in ascending order; zero
+/// when there are none.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
 }
 
 /// The process's resident set size and its peak, in MB.
@@ -592,8 +592,8 @@ async fn commit_floor(s: &Server, n: usize) -> anyhow::Result<Run> {
     let total: Duration = times.iter().sum();
     Ok(Run {
         rps: n as f64 / total.as_secs_f64(),
-        p50: times[n / 2],
-        p99: times[n * 99 / 100],
+        p50: percentile(&times, 0.50),
+        p99: percentile(&times, 0.99),
     })
 }
 

@@ -386,7 +386,7 @@ pub async fn login(
         // attempt does not count again.
         Some(_) if locked => Some("account_locked"),
         Some(_) if !password_ok => Some("bad_password"),
-        Some(a) if a.status != UserStatus::Active => Some("account_disabled"),
+        Some(a) if a.view.status != UserStatus::Active => Some("account_disabled"),
         Some(_) if hours.is_some() => hours.map(crate::hours::reason),
         Some(_) => None,
     };
@@ -404,7 +404,7 @@ pub async fn login(
                 let who = account
                     .as_ref()
                     .filter(|_| reason == Some("bad_password"))
-                    .map(|a| (a.company, a.key, a.user_id.as_str()));
+                    .map(|a| (a.company, a.key, a.view.user_id.as_str()));
                 crate::lockout::failed(&state, chain, who, client.ip).await?;
             }
             if blocked {
@@ -532,7 +532,7 @@ pub async fn finish_sign_in(
             &state.store,
             account.company,
             account.key,
-            &account.user_id,
+            &account.view.user_id,
             client.ip,
             now,
         )

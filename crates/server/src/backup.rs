@@ -1305,7 +1305,7 @@ async fn drill_into(
         let account = db.login_account(company, user).await?;
         let hasher = strongroom_crypto::password::PasswordHasher::new(Default::default())?;
         let ok = account.as_ref().is_some_and(|a| {
-            a.status == strongroom_proto::UserStatus::Active
+            a.view.status == strongroom_proto::UserStatus::Active
                 && hasher.verify(password.expose_secret(), Some(&a.password_hash))
         });
         checks.push((

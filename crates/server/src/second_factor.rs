@@ -67,7 +67,7 @@ pub async fn required(state: &AppState, a: &LoginAccount) -> ApiResult<bool> {
             state.store.sign_in_policy(a.company),
         )
         .await?;
-    let others = if a.is_master {
+    let others = if a.view.is_master {
         state
             .policy
             .other_users
@@ -83,8 +83,8 @@ pub async fn required(state: &AppState, a: &LoginAccount) -> ApiResult<bool> {
     Ok(second_factor_required(
         policy.two_factor,
         TwoFactorSubject {
-            is_master: a.is_master,
-            is_admin: a.is_admin,
+            is_master: a.view.is_master,
+            is_admin: a.view.is_admin,
             marked: a.two_factor_marked,
             company_has_others: others,
         },
@@ -290,7 +290,7 @@ pub async fn answer(
     let mut attempt = crate::auth::sign_in_event(
         &state,
         ch.company.0,
-        &account.user_id,
+        &account.view.user_id,
         &account.company_code,
         &client,
     );
@@ -310,7 +310,7 @@ pub async fn answer(
     }
     // The account may have been disabled or locked, or the caller may be
     // somewhere or at a time it may not sign in from, since the password.
-    let refusal = if account.status != UserStatus::Active {
+    let refusal = if account.view.status != UserStatus::Active {
         Some("account_disabled")
     } else if account.locked_at(now) {
         Some("account_locked")
@@ -370,7 +370,7 @@ pub async fn answer(
             crate::lockout::failed(
                 &state,
                 ch.company.0,
-                Some((ch.company, ch.user, &account.user_id)),
+                Some((ch.company, ch.user, &account.view.user_id)),
                 client.ip,
             )
             .await?;

@@ -652,13 +652,6 @@ impl HeadGuesses {
         }
         map.insert(head.chain, (head.seq, head.hash.clone()));
     }
-
-    fn forget(&self, chain: i64) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&chain);
-    }
 }
 
 pub(crate) const HEAD_UPDATE: &str = "UPDATE audit_heads SET seq = $2, hash = $3 WHERE chain = $1";
@@ -838,21 +831,21 @@ impl Store {
             .await
         {
             Ok(done) => done.rows_affected(),
-            // Under a stricter isolation level than PostgreSQL's default, a
-            // head moved meanwhile is a serialization failure rather than
-            // a row that no longer matches: the same answer.
-            Err(sqlx::Error::Database(d)) if d.code().is_some_and(|c| c == "40001") => 0,
-            Err(e) => return Err(e.into()),
+            // A statement that lost to another transaction (a serialization
+            // failure under a stricter isolation level than PostgreSQL's
+            // default, or a deadlock) stored nothing either: the same answer.
+            Err(e) => match StoreError::from(e) {
+                e if crate::pg_batch::lost_to_another(&e) => 0,
+                e => return Err(e),
+            },
         };
-        self.fast_appends
-            .fetch_add(u64::from(stored > 0), std::sync::atomic::Ordering::Relaxed);
         match stored {
-            0 => {
-                self.head_guesses.forget(chain);
-                Ok(None)
-            }
+            // The usual way that follows notes where the chain now ends.
+            0 => Ok(None),
             n if n == links.len() as u64 => {
                 self.head_guesses.note(&head);
+                self.fast_appends
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Ok(Some(head))
             }
             n => Err(StoreError::Corrupt(format!(

@@ -36,11 +36,7 @@ pub struct LoginAccount {
     pub company: CompanyId,
     pub company_code: String,
     pub key: UserKey,
-    pub user_id: String,
-    pub status: UserStatus,
     pub password_hash: String,
-    pub is_admin: bool,
-    pub is_master: bool,
     /// Marked by an administrator as needing a second factor.
     pub two_factor_marked: bool,
     pub must_change_password: bool,
@@ -57,7 +53,8 @@ pub struct LoginAccount {
     pub has_failures: bool,
     /// Whether the user has a confirmed authenticator app or a passkey.
     pub has_second_factor: bool,
-    /// The user as shown to them (a sign-in's answer), read with the rest.
+    /// The user as shown to them (a sign-in's answer): their user id,
+    /// status, whether master or administrator, and the rest.
     pub view: UserView,
 }
 
@@ -72,7 +69,7 @@ impl std::fmt::Debug for LoginAccount {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoginAccount")
             .field("company", &self.company_code)
-            .field("user_id", &self.user_id)
+            .field("user_id", &self.view.user_id)
             .finish_non_exhaustive()
     }
 }
@@ -115,17 +112,11 @@ const LOGIN_SELECT: &str =
     LEFT JOIN departments d ON d.id = u.department_id";
 
 fn login_account_from_row(r: &AnyRow) -> StoreResult<LoginAccount> {
-    let status: String = get(r, "status")?;
     Ok(LoginAccount {
         company: CompanyId(get(r, "company_id")?),
         company_code: get(r, "code")?,
         key: UserKey(get(r, "user_key")?),
-        user_id: get(r, "user_id")?,
-        status: UserStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("user status '{status}'")))?,
         password_hash: get(r, "password_hash")?,
-        is_admin: flag(r, "is_admin")?,
-        is_master: flag(r, "is_master")?,
         two_factor_marked: flag(r, "two_factor_required")?,
         must_change_password: flag(r, "must_change_password")?,
         password_changed_at: from_ts(get(r, "password_changed_at")?)?,

@@ -134,7 +134,7 @@ async fn run(
 
 /// True when PostgreSQL failed the write for another transaction's sake
 /// (see [`RUN_AGAIN`]).
-fn lost_to_another(e: &StoreError) -> bool {
+pub(crate) fn lost_to_another(e: &StoreError) -> bool {
     match e {
         StoreError::Db(sqlx::Error::Database(d)) => d
             .code()
